@@ -1,0 +1,32 @@
+"""A cache's identity: what went into it, hashed. Same inputs -> same key -> same store.
+
+The key covers the LPM weights' identity, every extraction and storage setting, the
+normalisation, and the dataset's content (file hashes with labels and splits, not paths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from stages.datasets.samples import Sample
+from stages.lpm import file_sha256
+
+
+def dataset_fingerprint(samples: list[Sample], workers: int = 4) -> str:
+    """sha256 over (content hash, label, split) of every sample, in sample order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        hashes = list(pool.map(lambda s: file_sha256(Path(s.path)), samples))
+    digest = hashlib.sha256()
+    for sample, content in zip(samples, hashes):
+        digest.update(f"{content}:{sample.label}:{sample.split}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_key(*parts: BaseModel | str) -> str:
+    payload = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

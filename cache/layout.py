@@ -1,0 +1,92 @@
+"""Where each array lives in a cache store, its shape, chunks, shards and codec.
+
+    <root>/<dataset>-<key>.zarr/          zarr v3 group; attributes["fpt"] = CacheMetadata
+        keys          (N, L, H, n, Dh)   float16   chunks (c, ...), shards (s, ...)
+        values        (N, L, H, n, Dh)   float16   same
+        side_images   (N, S', S', 3)     uint8     same sample-axis chunking and sharding
+        labels        (N,)               int16
+        splits        (N,)               uint8     0 train, 1 val, 2 test (samples are split-ordered)
+        sample_ids    (N,)               string
+        shard_complete (num_shards,)     uint8     1 once that shard's data is fully written
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+from cache.metadata import CacheMetadata, StorageSettings
+
+FEATURE_ARRAYS = ("keys", "values")
+SAMPLE_ARRAYS = FEATURE_ARRAYS + ("side_images",)
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+def store_name(dataset: str, cache_key: str) -> str:
+    return f"{dataset}-{cache_key[:16]}.zarr"
+
+
+def compressors(storage: StorageSettings) -> tuple:
+    level = storage.codec_level
+    if storage.codec == "zstd":
+        return (ZstdCodec(level=level),)
+    if storage.codec == "blosc-zstd":
+        return (BloscCodec(cname="zstd", clevel=min(level, 9), shuffle="shuffle"),)
+    if storage.codec == "blosc-lz4":
+        return (BloscCodec(cname="lz4", clevel=min(level, 9), shuffle="shuffle"),)
+    if storage.codec == "gzip":
+        return (GzipCodec(level=min(level, 9)),)
+    if storage.codec == "none":
+        return ()
+    raise ValueError(f"unknown codec {storage.codec!r}")
+
+
+def feature_numpy_dtype(storage: StorageSettings) -> np.dtype:
+    return {"float16": np.dtype("float16"), "float32": np.dtype("float32")}[storage.dtype]
+
+
+def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits: np.ndarray, sample_ids: list[str]) -> zarr.Group:
+    """Create an empty store with every array allocated; sample data is written shard by shard."""
+    storage = metadata.storage
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    count = metadata.num_samples
+    chunk, shard = storage.chunk_size, storage.shard_size
+    feature_shape = metadata.feature_shape
+    side = metadata.extraction.side_store_size
+    for name in FEATURE_ARRAYS:
+        group.create_array(
+            name,
+            shape=(count, *feature_shape),
+            dtype=feature_numpy_dtype(storage),
+            chunks=(chunk, *feature_shape),
+            shards=(shard, *feature_shape),
+            compressors=compressors(storage),
+            fill_value=0,
+            dimension_names=("sample", "layer", "head", "token", "channel"),
+        )
+    group.create_array(
+        "side_images",
+        shape=(count, side, side, 3),
+        dtype="uint8",
+        chunks=(chunk, side, side, 3),
+        shards=(shard, side, side, 3),
+        compressors=compressors(storage),
+        fill_value=0,
+        dimension_names=("sample", "y", "x", "rgb"),
+    )
+    group.create_array("labels", data=labels.astype(np.int16), chunks=(max(1, count),))
+    group.create_array("splits", data=splits.astype(np.uint8), chunks=(max(1, count),))
+    ids = group.create_array("sample_ids", shape=(count,), dtype=str, chunks=(max(1, count),))
+    ids[:] = np.array(sample_ids, dtype=object)
+    group.create_array(
+        "shard_complete", shape=(metadata.num_shards,), dtype="uint8", chunks=(1,), fill_value=0
+    )
+    write_metadata(group, metadata)
+    return group
+
+
+def write_metadata(group: zarr.Group, metadata: CacheMetadata) -> None:
+    group.attrs["fpt"] = metadata.model_dump(mode="json")

@@ -1,0 +1,86 @@
+"""The cache's metadata: a pydantic model stored in the zarr group's attributes under `fpt`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from stages.lpm import LPMIdentity
+
+FORMAT_VERSION = 1
+ATTRIBUTE_KEY = "fpt"
+
+
+class ExtractionSettings(BaseModel):
+    """Every setting that changes what stage one writes."""
+
+    input_size: int
+    layers: list[int]
+    token_ratio: float
+    importance: Literal["global", "class_token"]
+    num_tokens: int  # N = prefix tokens + (S/P)^2
+    num_selected: int  # n = floor(N * token_ratio)
+    side_store_size: int
+    resize: str = "pil-bicubic"
+
+
+class Normalization(BaseModel):
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: Literal["dataset", "auto", "imagenet"]
+
+
+class StorageSettings(BaseModel):
+    dtype: Literal["float16", "bfloat16", "float32", "int8"]
+    codec: str
+    codec_level: int
+    shard_size: int
+    chunk_size: int
+
+
+class SkippedImage(BaseModel):
+    path: str
+    reason: str
+
+
+class CacheMetadata(BaseModel):
+    format_version: int = FORMAT_VERSION
+    fpt_version: str
+    created_at: str
+    cache_key: str
+    dataset: str
+    dataset_fingerprint: str
+    class_names: list[str]
+    default_lr: float
+    num_samples: int
+    split_ranges: dict[str, tuple[int, int]]  # [start, stop) of each split; samples are split-ordered
+    class_counts: dict[str, list[int]]
+    lpm: LPMIdentity
+    extraction: ExtractionSettings
+    normalization: Normalization
+    storage: StorageSettings
+    complete: bool = False
+    skipped: list[SkippedImage] = Field(default_factory=list)
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        return {split: stop - start for split, (start, stop) in self.split_ranges.items()}
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int, int]:
+        """(L, H, n, Dh) of one sample's keys (and values)."""
+        return (
+            len(self.extraction.layers),
+            self.lpm.num_heads,
+            self.extraction.num_selected,
+            self.lpm.head_dim,
+        )
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.storage.shard_size)
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        start = shard * self.storage.shard_size
+        return start, min(start + self.storage.shard_size, self.num_samples)

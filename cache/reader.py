@@ -1,0 +1,75 @@
+"""Reading a cache store: its metadata, and sample ranges of its arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+from pydantic import ValidationError
+
+from cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, CacheMetadata
+from pipeline.errors import UserError
+
+
+def read_metadata(path: Path) -> CacheMetadata:
+    """The store's metadata, with a clear error for a missing, foreign or other-version store."""
+    if not (path / "zarr.json").is_file():
+        raise UserError(
+            f"{path} is not an fpt cache (no zarr.json in it).",
+            "Run `fpt extract` first, or give the path of a store listed by `fpt cache list`.",
+        )
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        raw = dict(group.attrs).get(ATTRIBUTE_KEY)
+    except Exception as error:  # unreadable JSON, wrong zarr format
+        raise UserError(f"The cache {path} cannot be opened ({error}).", "Delete it and run `fpt extract` again.") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is a zarr store but not an fpt cache (no 'fpt' attributes).")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise UserError(
+            f"The cache {path} has format version {version}; this fpt reads version {FORMAT_VERSION}.",
+            "Upgrade fpt to read it." if newer else "Re-run `fpt extract` to rebuild it with this fpt.",
+        )
+    try:
+        return CacheMetadata.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(f"The metadata of the cache {path} is damaged ({error.error_count()} invalid fields).",
+                        "Delete the store and run `fpt extract` again.") from None
+
+
+class CacheReader:
+    def __init__(self, path: Path, require_complete: bool = True) -> None:
+        self.path = path
+        self.metadata = read_metadata(path)
+        if require_complete and not self.metadata.complete:
+            raise UserError(
+                f"The cache {path} is incomplete: its extraction was interrupted.",
+                "Run the same `fpt extract` command again to finish it (finished shards are kept).",
+            )
+        self.group = zarr.open_group(path, mode="r", zarr_format=3)
+
+    def split_range(self, split: str) -> tuple[int, int]:
+        return tuple(self.metadata.split_ranges[split])  # type: ignore[return-value]
+
+    def read(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
+        """Arrays of samples [start, stop): keys, values (if asked), side_images, labels."""
+        out = {
+            "side_images": self.group["side_images"][start:stop],
+            "labels": self.group["labels"][start:stop].astype(np.int64),
+        }
+        if with_features:
+            out["keys"] = self.group["keys"][start:stop]
+            out["values"] = self.group["values"][start:stop]
+        return out
+
+    def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.group["labels"][start:stop].astype(np.int64)
+
+    def sample_ids(self) -> list[str]:
+        return [str(x) for x in self.group["sample_ids"][:]]
+
+    def stored_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

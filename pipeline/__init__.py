@@ -1,0 +1,1 @@
+"""Configuration, command line and orchestration of the two FPT+ stages."""

@@ -1,0 +1,157 @@
+"""The `fpt` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="FPT+ as a two-stage pipeline: extract once, train the side network many times.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect the feature caches.")
+app.add_typer(cache_app, name="cache")
+console = Console()
+error_console = Console(stderr=True)
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="Configuration file (default: ./pipeline.yaml).")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: --set train.lr=1e-4 (repeatable).")]
+DatasetOption = Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name (see `fpt datasets`).")]
+DataRootOption = Annotated[Optional[Path], typer.Option("--data-root", help="Folder of this dataset's files (sets dataset.path).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _load(config: Path | None, assignments: list[str] | None, dataset: str | None, data_root: Path | None = None) -> PipelineConfig:
+    extra = list(assignments or [])
+    if data_root is not None:
+        extra.append(f"dataset.path={data_root}")
+    return load_config(config, extra, dataset)
+
+
+@app.command()
+def extract(
+    dataset: DatasetOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    data_root: DataRootOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Stage one: run the frozen LPM once over the images and fill the feature cache."""
+    from stages.extract import run_extract
+
+    cfg = _load(config, set_, dataset, data_root)
+    result = run_extract(cfg, show_progress=not quiet)
+    meta = result.metadata
+    size = sum(f.stat().st_size for f in result.path.rglob("*") if f.is_file())
+    if result.reused:
+        console.print(f"[green]Cache is up to date[/green]: {result.path} (reused, nothing recomputed).")
+    else:
+        console.print(f"[green]Cache written[/green]: {result.path}")
+    console.print(
+        f"{meta.num_samples} images ({', '.join(f'{k} {v}' for k, v in meta.split_counts.items())}), "
+        f"keys/values {meta.feature_shape} {meta.storage.dtype} per image, "
+        f"{size / max(meta.num_samples, 1) / 1e6:.3f} MB per image on disk, {result.seconds:.1f} s."
+    )
+
+
+@app.command("train-side")
+def train_side_command(
+    from_cache: Annotated[bool, typer.Option("--from-cache", help="Train from the feature cache (the only mode; the LPM is never loaded).")] = True,
+    dataset: DatasetOption = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="A specific cache store (default: the newest matching one).")] = None,
+    no_prompts: Annotated[bool, typer.Option("--no-prompts", help="Train the side network alone (baseline).")] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Stage two: train the fusion modules and side network from the cache."""
+    from stages.train_side import train_side
+
+    if not from_cache:
+        raise UserError("train-side only trains from a cache.", "Run `fpt extract` first, then `fpt train-side --from-cache`.")
+    extra = list(set_ or [])
+    if no_prompts:
+        extra.append("side.use_prompts=false")
+    cfg = _load(config, extra, dataset)
+    result = train_side(cfg, cache, show_progress=not quiet)
+    table = Table(title=f"Test metrics ({result.run_dir})")
+    table.add_column("model")
+    fields = ["accuracy", "macro_f1", "auc", "precision", "recall", "kappa"]
+    for name in fields:
+        table.add_column(name, justify="right")
+    for label, metrics in ((f"best (epoch {result.best_epoch})", result.test_best), ("final", result.test_last)):
+        table.add_row(label, *[f"{getattr(metrics, name):.4f}" for name in fields])
+    console.print(table)
+    console.print(f"{result.learnable_params:,} learnable parameters; {result.seconds:.1f} s; run folder {result.run_dir}")
+
+
+@app.command()
+def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """List the datasets fpt knows and where each expects its files."""
+    from stages.datasets.registry import REGISTRY
+
+    cfg = _load(config, set_, None)
+    table = Table(title="Datasets")
+    for column in ("name", "modality", "classes", "lr", "expected at", "layout"):
+        table.add_column(column)
+    for spec in REGISTRY.values():
+        root = cfg.dataset.data_root / spec.name
+        classes = str(len(spec.class_names)) if spec.class_names else "from folders"
+        table.add_row(spec.name, spec.modality, classes, f"{spec.default_lr:g}", str(root), spec.expects)
+    console.print(table)
+
+
+@cache_app.command("list")
+def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """List the caches under cache.root with their size and settings."""
+    from cache.catalog import list_caches
+
+    cfg = _load(config, set_, None)
+    table = Table(title=f"Caches under {cfg.cache.root}")
+    for column in ("store", "dataset", "LPM", "layers", "ratio", "importance", "dtype", "samples", "size", "state"):
+        table.add_column(column)
+    for path, meta, problem in list_caches(cfg.cache.root):
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if meta is None:
+            table.add_row(path.name, "?", "?", "?", "?", "?", "?", "?", f"{size / 1e6:.1f} MB", problem)
+            continue
+        table.add_row(
+            path.name, meta.dataset, meta.lpm.name, ",".join(map(str, meta.extraction.layers)),
+            f"{meta.extraction.token_ratio:g}", meta.extraction.importance, meta.storage.dtype,
+            str(meta.num_samples), f"{size / 1e6:.1f} MB", "complete" if meta.complete else "INCOMPLETE",
+        )
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as error:
+        error_console.print(f"[bold red]Error:[/bold red] {error.paragraph()}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        error_console.print(
+            "[bold yellow]Interrupted.[/bold yellow] Everything finished before the interruption is kept: "
+            "completed cache shards, run folders and their checkpoints. Run the same command again to resume."
+        )
+        sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as error:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        if isinstance(error, click.exceptions.Exit):
+            sys.exit(error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Every setting of the pipeline as pydantic models, loaded from `pipeline.yaml`.
+
+The defaults here are the paper's (METHOD.md); `pipeline.yaml` repeats them so users can see
+and edit them. Order of precedence: model defaults < pipeline.yaml < the yaml's
+`overrides.<dataset>` section < command-line `--set key.path=value` options.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import UserError
+
+DEFAULT_CONFIG_FILE = Path("pipeline.yaml")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(StrictModel):
+    name: str = "demo"
+    data_root: Path = Path("data")
+    path: Path | None = Field(
+        default=None, description="Folder of this dataset; default <data_root>/<name>."
+    )
+    csv: Path | None = Field(default=None, description="For the `csv` layout: path,label[,split] file.")
+    classes: list[str] | None = Field(default=None, description="Class names for `folder`/`csv`.")
+    normalization: Literal["dataset", "auto", "imagenet"] = Field(
+        default="dataset",
+        description="dataset: the registry's values; auto: computed from the train split.",
+    )
+    keep_ungradable: bool = False
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    split_seed: int = 0
+
+    def root(self) -> Path:
+        return self.path if self.path is not None else self.data_root / self.name
+
+
+class DemoConfig(StrictModel):
+    """The built-in synthetic dataset: fundus-like discs whose class is the lesion density."""
+
+    num_train: int = Field(default=240, ge=4)
+    num_val: int = Field(default=80, ge=2)
+    num_test: int = Field(default=120, ge=2)
+    image_size: int = Field(default=512, ge=128)
+    num_classes: int = Field(default=3, ge=2, le=5)
+    seed: int = 0
+
+
+class LPMConfig(StrictModel):
+    name: str = "vit_base_patch16_384.orig_in21k_ft_in1k"
+    weights: str = Field(
+        default="hub",
+        description="'hub' (timm/Hugging Face weights of `name`), 'none' (random init, "
+        "explicit), or a path to a local .safetensors/.pth/.bin file.",
+    )
+    init_seed: int = 0
+
+
+class ExtractConfig(StrictModel):
+    input_size: int = Field(default=512, ge=32)
+    layers: list[int] = Field(default_factory=lambda: [6, 7, 8, 9, 10, 11], min_length=1)
+    token_ratio: float = Field(default=0.2, gt=0, le=1)
+    importance: Literal["global", "class_token"] = "global"
+    batch_size: int = Field(default=8, ge=1)
+    num_workers: int = Field(default=2, ge=0)
+    device: str = "auto"
+    side_store_size: int = Field(
+        default=144, description="Side images are stored at this size (uint8) for crop/flip."
+    )
+    query_chunk: int = Field(
+        default=256, ge=1, description="Queries per block when scoring tokens (bounds memory)."
+    )
+    on_decode_error: Literal["fatal", "skip"] = "fatal"
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_sorted_unique(cls, layers: list[int]) -> list[int]:
+        if any(layer < 0 for layer in layers):
+            raise ValueError("layer indices must be >= 0")
+        if len(set(layers)) != len(layers):
+            raise ValueError("layer indices must be unique")
+        return sorted(layers)
+
+
+class CacheConfig(StrictModel):
+    root: Path = Path("outputs/cache")
+    dtype: Literal["float16", "bfloat16", "float32", "int8"] = "float16"
+    codec: Literal["zstd", "blosc-zstd", "blosc-lz4", "gzip", "none"] = "zstd"
+    codec_level: int = Field(default=3, ge=0, le=22)
+    shard_size: int = Field(default=32, ge=1, description="Samples per shard file.")
+    chunk_size: int = Field(default=4, ge=1, description="Samples per chunk inside a shard.")
+
+    @model_validator(mode="after")
+    def _shard_multiple_of_chunk(self) -> "CacheConfig":
+        if self.shard_size % self.chunk_size:
+            raise ValueError("shard_size must be a multiple of chunk_size")
+        return self
+
+
+class SideConfig(StrictModel):
+    input_size: int = Field(default=128, ge=16)
+    reduction: int = Field(default=8, ge=1, description="Side width d = D / reduction.")
+    num_prompts: int = Field(default=16, ge=1)
+    prompt_reduction: int = Field(default=1, ge=1, description="Prompt width Dp = D / this.")
+    prompt_norm: bool = True
+    prompt_projection: bool = False
+    use_prompts: bool = Field(default=True, description="False: the side network alone.")
+    fusion_dropout: float = Field(default=0.5, ge=0, lt=1)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+
+
+class AugmentConfig(StrictModel):
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    crop_ratio: tuple[float, float] = (0.7, 1.3)
+    hflip: float = Field(default=0.5, ge=0, le=1)
+    brightness: float = Field(default=0.2, ge=0)
+    contrast: float = Field(default=0.2, ge=0)
+
+
+class TrainConfig(StrictModel):
+    lr: float | None = Field(default=None, gt=0, description="None: the dataset's default.")
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    seed: int = 0
+    device: str = "auto"
+    runs_root: Path = Path("outputs/runs")
+    run_name: str | None = None
+    in_memory: bool = Field(default=False, description="Load the whole cache split into RAM.")
+    shuffle_buffer_shards: int = Field(default=4, ge=1)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class PipelineConfig(StrictModel):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    lpm: LPMConfig = Field(default_factory=LPMConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    side: SideConfig = Field(default_factory=SideConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-dataset settings applied when dataset.name matches.",
+    )
+
+    @model_validator(mode="after")
+    def _side_fits_store(self) -> "PipelineConfig":
+        if self.extract.side_store_size < self.side.input_size:
+            raise ValueError(
+                f"extract.side_store_size ({self.extract.side_store_size}) must be >= "
+                f"side.input_size ({self.side.input_size})"
+            )
+        return self
+
+
+def parse_assignment(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (['train', 'lr'], 1e-4). Values are read as YAML scalars/lists."""
+    if "=" not in text:
+        raise UserError(
+            f"The option --set {text!r} has no '='.",
+            "Write it as --set section.field=value, e.g. --set train.lr=1e-4.",
+        )
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise UserError(f"The option --set {text!r} names no field.", "Write --set train.lr=1e-4.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def set_in(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(
+            f"The configuration file {path} does not exist.",
+            "Give an existing file with --config, or run from the folder that holds pipeline.yaml.",
+        ) from None
+    except OSError as error:
+        raise UserError(f"The configuration file {path} cannot be read ({error.strerror}).") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(
+            f"The configuration file {path} is not valid YAML{where}: "
+            f"{getattr(error, 'problem', None) or error}.",
+            "Fix the file (indentation with spaces, 'key: value' pairs) and run again.",
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"The configuration file {path} must hold a mapping of sections "
+            f"(dataset:, lpm:, extract:, ...), not a {type(data).__name__}.",
+            "Start from the pipeline.yaml shipped with fpt.",
+        )
+    return data
+
+
+def format_validation_error(error: ValidationError, source: str) -> UserError:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{location}: {item['msg']} (got {item.get('input')!r})")
+    return UserError(
+        f"The configuration from {source} has invalid values: " + "; ".join(lines) + ".",
+        "Correct these fields in pipeline.yaml or in the --set options.",
+    )
+
+
+def load_config(
+    config_file: Path | None = None,
+    assignments: list[str] | None = None,
+    dataset: str | None = None,
+) -> PipelineConfig:
+    """Load defaults, the YAML file, the dataset's overrides and the CLI assignments."""
+    if config_file is None:
+        tree = read_yaml_file(DEFAULT_CONFIG_FILE) if DEFAULT_CONFIG_FILE.exists() else {}
+        source = str(DEFAULT_CONFIG_FILE) if DEFAULT_CONFIG_FILE.exists() else "the built-in defaults"
+    else:
+        tree = read_yaml_file(config_file)
+        source = str(config_file)
+    parsed = [parse_assignment(text) for text in assignments or []]
+    if dataset is not None:
+        set_in(tree, ["dataset", "name"], dataset)
+    for path, value in parsed:
+        if path == ["dataset", "name"]:
+            set_in(tree, path, value)
+    name = (tree.get("dataset") or {}).get("name", DatasetConfig().name)
+    dataset_overrides = (tree.get("overrides") or {}).get(name)
+    if isinstance(dataset_overrides, dict):
+        tree = deep_merge(tree, dataset_overrides)
+    for path, value in parsed:
+        set_in(tree, path, value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as error:
+        raise format_validation_error(error, f"{source} and the command line") from None
+
+
+def config_to_yaml(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

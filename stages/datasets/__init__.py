@@ -1,0 +1,1 @@
+"""Datasets: where the images and labels are, and how one image is decoded."""

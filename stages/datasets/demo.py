@@ -1,0 +1,162 @@
+"""The built-in `demo` dataset: synthetic fundus-like photographs, generated deterministically.
+
+Each image is a reddish disc with illumination fall-off, an optic disc, vessels and fine
+texture. The class is the density of tiny lesion-like spots. Each spot is a zero-mean
+pattern (a bright core with a dark ring, or the reverse) about 5 px across at 512 px: it is
+plain at 512 px, while averaging down to 128 px cancels it almost entirely. That is the
+situation FPT+ exists for: the label lives in detail only the high-resolution LPM sees.
+
+Written as ordinary PNG files in a class-per-folder tree with train/val/test splits, so it is
+read by the same code as a user's folder dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.progress import Progress
+
+from pipeline.config import DemoConfig
+from stages.datasets.samples import SPLITS
+
+CLASS_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
+MANIFEST = "demo_manifest.json"
+# Spots per class at the reference size of 512 px; scaled with image area.
+SPOTS_PER_CLASS = [(0, 4), (14, 22), (32, 44), (52, 64), (74, 88)]
+REFERENCE_SIZE = 512
+
+
+def class_names(num_classes: int) -> list[str]:
+    return [f"{index}_{name}" for index, name in enumerate(CLASS_NAMES[:num_classes])]
+
+
+def _spot_kernel(radius_core: float, radius_ring: float, size: int) -> np.ndarray:
+    """Difference of Gaussians with zero sum: invisible once averaged over a few pixels."""
+    axis = np.arange(size) - (size - 1) / 2
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
+    r2 = xx**2 + yy**2
+    core = np.exp(-r2 / (2 * radius_core**2))
+    ring = np.exp(-r2 / (2 * radius_ring**2))
+    kernel = core / core.sum() - ring / ring.sum()
+    return kernel / np.abs(kernel).max()
+
+
+def _vessels(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    darkening = np.zeros((size, size))
+    centre = np.array([0.5 + rng.uniform(-0.08, 0.08), 0.5 + rng.uniform(0.15, 0.25)]) * size
+    for _ in range(rng.integers(5, 9)):
+        angle = rng.uniform(0, 2 * np.pi)
+        curvature = rng.uniform(-1.5, 1.5) / size
+        width = rng.uniform(1.0, 2.5) * size / REFERENCE_SIZE
+        t = np.linspace(0, size * 0.7, 300)
+        theta = angle + curvature * t
+        ys = centre[0] + np.cumsum(np.sin(theta)) * (t[1] - t[0])
+        xs = centre[1] + np.cumsum(np.cos(theta)) * (t[1] - t[0])
+        for y, x in zip(ys, xs):
+            if 0 <= y < size and 0 <= x < size:
+                y0, y1 = int(max(0, y - 4 * width)), int(min(size, y + 4 * width + 1))
+                x0, x1 = int(max(0, x - 4 * width)), int(min(size, x + 4 * width + 1))
+                d2 = (yy[y0:y1, x0:x1] - y) ** 2 + (xx[y0:y1, x0:x1] - x) ** 2
+                darkening[y0:y1, x0:x1] = np.maximum(
+                    darkening[y0:y1, x0:x1], np.exp(-d2 / (2 * width**2))
+                )
+    return darkening
+
+
+def render_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One synthetic fundus photograph of the given class, as an HxWx3 uint8 array."""
+    axis = np.arange(size, dtype=np.float64)
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
+    cy, cx = size / 2 + rng.normal(0, size * 0.01, 2)
+    radius = size * rng.uniform(0.44, 0.48)
+    dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / radius
+    disc = np.clip((1.0 - dist) * size / 6, 0, 1)
+
+    base = np.array([0.78, 0.36, 0.16]) * rng.uniform(0.85, 1.1, 3)
+    illumination = 1.0 - 0.45 * dist**2 + rng.normal(0, 0.03)
+    image = base[None, None, :] * illumination[..., None]
+
+    od_y, od_x = cy + rng.normal(0, size * 0.03), cx + size * 0.22 * rng.choice([-1, 1])
+    od = np.exp(-((yy - od_y) ** 2 + (xx - od_x) ** 2) / (2 * (size * 0.05) ** 2))
+    image += od[..., None] * np.array([0.22, 0.24, 0.14])
+    image *= 1.0 - 0.35 * _vessels(rng, size, yy, xx)[..., None]
+
+    smooth_texture = rng.normal(0, 1, (size // 16 + 2, size // 16 + 2))
+    texture = np.asarray(
+        Image.fromarray(smooth_texture.astype(np.float32)).resize((size, size), Image.Resampling.BICUBIC)
+    )
+    image *= 1.0 + 0.04 * texture[..., None]
+    image += rng.normal(0, 0.012, image.shape)
+
+    scale = size / REFERENCE_SIZE
+    low, high = SPOTS_PER_CLASS[label]
+    count = int(round(rng.integers(low, high + 1) * scale**2))
+    kernel_size = max(7, int(round(9 * scale)) | 1)
+    half = kernel_size // 2
+    for _ in range(count):
+        kernel = _spot_kernel(rng.uniform(0.9, 1.3) * scale, rng.uniform(2.0, 2.6) * scale, kernel_size)
+        while True:
+            y, x = rng.uniform(half, size - half - 1, 2)
+            if np.hypot(y - cy, x - cx) < radius * 0.9:
+                break
+        y, x = int(y), int(x)
+        amplitude = rng.uniform(0.25, 0.4) * rng.choice([-1.0, 1.0])
+        tint = np.array([1.0, 0.8, 0.5])
+        image[y - half : y + half + 1, x - half : x + half + 1] += (
+            amplitude * kernel[..., None] * tint[None, None, :]
+        )
+
+    image *= disc[..., None]
+    return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _split_sizes(config: DemoConfig) -> dict[str, int]:
+    return {"train": config.num_train, "val": config.num_val, "test": config.num_test}
+
+
+def demo_is_current(root: Path, config: DemoConfig) -> bool:
+    manifest = root / MANIFEST
+    if not manifest.exists():
+        return False
+    try:
+        return json.loads(manifest.read_text()) == config.model_dump()
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def generate_demo(root: Path, config: DemoConfig, show_progress: bool = True) -> None:
+    """Write the demo dataset under `root` unless an identical one is already there.
+
+    Labels are balanced per split; every image has its own seed derived from
+    (config.seed, split, index), so the data does not depend on generation order.
+    The tree is built in a temporary folder and moved into place, so an interrupted
+    generation never leaves a half-written dataset behind.
+    """
+    if demo_is_current(root, config):
+        return
+    names = class_names(config.num_classes)
+    staging = root.with_name(root.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    total = sum(_split_sizes(config).values())
+    with Progress(disable=not show_progress, transient=True) as progress:
+        task = progress.add_task("Generating demo images", total=total)
+        for split_index, split in enumerate(SPLITS):
+            count = _split_sizes(config)[split]
+            for name in names:
+                (staging / split / name).mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                label = index % config.num_classes
+                rng = np.random.default_rng([config.seed, split_index, index])
+                pixels = render_image(label, config.image_size, rng)
+                path = staging / split / names[label] / f"demo_{split}_{index:05d}.png"
+                Image.fromarray(pixels).save(path, compress_level=1)
+                progress.advance(task)
+    (staging / MANIFEST).write_text(json.dumps(config.model_dump(), indent=2))
+    if root.exists():
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(root)

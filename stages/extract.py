@@ -1,0 +1,229 @@
+"""Stage one: run the frozen LPM once over every image and fill the cache.
+
+Images are decoded by DataLoader workers, the LPM runs in batches under inference_mode, and
+results are written a whole shard at a time. A store with the same key that was interrupted
+is resumed from its unfinished shards; a complete one is reused without running the LPM.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset
+
+from cache.identity import cache_key, dataset_fingerprint
+from cache.layout import SPLIT_CODES, create_store, store_name
+from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, StorageSettings
+from cache.reader import read_metadata
+from cache.writer import ShardWriter
+from pipeline.config import PipelineConfig
+from pipeline.errors import UserError
+from stages.datasets.images import ImageDecodeError, normalized_tensor, open_rgb, resize_square, side_image
+from stages.datasets.registry import normalization_source, resolve_dataset
+from stages.datasets.samples import SPLITS, ResolvedDataset, Sample
+from stages.lpm import LPMIdentity, build_lpm
+from stages.token_selection import TokenSelectingLPM, num_selected
+
+FPT_VERSION = "0.1.0"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{name!r} is not a device torch knows.", "Use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"Device {name} was asked for but no CUDA GPU is available.", "Use --set extract.device=cpu.")
+    return device
+
+
+class ExtractionImages(Dataset):
+    """Decodes one image into (index, LPM input, stored side image, error message)."""
+
+    def __init__(self, samples: list[Sample], indices: list[int], input_size: int, side_size: int,
+                 mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        self.samples = samples
+        self.indices = indices
+        self.input_size = input_size
+        self.side_size = side_size
+        self.mean = mean
+        self.std = std
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor, np.ndarray, str]:
+        index = self.indices[position]
+        try:
+            image = open_rgb(self.samples[index].path, draft_size=self.input_size)
+        except ImageDecodeError as error:
+            blank = torch.zeros(3, self.input_size, self.input_size)
+            return index, blank, np.zeros((self.side_size, self.side_size, 3), np.uint8), error.reason
+        lpm_input = normalized_tensor(resize_square(image, self.input_size), self.mean, self.std)
+        return index, lpm_input, side_image(image, self.side_size), ""
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    metadata: CacheMetadata
+    reused: bool
+    computed_samples: int
+    seconds: float
+
+
+def extraction_settings(config: PipelineConfig, lpm: LPMIdentity) -> ExtractionSettings:
+    extract = config.extract
+    if extract.input_size % lpm.patch_size:
+        raise UserError(
+            f"extract.input_size {extract.input_size} is not a multiple of the LPM's patch size {lpm.patch_size}.",
+            f"Use e.g. {extract.input_size // lpm.patch_size * lpm.patch_size}.",
+        )
+    if max(extract.layers) >= lpm.depth:
+        raise UserError(
+            f"extract.layers asks for layer {max(extract.layers)} but {lpm.name} has {lpm.depth} blocks (0..{lpm.depth - 1}).",
+            "Choose layers inside that range, e.g. the last half of the blocks.",
+        )
+    tokens = lpm.num_prefix_tokens + (extract.input_size // lpm.patch_size) ** 2
+    return ExtractionSettings(
+        input_size=extract.input_size,
+        layers=extract.layers,
+        token_ratio=extract.token_ratio,
+        importance=extract.importance,
+        num_tokens=tokens,
+        num_selected=num_selected(tokens, extract.token_ratio),
+        side_store_size=extract.side_store_size,
+    )
+
+
+def build_metadata(config: PipelineConfig, dataset: ResolvedDataset, lpm: LPMIdentity, fingerprint: str) -> CacheMetadata:
+    settings = extraction_settings(config, lpm)
+    assert dataset.mean is not None and dataset.std is not None
+    normalization = Normalization(mean=dataset.mean, std=dataset.std, source=normalization_source(config))
+    storage = StorageSettings(
+        dtype=config.cache.dtype, codec=config.cache.codec, codec_level=config.cache.codec_level,
+        shard_size=config.cache.shard_size, chunk_size=config.cache.chunk_size,
+    )
+    weights = lpm.model_dump(include={"name", "weights_identity"})
+    key = cache_key(dataset.name, fingerprint, str(weights), settings, normalization, storage)
+    ranges: dict[str, tuple[int, int]] = {}
+    start = 0
+    for split, count in dataset.split_counts().items():
+        ranges[split] = (start, start + count)
+        start += count
+    return CacheMetadata(
+        fpt_version=FPT_VERSION,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        cache_key=key,
+        dataset=dataset.name,
+        dataset_fingerprint=fingerprint,
+        class_names=dataset.class_names,
+        default_lr=dataset.default_lr,
+        num_samples=len(dataset.samples),
+        split_ranges=ranges,
+        class_counts={split: dataset.class_counts(split) for split in SPLITS},
+        lpm=lpm,
+        extraction=settings,
+        normalization=normalization,
+        storage=storage,
+    )
+
+
+def _progress(show: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        disable=not show,
+    )
+
+
+def run_extract(config: PipelineConfig, show_progress: bool = True) -> ExtractResult:
+    began = time.perf_counter()
+    dataset = resolve_dataset(config, show_progress=show_progress)
+    empty = [split for split, count in dataset.split_counts().items() if count == 0]
+    if empty:
+        raise UserError(
+            f"The {', '.join(empty)} split(s) of dataset {dataset.name} at {dataset.root} hold no images.",
+            "Every split needs at least one labelled image.",
+        )
+    fingerprint = dataset_fingerprint(dataset.samples)
+    device = resolve_device(config.extract.device)
+    vit, lpm = build_lpm(config.lpm, config.extract.input_size)
+    metadata = build_metadata(config, dataset, lpm, fingerprint)
+    path = config.cache.root / store_name(dataset.name, metadata.cache_key)
+
+    if path.exists():
+        existing = read_metadata(path)
+        if existing.cache_key == metadata.cache_key and existing.complete:
+            return ExtractResult(path, existing, True, 0, time.perf_counter() - began)
+        if existing.cache_key != metadata.cache_key:
+            raise UserError(f"{path} holds a cache with another key.", "Move it away and run again.")
+        metadata = existing
+    else:
+        config.cache.root.mkdir(parents=True, exist_ok=True)
+        labels = np.array([s.label for s in dataset.samples])
+        splits = np.array([SPLIT_CODES[s.split] for s in dataset.samples])
+        create_store(path, metadata, labels, splits, [s.sample_id for s in dataset.samples])
+
+    writer = ShardWriter(path, metadata)
+    pending = [shard for shard in range(metadata.num_shards) if shard not in writer.completed_shards()]
+    indices = [i for shard in pending for i in range(*metadata.shard_range(shard))]
+    computed = _extract_into(config, dataset, vit, writer, pending, indices, device, show_progress)
+    final = writer.finish()
+    return ExtractResult(path, final, False, computed, time.perf_counter() - began)
+
+
+def _extract_into(
+    config: PipelineConfig, dataset: ResolvedDataset, vit: torch.nn.Module, writer: ShardWriter,
+    pending: list[int], indices: list[int], device: torch.device, show_progress: bool,
+) -> int:
+    metadata = writer.metadata
+    extract = config.extract
+    selector = TokenSelectingLPM(vit, extract.layers, extract.token_ratio, extract.importance, extract.query_chunk).to(device)
+    assert dataset.mean is not None and dataset.std is not None
+    images = ExtractionImages(dataset.samples, indices, extract.input_size, extract.side_store_size,
+                              metadata.normalization.mean, metadata.normalization.std)
+    loader = DataLoader(
+        images, batch_size=extract.batch_size, shuffle=False, num_workers=extract.num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    shard_of = {i: i // metadata.storage.shard_size for i in indices}
+    buffers: dict[int, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: {} for s in pending}
+    done = 0
+    started = time.perf_counter()
+    with _progress(show_progress) as progress:
+        task = progress.add_task("Extracting", total=len(indices), rate="")
+        with torch.inference_mode():
+            for batch_indices, lpm_inputs, side_images, errors in loader:
+                failures = [(int(i), e) for i, e in zip(batch_indices, errors) if e]
+                if failures:
+                    index, reason = failures[0]
+                    raise UserError(
+                        f"The image {dataset.samples[index].path} cannot be read: {reason}. "
+                        f"{len(failures)} image(s) of this batch failed.",
+                        "Replace or remove the file(s); shards already written are kept and reused on the next run.",
+                    )
+                keys, values, _ = selector(lpm_inputs.to(device, non_blocking=True))
+                keys, values = keys.float().cpu().numpy(), values.float().cpu().numpy()
+                side = side_images.numpy()
+                for row, index in enumerate(batch_indices.tolist()):
+                    shard = shard_of[index]
+                    buffers[shard][index] = (keys[row], values[row], side[row])
+                    start, stop = metadata.shard_range(shard)
+                    if len(buffers[shard]) == stop - start:
+                        rows = [buffers[shard][i] for i in range(start, stop)]
+                        writer.write_shard(shard, *(np.stack(parts) for parts in zip(*rows)))
+                        del buffers[shard]
+                done += len(batch_indices)
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=len(batch_indices), rate=f"{rate:.1f} img/s")
+    return done
+

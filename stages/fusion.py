@@ -1,0 +1,58 @@
+"""Fusion modules: learnable prompts cross-attend into the LPM's cached keys and values.
+
+One set of prompts per chosen layer (L x M x Dp); the LayerNorm, the optional prompt
+projection and the output projection are shared by all layers (METHOD.md, stage two).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class PromptFusion(nn.Module):
+    def __init__(
+        self,
+        num_layers: int,
+        num_prompts: int,
+        lpm_dim: int,
+        num_heads: int,
+        side_dim: int,
+        prompt_dim: int | None = None,
+        prompt_norm: bool = True,
+        prompt_projection: bool = False,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        prompt_dim = lpm_dim if prompt_dim is None else prompt_dim
+        if lpm_dim % num_heads:
+            raise ValueError(f"LPM width {lpm_dim} is not divisible by {num_heads} heads")
+        if not prompt_projection and prompt_dim != lpm_dim:
+            raise ValueError("without a prompt projection the prompt width must equal the LPM width")
+        if prompt_dim != lpm_dim and prompt_dim != side_dim:
+            raise ValueError("a reduced prompt width must equal the side width (it is added after projection)")
+        self.num_heads = num_heads
+        self.head_dim = lpm_dim // num_heads
+        self.residual_before_projection = prompt_dim == lpm_dim
+        self.prompts = nn.Parameter(torch.empty(num_layers, num_prompts, prompt_dim))
+        nn.init.normal_(self.prompts, std=1e-6)
+        self.norm = nn.LayerNorm(prompt_dim) if prompt_norm else nn.Identity()
+        self.projection = nn.Linear(prompt_dim, lpm_dim) if prompt_projection else nn.Identity()
+        self.output = nn.Linear(lpm_dim, side_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """keys, values: (B, L, H, n, Dh) -> fine-grained prompts (B, L, M, d)."""
+        layers, prompts, _ = self.prompts.shape
+        queries = self.projection(self.norm(self.prompts))
+        queries = queries.view(layers, prompts, self.num_heads, self.head_dim).transpose(1, 2)
+        logits = torch.einsum("lhmd,blhnd->blhmn", queries, keys) / math.sqrt(self.head_dim)
+        context = torch.einsum("blhmn,blhnd->blhmd", logits.softmax(dim=-1), values)
+        context = context.transpose(2, 3).reshape(keys.shape[0], layers, prompts, -1)
+        if self.residual_before_projection:
+            out = self.output(context + self.prompts)
+        else:
+            out = self.output(context) + self.prompts
+        return self.dropout(out)

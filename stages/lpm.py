@@ -1,0 +1,127 @@
+"""Building the frozen large pre-trained model (LPM) with timm, and naming its weights.
+
+Weights come from the timm/Hugging Face hub name (`weights: hub`), from a local file
+(`weights: /path/to/file.safetensors`), or are random (`weights: none`, only when asked for,
+recorded in the cache as `random:<seed>`). Position embeddings are resampled to the
+requested input size by timm's own checkpoint filter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from pipeline.config import LPMConfig
+from pipeline.errors import UserError
+
+
+class LPMIdentity(BaseModel):
+    """What the cache records about the LPM that produced it."""
+
+    name: str
+    weights_source: str  # "hub", "file" or "none"
+    weights_identity: str  # "sha256:<hex>" or "random:<seed>"
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    patch_size: int
+    depth: int
+    num_prefix_tokens: int
+    num_params: int
+
+
+def file_sha256(path: Path, block_size: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _create(name: str, input_size: int, **kwargs: object) -> torch.nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise UserError(
+            f"timm knows no model called {name!r} (lpm.name).",
+            "Use a timm ViT name such as vit_base_patch16_384.orig_in21k_ft_in1k; "
+            "`python -c \"import timm; print(timm.list_models('vit_*'))\"` lists them.",
+        )
+    return timm.create_model(name, img_size=input_size, num_classes=0, **kwargs)
+
+
+def build_lpm(config: LPMConfig, input_size: int) -> tuple[torch.nn.Module, LPMIdentity]:
+    """The frozen LPM in eval mode at `input_size`, and its identity."""
+    weights = config.weights.strip()
+    if weights.lower() == "none":
+        torch.manual_seed(config.init_seed)
+        model = _create(config.name, input_size, pretrained=False)
+        source, identity = "none", f"random:{config.init_seed}"
+    elif weights.lower() == "hub":
+        try:
+            model = _create(config.name, input_size, pretrained=True)
+        except UserError:
+            raise
+        except Exception as error:  # network, missing hub entry, corrupt download
+            raise UserError(
+                f"Could not get the pre-trained weights of {config.name} from the hub ({error}).",
+                "Without internet access, download the weights elsewhere and set lpm.weights to "
+                "the local file; set lpm.weights to none only to try the pipeline with random weights.",
+            ) from None
+        source, identity = "hub", "sha256:" + state_dict_sha256(model)
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"The LPM weights file {path} (lpm.weights) does not exist.",
+                "Give the path to a .safetensors, .pth or .bin file, 'hub', or 'none'.",
+            )
+        try:
+            model = _create(
+                config.name, input_size, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
+            )
+        except UserError:
+            raise
+        except Exception as error:
+            raise UserError(
+                f"The weights in {path} do not load into {config.name} ({error}).",
+                "Check that lpm.name is the architecture the file was saved from.",
+            ) from None
+        source, identity = "file", "sha256:" + file_sha256(path)
+    model.eval().requires_grad_(False)
+    return model, describe_lpm(model, config.name, source, identity)
+
+
+def describe_lpm(model: torch.nn.Module, name: str, source: str, identity: str) -> LPMIdentity:
+    blocks = getattr(model, "blocks", None)
+    attn = getattr(blocks[0], "attn", None) if blocks is not None and len(blocks) else None
+    if attn is None or not hasattr(attn, "qkv"):
+        raise UserError(
+            f"The model {name} is not a ViT with standard self-attention blocks "
+            "(blocks[i].attn.qkv), so its keys and values cannot be read.",
+            "Use a timm VisionTransformer such as vit_base_patch16_384 or vit_base_patch8_224.dino.",
+        )
+    patch = model.patch_embed.patch_size
+    return LPMIdentity(
+        name=name,
+        weights_source=source,
+        weights_identity=identity,
+        embed_dim=model.embed_dim,
+        num_heads=attn.num_heads,
+        head_dim=attn.head_dim,
+        patch_size=int(patch[0] if isinstance(patch, (tuple, list)) else patch),
+        depth=len(blocks),
+        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
+        num_params=sum(p.numel() for p in model.parameters()),
+    )

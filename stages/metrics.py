@@ -1,0 +1,53 @@
+"""Classification metrics of the paper: accuracy, macro F1, AUC, precision, recall, QWK."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from pydantic import BaseModel
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score, roc_auc_score
+
+
+class Metrics(BaseModel):
+    accuracy: float
+    macro_f1: float
+    auc: float  # one-vs-rest macro for > 2 classes; NaN if a class is absent
+    precision: float
+    recall: float
+    kappa: float  # quadratic-weighted
+    loss: float | None = None
+
+
+def auc_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    num_classes = probabilities.shape[1]
+    present = np.unique(labels)
+    if len(present) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if num_classes == 2:
+            return float(roc_auc_score(labels, probabilities[:, 1]))
+        if len(present) < num_classes:
+            # sklearn's ovr needs every class; average over the classes that are present
+            scores = [roc_auc_score(labels == c, probabilities[:, c]) for c in present]
+            return float(np.mean(scores))
+        return float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"))
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, loss: float | None = None) -> Metrics:
+    predictions = probabilities.argmax(axis=1)
+    classes = list(range(probabilities.shape[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kappa = cohen_kappa_score(labels, predictions, labels=classes, weights="quadratic")
+    return Metrics(
+        accuracy=float(accuracy_score(labels, predictions)),
+        macro_f1=float(f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)),
+        auc=auc_score(labels, probabilities),
+        precision=float(precision_score(labels, predictions, labels=classes, average="macro", zero_division=0)),
+        recall=float(recall_score(labels, predictions, labels=classes, average="macro", zero_division=0)),
+        kappa=float(kappa) if not math.isnan(kappa) else 0.0,
+        loss=loss,
+    )
