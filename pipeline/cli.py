@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="FPT+ as a tw
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect the feature caches.")
 app.add_typer(cache_app, name="cache")
 console = Console()
-error_console = Console(stderr=True)
+error_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="Configuration file (default: ./pipeline.yaml).")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: --set train.lr=1e-4 (repeatable).")]

@@ -25,9 +25,11 @@ from stages.datasets.samples import SPLITS
 
 CLASS_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
 MANIFEST = "demo_manifest.json"
+GENERATOR_VERSION = 2  # bump when the images change, so stale demo folders are rebuilt
 # Spots per class at the reference size of 512 px; scaled with image area.
-SPOTS_PER_CLASS = [(0, 4), (14, 22), (32, 44), (52, 64), (74, 88)]
+SPOTS_PER_CLASS = [(0, 16), (60, 90), (130, 170), (200, 250), (280, 340)]
 REFERENCE_SIZE = 512
+SPOT_AMPLITUDE = (0.35, 0.5)
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -104,7 +106,7 @@ def render_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
             if np.hypot(y - cy, x - cx) < radius * 0.9:
                 break
         y, x = int(y), int(x)
-        amplitude = rng.uniform(0.25, 0.4) * rng.choice([-1.0, 1.0])
+        amplitude = rng.uniform(*SPOT_AMPLITUDE) * rng.choice([-1.0, 1.0])
         tint = np.array([1.0, 0.8, 0.5])
         image[y - half : y + half + 1, x - half : x + half + 1] += (
             amplitude * kernel[..., None] * tint[None, None, :]
@@ -118,12 +120,16 @@ def _split_sizes(config: DemoConfig) -> dict[str, int]:
     return {"train": config.num_train, "val": config.num_val, "test": config.num_test}
 
 
+def _manifest(config: DemoConfig) -> dict:
+    return {"generator_version": GENERATOR_VERSION, **config.model_dump()}
+
+
 def demo_is_current(root: Path, config: DemoConfig) -> bool:
     manifest = root / MANIFEST
     if not manifest.exists():
         return False
     try:
-        return json.loads(manifest.read_text()) == config.model_dump()
+        return json.loads(manifest.read_text()) == _manifest(config)
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -155,7 +161,7 @@ def generate_demo(root: Path, config: DemoConfig, show_progress: bool = True) ->
                 path = staging / split / names[label] / f"demo_{split}_{index:05d}.png"
                 Image.fromarray(pixels).save(path, compress_level=1)
                 progress.advance(task)
-    (staging / MANIFEST).write_text(json.dumps(config.model_dump(), indent=2))
+    (staging / MANIFEST).write_text(json.dumps(_manifest(config), indent=2))
     if root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
