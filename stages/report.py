@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import confusion_matrix, roc_curve  # noqa: E402
@@ -58,7 +59,14 @@ def read_epochs(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_training_curves(epochs: list[dict], path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def training_curves_figure(epochs: list[dict]) -> Figure:
     numbers = [e["epoch"] for e in epochs]
     figure, (loss_axis, auc_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(numbers, [e["train_loss"] for e in epochs], marker="o", label="train")
@@ -82,11 +90,10 @@ def plot_training_curves(epochs: list[dict], path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
-def plot_roc(predictions: SplitPredictions, path: Path) -> None:
+def roc_figure(predictions: SplitPredictions) -> Figure:
     labels = np.asarray(predictions.labels)
     probabilities = np.asarray(predictions.probabilities)
     figure, axis = plt.subplots(figsize=(5.5, 5))
@@ -104,11 +111,10 @@ def plot_roc(predictions: SplitPredictions, path: Path) -> None:
     axis.legend(loc="lower right", fontsize="small")
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
-def plot_confusion(predictions: SplitPredictions, path: Path) -> None:
+def confusion_figure(predictions: SplitPredictions) -> Figure:
     labels = np.asarray(predictions.labels)
     predicted = np.asarray(predictions.probabilities).argmax(axis=1)
     count = len(predictions.class_names)
@@ -126,8 +132,7 @@ def plot_confusion(predictions: SplitPredictions, path: Path) -> None:
     axis.set(title=f"Confusion matrix ({predictions.split}, {predictions.which} model)",
              xlabel="predicted class", ylabel="true class")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
 def _metric_rows(run_dir: Path) -> list[tuple[str, dict]]:
@@ -197,7 +202,7 @@ def write_report(run_dir: Path) -> list[Path]:
     epochs = read_epochs(run_dir)
     if epochs:
         pictures["training_curves"] = run_dir / "training_curves.png"
-        plot_training_curves(epochs, pictures["training_curves"])
+        save_figure(training_curves_figure(epochs), pictures["training_curves"])
     order = {"test": 0, "val": 1, "train": 2}
     found = sorted(run_dir.glob("predictions_*_*.csv"),
                    key=lambda p: (order.get(p.stem.split("_")[1], 3), p.stem.split("_", 2)[2] != "best", p.name))
@@ -206,8 +211,8 @@ def write_report(run_dir: Path) -> list[Path]:
         tag = f"{predictions.split}_{predictions.which}"
         pictures[f"roc_{tag}"] = run_dir / f"roc_{tag}.png"
         pictures[f"confusion_{tag}"] = run_dir / f"confusion_{tag}.png"
-        plot_roc(predictions, pictures[f"roc_{tag}"])
-        plot_confusion(predictions, pictures[f"confusion_{tag}"])
+        save_figure(roc_figure(predictions), pictures[f"roc_{tag}"])
+        save_figure(confusion_figure(predictions), pictures[f"confusion_{tag}"])
     report = run_dir / "report.md"
     atomic_write_text(report, _markdown(run_dir, pictures, epochs))
     return [*pictures.values(), report]
