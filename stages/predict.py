@@ -27,7 +27,7 @@ from stages.augment import eval_images
 from stages.datasets.layouts import is_image_file
 from stages.datasets.samples import Sample
 from stages.extract import ExtractionImages, resolve_device
-from stages.lpm import build_lpm
+from stages.lpm import LPMIdentity, build_lpm
 from stages.token_selection import TokenSelectingLPM
 from stages.trained_run import Checkpoint, load_run_model, read_run, run_cache_metadata, run_config
 
@@ -73,10 +73,20 @@ def frozen_selector(config: PipelineConfig, metadata: CacheMetadata) -> TokenSel
         raise UserError(
             "The LPM built from the run's settings is not the one that made its cache (" + "; ".join(differences)
             + "), so its features would not match what the side network was trained on.",
-            f"Set lpm.name/lpm.weights/lpm.init_seed to those of the extraction, e.g. --set lpm.weights=<the same "
-            f"weights file> (the cache records weights {recorded.weights_source} {recorded.weights_identity}).",
+            _same_lpm_hint(recorded),
         )
     return TokenSelectingLPM(vit, settings.layers, settings.token_ratio, settings.importance, config.extract.query_chunk)
+
+
+def _same_lpm_hint(recorded: LPMIdentity) -> str:
+    if recorded.weights_source == "none":
+        seed = recorded.weights_identity.removeprefix("random:")
+        return f"Use the extraction's settings: --set lpm.name={recorded.name} --set lpm.weights=none --set lpm.init_seed={seed}."
+    if recorded.weights_source == "file":
+        return (f"Use the extraction's settings: --set lpm.name={recorded.name} --set lpm.weights=<the weights file "
+                f"whose sha256 is {recorded.weights_identity.removeprefix('sha256:')[:16]}...>.")
+    return (f"Use the extraction's settings: --set lpm.name={recorded.name} --set lpm.weights=hub, with the same "
+            "hub weights downloaded (their hash is recorded in the cache).")
 
 
 def as_stored(features: torch.Tensor, metadata: CacheMetadata) -> torch.Tensor:
