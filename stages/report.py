@@ -85,7 +85,7 @@ def training_curves_figure(epochs: list[dict]) -> Figure:
         auc_axis.scatter([best_epoch], [best_auc], s=120, facecolors="none", edgecolors="red", zorder=3,
                          label=f"best AUC {best_auc:.3f} (epoch {best_epoch})")
     auc_axis.set(title="Validation", xlabel="epoch", ylabel="score", ylim=(-0.02, 1.02))
-    auc_axis.legend(loc="lower right", fontsize="small")
+    auc_axis.legend(loc="best", fontsize="small", framealpha=0.85)
     for axis in (loss_axis, auc_axis):
         axis.grid(alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
