@@ -90,6 +90,78 @@ def train_side_command(
     console.print(f"{result.learnable_params:,} learnable parameters; {result.seconds:.1f} s; run folder {result.run_dir}")
 
 
+RunOption = Annotated[Path, typer.Option("--run", "-r", help="The run folder that `fpt train-side` wrote.")]
+CheckpointOption = Annotated[str, typer.Option("--checkpoint", help="best (best validation AUC) or last (final epoch).")]
+RunCacheOption = Annotated[Optional[Path], typer.Option("--cache", help="The run's cache, if it was moved (its key must match run.json).")]
+
+
+def _checkpoint(value: str) -> str:
+    if value not in ("best", "last"):
+        raise UserError(f"--checkpoint {value!r} is not a checkpoint.", "Use --checkpoint best or --checkpoint last.")
+    return value
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images (searched recursively).")],
+    run: RunOption,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV to write (default: <run>/predict-<time>.csv).")] = None,
+    checkpoint: CheckpointOption = "best",
+    cache: RunCacheOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Classify new images with a trained run: frozen LPM (checked against the cache) + side network."""
+    import datetime as dt
+
+    from stages.predict import predict_images, write_prediction_csv
+    from stages.trained_run import read_run
+
+    predictions = predict_images(run, images, _checkpoint(checkpoint), set_, cache, show_progress=not quiet)  # type: ignore[arg-type]
+    target = output or run / f"predict-{dt.datetime.now():%Y%m%d-%H%M%S}.csv"
+    write_prediction_csv(target, predictions, read_run(run).class_names)
+    counts: dict[str, int] = {}
+    for item in predictions:
+        counts[item.predicted] = counts.get(item.predicted, 0) + 1
+    console.print(f"[green]{len(predictions)} image(s) classified[/green] ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}): {target}")
+
+
+@app.command()
+def evaluate(
+    run: RunOption,
+    split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    checkpoint: CheckpointOption = "best",
+    cache: RunCacheOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Recompute a run's metrics from its cache, write them (JSON) and redraw its report."""
+    from stages.evaluate import evaluate_run
+
+    result = evaluate_run(run, split, _checkpoint(checkpoint), cache, set_)  # type: ignore[arg-type]
+    table = Table(title=f"{split} metrics, {checkpoint} checkpoint ({result.num_samples} images)")
+    fields = ["accuracy", "macro_f1", "auc", "precision", "recall", "kappa"]
+    for name in fields:
+        table.add_column(name, justify="right")
+    table.add_row(*[f"{getattr(result.metrics, name):.4f}" for name in fields])
+    console.print(table)
+    console.print(f"Metrics: {result.metrics_file}; report: {run / 'report.md'}")
+
+
+@app.command("export")
+def export_command(
+    run: RunOption,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder to write (default: <run>/export).")] = None,
+    checkpoint: CheckpointOption = "best",
+    cache: RunCacheOption = None,
+) -> None:
+    """Export the side network + fusion weights (safetensors) with a JSON to rebuild them."""
+    from stages.export import export_run
+
+    folder = export_run(run, _checkpoint(checkpoint), output, cache)  # type: ignore[arg-type]
+    console.print(f"[green]Exported[/green] to {folder}; load it with "
+                  f"`from stages.export import load_exported; model = load_exported({str(folder)!r})`.")
+
+
 @app.command()
 def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
     """List the datasets fpt knows and where each expects its files."""

@@ -185,4 +185,7 @@ def train_side(config: PipelineConfig, cache_path: Path | None = None, show_prog
         test_last=test_results["last"], learnable_params=learnable, seconds=time.perf_counter() - began,
     )
     write_json(run_dir / "final_metrics.json", result.model_dump(mode="json"))
+    from stages.run_summary import summarize_run
+
+    summarize_run(run_dir)
     return result

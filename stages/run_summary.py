@@ -1,0 +1,15 @@
+"""What every finished run folder gets: pictures, report.md and an exported model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages.export import export_run
+from stages.report import write_report
+
+
+def summarize_run(run_dir: Path) -> list[Path]:
+    """Draw the report of a finished run and export its best checkpoint to <run>/export."""
+    files = write_report(run_dir)
+    folder = export_run(run_dir, "best")
+    return [*files, folder]

@@ -1,0 +1,161 @@
+"""predict / evaluate / export / report on one tiny demo run (extract + train-side once per module)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import accuracy_score, roc_auc_score
+from typer.testing import CliRunner
+
+from cache.reader import CacheReader
+from pipeline.cli import app
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from stages.augment import eval_images
+from stages.export import load_exported
+from stages.extract import run_extract
+from stages.predict import predict_images
+from stages.train_side import train_side
+
+TINY = [
+    "demo.num_train=12", "demo.num_val=6", "demo.num_test=6", "demo.image_size=128", "extract.input_size=64",
+    "extract.side_store_size=72", "side.input_size=64", "lpm.name=vit_tiny_patch16_224", "lpm.weights=none",
+    "train.epochs=2", "cache.shard_size=4", "cache.chunk_size=2", "extract.num_workers=0", "train.device=cpu",
+    "extract.device=cpu",
+]
+FLOAT16_TOLERANCE = 2e-3
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    config = load_config(None, [*TINY, f"dataset.data_root={root / 'data'}", f"cache.root={root / 'cache'}",
+                                f"train.runs_root={root / 'runs'}"], "demo")
+    run_extract(config, show_progress=False)
+    result = train_side(config, show_progress=False)
+    return {"run": result.run_dir, "data": root / "data" / "demo", "cache": result.cache, "root": root}
+
+
+def read_probabilities(path: Path, key: str) -> dict[str, np.ndarray]:
+    with open(path, newline="") as handle:
+        return {row[key]: np.array([float(v) for k, v in row.items() if k.startswith("p_")])
+                for row in csv.DictReader(handle)}
+
+
+def test_predict_cli_reproduces_train_side_test_probabilities(run: dict[str, Path]) -> None:
+    output = run["root"] / "predict.csv"
+    result = CliRunner().invoke(app, ["predict", str(run["data"] / "test"), "--run", str(run["run"]),
+                                      "--output", str(output), "--quiet"])
+    assert result.exit_code == 0, result.output
+    predicted = read_probabilities(output, "file")
+    reference = read_probabilities(run["run"] / "predictions_test_best.csv", "sample_id")
+    assert len(predicted) == len(reference) == 6
+    for file, probabilities in predicted.items():
+        sample_id = str(Path(file).relative_to(run["data"]))
+        np.testing.assert_allclose(probabilities, reference[sample_id], atol=FLOAT16_TOLERANCE)
+        assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+    with open(output, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    class_names = json.loads((run["run"] / "run.json").read_text())["class_names"]
+    for row in rows:
+        probabilities = [float(row[f"p_{name}"]) for name in class_names]
+        assert row["predicted"] == class_names[int(np.argmax(probabilities))]
+
+
+def test_predict_last_checkpoint_matches_its_own_predictions(run: dict[str, Path]) -> None:
+    files = sorted((run["data"] / "test").rglob("*.png"))[:2]
+    predictions = predict_images(run["run"], files, "last", show_progress=False)
+    reference = read_probabilities(run["run"] / "predictions_test_last.csv", "sample_id")
+    for item in predictions:
+        expected = reference[str(Path(item.file).relative_to(run["data"]))]
+        np.testing.assert_allclose(item.probabilities, expected, atol=FLOAT16_TOLERANCE)
+
+
+def test_predict_refuses_an_lpm_with_another_seed(run: dict[str, Path]) -> None:
+    image = next((run["data"] / "test").rglob("*.png"))
+    with pytest.raises(UserError, match="random:0.*random:1"):
+        predict_images(run["run"], [image], assignments=["lpm.init_seed=1"], show_progress=False)
+
+
+def test_predict_refuses_an_lpm_from_another_weights_file(run: dict[str, Path]) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    weights = run["root"] / "other_vit_tiny.safetensors"
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    image = next((run["data"] / "test").rglob("*.png"))
+    with pytest.raises(UserError, match="weights_identity: cache has random:0, now sha256:"):
+        predict_images(run["run"], [image], assignments=[f"lpm.weights={weights}"], show_progress=False)
+
+
+def test_predict_reports_missing_and_undecodable_images(run: dict[str, Path]) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        predict_images(run["run"], [run["root"] / "nowhere"], show_progress=False)
+    broken = run["root"] / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot be read"):
+        predict_images(run["run"], [broken], show_progress=False)
+
+
+def test_evaluate_recomputes_metrics_from_the_cache(run: dict[str, Path]) -> None:
+    result = CliRunner().invoke(app, ["evaluate", "--run", str(run["run"]), "--split", "val", "--checkpoint", "last"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((run["run"] / "evaluation_val_last.json").read_text())
+    assert written["split"] == "val" and written["num_samples"] == 6
+    predictions = run["run"] / "predictions_val_last.csv"
+    with open(predictions, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = np.array([int(r["label"]) for r in rows])
+    probabilities = np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows])
+    assert written["metrics"]["accuracy"] == pytest.approx(accuracy_score(labels, probabilities.argmax(1)))
+    assert written["metrics"]["auc"] == pytest.approx(
+        roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"), abs=1e-4)
+    # The final epoch's validation metrics were logged by train-side with the same model.
+    last_epoch = json.loads((run["run"] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert written["metrics"]["accuracy"] == pytest.approx(last_epoch["val"]["accuracy"])
+    assert written["metrics"]["auc"] == pytest.approx(last_epoch["val"]["auc"], abs=1e-6)
+    assert (run["run"] / "roc_val_last.png").is_file() and (run["run"] / "confusion_val_last.png").is_file()
+    assert "`fpt evaluate`: val, last model" in (run["run"] / "report.md").read_text()
+
+
+def test_evaluate_rejects_an_unknown_split(run: dict[str, Path]) -> None:
+    from stages.evaluate import evaluate_run
+
+    with pytest.raises(UserError, match="no split called 'dev'"):
+        evaluate_run(run["run"], "dev")
+
+
+def test_run_folder_has_readable_pictures_and_report(run: dict[str, Path]) -> None:
+    report = (run["run"] / "report.md").read_text()
+    final = json.loads((run["run"] / "final_metrics.json").read_text())
+    assert f"| test, best-validation model | {final['test_best']['accuracy']:.4f} |" in report
+    for name in ("training_curves.png", "roc_test_best.png", "confusion_test_best.png"):
+        assert f"]({name})" in report
+        with Image.open(run["run"] / name) as picture:
+            assert picture.format == "PNG" and picture.width >= 400 and picture.height >= 300
+            assert len(np.unique(np.asarray(picture.convert("L")))) > 10  # something is drawn
+
+
+def test_exported_model_reproduces_train_side_probabilities(run: dict[str, Path]) -> None:
+    model = load_exported(run["run"] / "export")
+    manifest = model.manifest
+    assert manifest.checkpoint == "best" and manifest.lpm.weights_identity == "random:0"
+    reader = CacheReader(run["cache"])
+    assert manifest.cache_key == reader.metadata.cache_key
+    start, stop = reader.split_range("test")
+    arrays = reader.read(start, stop)
+    images = eval_images(arrays["side_images"], manifest.side_input_size, manifest.normalization.mean,
+                         manifest.normalization.std)
+    with torch.no_grad():
+        probabilities = model(images, torch.from_numpy(arrays["keys"]).float(),
+                              torch.from_numpy(arrays["values"]).float()).softmax(-1).numpy()
+    reference = read_probabilities(run["run"] / "predictions_test_best.csv", "sample_id")
+    ids = reader.sample_ids()[start:stop]
+    np.testing.assert_allclose(probabilities, np.stack([reference[i] for i in ids]), atol=1e-5)
