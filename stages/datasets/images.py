@@ -81,8 +81,8 @@ def open_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
             if width * height > MAX_DECODED_PIXELS:
                 raise ImageDecodeError(
                     path,
-                    f"image is {width} x {height} = {width * height / 1e6:.0f} Mpx, more than the "
-                    f"{MAX_DECODED_PIXELS / 1e6:.0f} Mpx fpt decodes; save a downscaled copy "
+                    f"image is {width} x {height} = {width * height:,} pixels, more than the "
+                    f"{MAX_DECODED_PIXELS:,} fpt decodes; save a downscaled copy "
                     "(or a JPEG, which is decoded at reduced scale)",
                 )
             image.load()

@@ -174,7 +174,9 @@ def resolve_dataset(config: PipelineConfig, show_progress: bool = True) -> Resol
     mean, std = choose_normalization(spec, config, checks)
     notes = layout.notes + [f"warning: {p.describe()}" for p in layout.warnings]
     if failures:
-        notes.append(f"{len(failures)} undecodable image(s) skipped (listed in the cache metadata).")
+        listed = "; ".join(f"{c.sample.path}: {c.failure}" for c in failures[:5])
+        more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+        notes.append(f"{len(failures)} undecodable image(s) skipped, listed in the cache metadata ({listed}{more}).")
     return ResolvedDataset(
         name=spec.name, root=config.dataset.root(), class_names=list(layout.class_names), samples=samples,
         mean=mean, std=std, default_lr=spec.default_lr, notes=notes,
