@@ -210,3 +210,47 @@ def test_csv_layout_through_the_registry(tmp_path):
     # a paper dataset may come as a CSV too, keeping its class names
     named = resolve_dataset(config_for("cmmd", tmp_path, f"dataset.csv={tmp_path / 'labels.csv'}"), show_progress=False)
     assert named.class_names == ["benign", "malignant"] and named.default_lr == 5e-5
+
+
+def test_csv_header_of_any_names_and_one_file_spelled_two_ways(tmp_path):
+    write_image(tmp_path / "img" / "a.png")
+    write_image(tmp_path / "img" / "b.png", 40)
+    (tmp_path / "t.csv").write_text("image,class,fold\nimg/a.png,0,train\n./img/a.png,1,test\nimg/b.png,1,val\n")
+    result = read_csv_table(tmp_path / "t.csv", None, 0.2, 0.2, 0)
+    found = {p.kind: p for p in result.problems}
+    assert set(found) == {"duplicate_label"}
+    assert found["duplicate_label"].paths == ["t.csv:3 ./img/a.png (also line 2)"]
+
+
+def test_numeric_class_folders_sort_numerically(tmp_path):
+    root = tmp_path / "tree"
+    for name in ("2", "10", "9"):
+        for split in ("train", "val", "test"):
+            write_image(root / split / name / "x.png", int(name))
+    result = read_class_folders(root, None)
+    assert result.class_names == ["2", "9", "10"]
+    assert {s.label for s in result.samples if s.sample_id.startswith("train/10/")} == {2}
+    write_image(root / "val" / "1" / "y.png")  # a class name that does not exist, not index 1
+    assert check_structure(read_class_folders(root, None)).errors[0].kind == "unknown_class_folder"
+
+
+def test_fixed_class_datasets_refuse_a_class_list(tmp_path):
+    root = ddr_tree(tmp_path / "ddr", {"train": [0], "valid": [1], "test": [2]})
+    with pytest.raises(UserError, match="fixed"):
+        read_layout(config_for("ddr", root, "dataset.classes=[a,b]"))
+
+
+def test_datasets_command_lists_every_dataset_and_where_it_is_looked_for(tmp_path, monkeypatch):
+    import pipeline.cli
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    monkeypatch.setattr(pipeline.cli, "console", Console(width=400))
+    (tmp_path / "ddr").mkdir()
+    result = CliRunner().invoke(pipeline.cli.app, ["datasets", "--set", f"dataset.data_root={tmp_path}"])
+    assert result.exit_code == 0, result.output
+    for name, spec in REGISTRY.items():
+        line = next(line for line in result.output.splitlines() if line.strip("│ ┃").startswith(name + " "))
+        assert f"{spec.default_lr:g}" in line, line
+    assert f"{tmp_path / 'ddr'} (found)" in result.output
+    assert f"{tmp_path / 'isic2018'} (missing)" in result.output

@@ -8,13 +8,14 @@ indices. Without a split column the rows are split with a seeded, class-stratifi
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline.errors import UserError
-from stages.datasets.layouts import SPLIT_FOLDER_NAMES, class_index
+from stages.datasets.layouts import IMAGE_SUFFIXES, SPLIT_FOLDER_NAMES, class_index, natural_order
 from stages.datasets.problems import LayoutResult
 from stages.datasets.samples import Sample, Split
 
@@ -33,9 +34,9 @@ def read_rows(csv_path: Path) -> tuple[list[list[str]], int]:
         rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
     if not rows:
         raise UserError(f"The label table {csv_path} is empty.", "Write one path,label[,split] row per image.")
-    header = [cell.strip().lower() for cell in rows[0]]
-    if header[:2] == ["path", "label"]:
-        return rows[1:], 2
+    first = rows[0][0].strip() if rows[0] else ""
+    if first.lower() == "path" or Path(first).suffix.lower() not in IMAGE_SUFFIXES:
+        return rows[1:], 2  # a header row: the first cell is not an image file name
     return rows, 1
 
 
@@ -44,7 +45,7 @@ def labels_to_classes(raw: list[str], class_names: list[str] | None) -> list[str
         return class_names
     if all(label.lstrip("-").isdigit() for label in raw):
         return [str(index) for index in range(max(max(int(label) for label in raw), 0) + 1)]
-    return sorted(set(raw))
+    return natural_order(raw)
 
 
 def stratified_splits(labels: list[int], val_fraction: float, test_fraction: float, seed: int) -> list[Split]:
@@ -92,16 +93,16 @@ def read_csv_table(
     result.class_names = names
     base = csv_path.parent
     kept: list[tuple[str, Path, int, str, int]] = []
-    seen: dict[str, int] = {}
+    seen: dict[Path, int] = {}
     missing, bad_label, bad_split, repeated = [], [], [], []
     for number, row in enumerate(rows, first_line):
         raw_path, raw_label = row[0].strip(), row[1].strip()
         where = f"{csv_path.name}:{number} {raw_path}"
-        if raw_path in seen:
-            repeated.append(f"{where} (also line {seen[raw_path]})")
-            continue
-        seen[raw_path] = number
         path = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
+        if path.resolve() in seen:  # the same file, however it is spelled
+            repeated.append(f"{where} (also line {seen[path.resolve()]})")
+            continue
+        seen[path.resolve()] = number
         label = class_index(raw_label, names)
         split = SPLIT_ALIASES.get(row[2].strip().lower(), "") if has_split else "train"
         if not path.is_file():
@@ -135,5 +136,6 @@ def read_csv_table(
             f"(val {val_fraction:g}, test {test_fraction:g})."
         )
     for (raw_path, path, label, _, _), split in zip(kept, splits):
-        result.samples.append(Sample(sample_id=Path(raw_path).as_posix(), path=path, label=label, split=split))  # type: ignore[arg-type]
+        sample_id = Path(os.path.normpath(raw_path)).as_posix()
+        result.samples.append(Sample(sample_id=sample_id, path=path, label=label, split=split))  # type: ignore[arg-type]
     return result

@@ -6,6 +6,7 @@ Class folders are matched to the class names by name (case-insensitive) or by in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.errors import UserError
@@ -55,11 +56,18 @@ def split_folders(root: Path, arrangement: str) -> dict[Split, Path]:
     return {split: folder for split, folder in folders.items() if folder is not None}
 
 
+def natural_order(names: Iterable[str]) -> list[str]:
+    """Sorted names; numerically when every name is a number, so "10" comes after "9"."""
+    unique = sorted(set(names))
+    return sorted(unique, key=int) if unique and all(name.isdigit() for name in unique) else unique
+
+
 def class_index(folder_name: str, class_names: list[str]) -> int | None:
     lowered = [name.lower() for name in class_names]
     if folder_name.lower() in lowered:
         return lowered.index(folder_name.lower())
-    if folder_name.isdigit() and int(folder_name) < len(class_names):
+    numbered = any(name.isdigit() for name in class_names)  # then "1" is a name, never an index
+    if folder_name.isdigit() and not numbered and int(folder_name) < len(class_names):
         return int(folder_name)
     return None
 
@@ -69,7 +77,7 @@ def read_class_folders(root: Path, class_names: list[str] | None) -> LayoutResul
     require_folder(root, "dataset")
     folders = split_folders(root, "train/, val/ and test/ folders, each with one sub-folder per class")
     if class_names is None:
-        class_names = sorted(p.name for p in folders["train"].iterdir() if p.is_dir() and not is_hidden(p))
+        class_names = natural_order(p.name for p in folders["train"].iterdir() if p.is_dir() and not is_hidden(p))
         if not class_names:
             raise UserError(
                 f"{folders['train']} has no class sub-folders.",

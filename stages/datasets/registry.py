@@ -112,6 +112,11 @@ def read_layout(config: PipelineConfig, show_progress: bool = True) -> tuple[Dat
     settings = config.dataset
     root = settings.root()
     class_names = settings.classes or spec.class_names
+    if settings.classes and spec.layout in ("demo", "ddr"):
+        raise UserError(
+            f"dataset.classes is set, but the classes of dataset {spec.name} are fixed ({spec.layout} layout).",
+            "Remove dataset.classes, or use the folder or csv dataset for your own classes.",
+        )
     if spec.layout == "demo":
         demo.generate_demo(root, config.demo, show_progress=show_progress)
         result = read_class_folders(root, demo.class_names(config.demo.num_classes))
