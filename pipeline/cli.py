@@ -147,7 +147,9 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as error:
         error_console.print(f"[bold red]Error:[/bold red] {error.paragraph()}", highlight=False)
         sys.exit(2)

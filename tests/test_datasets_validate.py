@@ -118,3 +118,15 @@ def test_auto_normalisation_matches_a_direct_computation(tmp_path):
     train = np.array([colours["train/a/1.png"], colours["train/b/2.png"]]) / 255.0  # train split only
     assert np.allclose(dataset.mean, train.mean(0), atol=1e-6)
     assert np.allclose(dataset.std, np.maximum(train.std(0), 1e-6), atol=1e-5)
+
+
+def test_fpt_main_exits_nonzero_when_the_dry_run_finds_problems(tmp_path, no_lpm, monkeypatch):
+    from pipeline.cli import main
+
+    root = class_tree(tmp_path / "tree", ["a", "b"])
+    monkeypatch.setattr("sys.argv", ["fpt", "extract", "--dry-run", "-d", "folder", "--data-root", str(root), "-q"])
+    main()  # a clean dataset: returns normally, exit status 0
+    truncate(root / "test" / "b" / "b_test_0.png")
+    with pytest.raises(SystemExit) as bad:
+        main()
+    assert bad.value.code == 1
