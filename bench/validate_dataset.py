@@ -28,6 +28,13 @@ CLASSES = ["a", "b", "c"]
 SAVE_OPTIONS = {"png": {"compress_level": 1}, "jpg": {"quality": 90}}
 
 
+def photo_like(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Smooth colour structure plus mild noise: compresses like a photograph, not like noise."""
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    return np.clip(smooth + rng.normal(0, 3, smooth.shape), 0, 255).astype(np.uint8)
+
+
 def build_tree(root: Path, files: int, size: int, suffix: str) -> None:
     rng = np.random.default_rng(0)
     for index in range(files):
@@ -35,7 +42,7 @@ def build_tree(root: Path, files: int, size: int, suffix: str) -> None:
         split = "train" if fraction < 0.7 else "val" if fraction < 0.85 else "test"
         folder = root / split / CLASSES[index % len(CLASSES)]
         folder.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        pixels = photo_like(rng, size)
         Image.fromarray(pixels).save(folder / f"img_{index:06d}.{suffix}", **SAVE_OPTIONS[suffix])
 
 
