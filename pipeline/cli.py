@@ -113,8 +113,7 @@ def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
         location = expected_location(spec, cfg)
         found = "" if spec.layout == "demo" else (" (found)" if location.exists() else " (missing)")
         classes = f"{len(spec.class_names)}: {', '.join(spec.class_names)}" if spec.class_names else "from files"
-        normalization = "published" if spec.mean is not None else "auto"
-        table.add_row(spec.name, spec.modality, classes, f"{spec.default_lr:g}", normalization, spec.layout,
+        table.add_row(spec.name, spec.modality, classes, f"{spec.default_lr:g}", spec.normalization, spec.layout,
                       f"{location}{found}")
     console.print(table)
     for layout, expects in {spec.layout: spec.expects for spec in REGISTRY.values()}.items():

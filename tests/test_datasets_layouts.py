@@ -33,7 +33,8 @@ def test_registry_holds_the_papers_datasets_with_their_learning_rates_and_class_
         assert spec.default_lr == lr, name
     assert REGISTRY["ddr"].mean == (0.4237, 0.2609, 0.1284)
     assert REGISTRY["ddr"].std == (0.2948, 0.2017, 0.1367)
-    assert all(REGISTRY[name].mean is None for name in paper if name != "ddr")  # auto
+    assert REGISTRY["ddr"].normalization == "given"
+    assert all(REGISTRY[name].normalization == "auto" for name in paper if name != "ddr")
     assert {"demo", "folder", "csv"} <= set(REGISTRY)
 
 

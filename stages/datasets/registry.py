@@ -45,6 +45,10 @@ class DatasetSpec(BaseModel):
     def num_classes(self) -> int | None:
         return len(self.class_names) if self.class_names else None
 
+    @property
+    def normalization(self) -> Literal["given", "auto"]:
+        return "given" if self.mean is not None else "auto"
+
 
 def _paper_folder_dataset(name: str, modality: str, classes: list[str], lr: float) -> DatasetSpec:
     return DatasetSpec(name=name, modality=modality, layout="folder", class_names=classes, default_lr=lr,
