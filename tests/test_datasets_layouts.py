@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 
 import pytest
 from datasets_helpers import class_tree, config_for, ddr_tree, write_image
