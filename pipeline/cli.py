@@ -40,12 +40,22 @@ def extract(
     set_: SetOption = None,
     data_root: DataRootOption = None,
     quiet: QuietOption = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the whole dataset (counts, problems) without running the LPM.")] = False,
 ) -> None:
     """Stage one: run the frozen LPM once over the images and fill the feature cache."""
     from stages.extract import run_extract
 
     cfg = _load(config, set_, dataset, data_root)
+    if dry_run:
+        from pipeline.dataset_report import print_dataset_report
+        from stages.datasets.validate import validate_dataset
+
+        report = validate_dataset(cfg, show_progress=not quiet)
+        print_dataset_report(report, console)
+        raise typer.Exit(0 if report.ready else 1)
     result = run_extract(cfg, show_progress=not quiet)
+    for note in result.notes:
+        console.print(note, highlight=False)
     meta = result.metadata
     size = sum(f.stat().st_size for f in result.path.rglob("*") if f.is_file())
     if result.reused:
@@ -165,17 +175,23 @@ def export_command(
 @app.command()
 def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
     """List the datasets fpt knows and where each expects its files."""
-    from stages.datasets.registry import REGISTRY
+    from stages.datasets.registry import REGISTRY, expected_location
 
     cfg = _load(config, set_, None)
     table = Table(title="Datasets")
-    for column in ("name", "modality", "classes", "lr", "expected at", "layout"):
+    for column in ("name", "modality", "classes", "lr", "mean/std", "layout", "expected at"):
         table.add_column(column)
     for spec in REGISTRY.values():
-        root = cfg.dataset.data_root / spec.name
-        classes = str(len(spec.class_names)) if spec.class_names else "from folders"
-        table.add_row(spec.name, spec.modality, classes, f"{spec.default_lr:g}", str(root), spec.expects)
+        location = expected_location(spec, cfg)
+        found = "" if spec.layout == "demo" else (" (found)" if location.exists() else " (missing)")
+        classes = f"{len(spec.class_names)}: {', '.join(spec.class_names)}" if spec.class_names else "from files"
+        table.add_row(spec.name, spec.modality, classes, f"{spec.default_lr:g}", spec.normalization, spec.layout,
+                      f"{location}{found}")
     console.print(table)
+    for layout, expects in {spec.layout: spec.expects for spec in REGISTRY.values()}.items():
+        console.print(f"[bold]{layout}[/bold]: {expects}", highlight=False)
+    console.print("Files are looked for in dataset.data_root/<name>; set dataset.path (or pass --data-root to "
+                  "extract) for another folder. auto mean/std: computed from the train split, stored in the cache.")
 
 
 @cache_app.command("list")
@@ -202,7 +218,9 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as error:
         error_console.print(f"[bold red]Error:[/bold red] {error.paragraph()}", highlight=False)
         sys.exit(2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cache.identity import cache_key, dataset_fingerprint
 from cache.layout import SPLIT_CODES, create_store, store_name
-from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, StorageSettings
+from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, SkippedImage, StorageSettings
 from cache.reader import read_metadata
 from cache.writer import ShardWriter
 from pipeline.config import PipelineConfig
@@ -78,6 +78,7 @@ class ExtractResult:
     reused: bool
     computed_samples: int
     seconds: float
+    notes: list[str] = field(default_factory=list)
 
 
 def extraction_settings(config: PipelineConfig, lpm: LPMIdentity) -> ExtractionSettings:
@@ -134,6 +135,7 @@ def build_metadata(config: PipelineConfig, dataset: ResolvedDataset, lpm: LPMIde
         extraction=settings,
         normalization=normalization,
         storage=storage,
+        skipped=[SkippedImage(path=path, reason=reason) for path, reason in dataset.skipped],
     )
 
 
@@ -163,7 +165,7 @@ def run_extract(config: PipelineConfig, show_progress: bool = True) -> ExtractRe
     if path.exists():
         existing = read_metadata(path)
         if existing.cache_key == metadata.cache_key and existing.complete:
-            return ExtractResult(path, existing, True, 0, time.perf_counter() - began)
+            return ExtractResult(path, existing, True, 0, time.perf_counter() - began, dataset.notes)
         if existing.cache_key != metadata.cache_key:
             raise UserError(f"{path} holds a cache with another key.", "Move it away and run again.")
         metadata = existing
@@ -178,7 +180,7 @@ def run_extract(config: PipelineConfig, show_progress: bool = True) -> ExtractRe
     indices = [i for shard in pending for i in range(*metadata.shard_range(shard))]
     computed = _extract_into(config, dataset, vit, writer, pending, indices, device, show_progress)
     final = writer.finish()
-    return ExtractResult(path, final, False, computed, time.perf_counter() - began)
+    return ExtractResult(path, final, False, computed, time.perf_counter() - began, dataset.notes)
 
 
 def _extract_into(

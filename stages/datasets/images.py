@@ -1,4 +1,11 @@
-"""Decoding one image file and turning it into the LPM input and the stored side image."""
+"""Decoding one image file and turning it into the LPM input and the stored side image.
+
+Size policy: PIL's decompression-bomb check looks at the size in the file header, which
+would refuse a huge JPEG that `draft` decodes at 1/2, 1/4 or 1/8 scale anyway. fpt turns
+that check off and applies its own limit to the size actually decoded (after draft):
+MAX_DECODED_PIXELS, PIL's own hard limit (2 x 89.5 Mpx, about 540 MB as RGB). Larger images
+fail with an ImageDecodeError (fatal or skipped, as extract.on_decode_error says).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps
 
 RESAMPLE = Image.Resampling.BICUBIC
+MAX_DECODED_PIXELS = 2 * 89_478_485
+ORIENTATION_TAG = 0x0112
+Image.MAX_IMAGE_PIXELS = None  # replaced by the check on the decoded size in open_rgb
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
 
 class ImageDecodeError(Exception):
@@ -20,18 +31,40 @@ class ImageDecodeError(Exception):
         super().__init__(f"{path}: {reason}")
 
 
+def integer_full_scale(array: np.ndarray) -> float:
+    """The white level of single-channel integer data: 8-, 12- or 16-bit, judged by its maximum.
+
+    Medical 16-bit files often hold 12-bit data (0..4095); scaling those by 65535 would leave
+    16 grey levels after the cast to 8 bits. Data that fits 8 bits stays as it is.
+    """
+    peak = float(array.max()) if array.size else 0.0
+    for full_scale in (255.0, 4095.0, 65535.0):
+        if peak <= full_scale:
+            return full_scale
+    return peak
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode (L, I;16, I, F, RGBA, LA, P, CMYK...) to 8-bit RGB."""
+    """Convert any PIL mode (1, L, I;16, I, F, RGBA, LA, P, PA, CMYK, YCbCr...) to 8-bit RGB.
+
+    Integer grey images (I;16*, I) are scaled from 0..white level to 0..255 (see
+    integer_full_scale; negative values clip to black); float images (F) are taken as 0..1
+    when they lie in it, otherwise stretched from their min to their max. Transparent pixels
+    are composited onto black, the usual background of medical photographs.
+    """
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        if image.mode.startswith("I;16"):
-            low, high = 0.0, 65535.0
+    if image.mode.startswith("I") or image.mode == "F":
+        array = np.asarray(image).astype(np.float64)
+        if image.mode == "F" and not (array.min() >= 0 and array.max() <= 1):
+            low, high = float(array.min()), float(array.max())
+        elif image.mode == "F":
+            low, high = 0.0, 1.0
+        else:
+            low, high = 0.0, integer_full_scale(array)
         scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
         image = Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -44,7 +77,17 @@ def open_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
         with Image.open(path) as image:
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
+            width, height = image.size
+            if width * height > MAX_DECODED_PIXELS:
+                raise ImageDecodeError(
+                    path,
+                    f"image is {width} x {height} = {width * height:,} pixels, more than the "
+                    f"{MAX_DECODED_PIXELS:,} fpt decodes; save a downscaled copy "
+                    "(or a JPEG, which is decoded at reduced scale)",
+                )
             image.load()
+            if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+                return to_rgb(ImageOps.exif_transpose(image))
             return to_rgb(image)
     except FileNotFoundError:
         raise ImageDecodeError(path, "file not found") from None

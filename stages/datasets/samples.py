@@ -29,7 +29,9 @@ class ResolvedDataset:
     mean: tuple[float, float, float] | None
     std: tuple[float, float, float] | None
     default_lr: float
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings and facts to show the user
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out as undecodable
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> images left out on purpose
 
     @property
     def num_classes(self) -> int:

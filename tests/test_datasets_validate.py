@@ -1,0 +1,132 @@
+"""Validation before LPM work: dry-run report, decode policy, skipped images, normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+from datasets_helpers import class_tree, config_for, ddr_tree, write_image
+from PIL import Image
+from typer.testing import CliRunner
+
+from cache.reader import read_metadata
+from pipeline.cli import app
+from pipeline.errors import UserError
+from stages.datasets.registry import resolve_dataset
+from stages.datasets.validate import validate_dataset
+from stages.extract import run_extract
+
+TINY_LPM = (
+    "lpm.name=vit_tiny_patch16_224", "lpm.weights=none", "extract.input_size=32", "extract.layers=[0,1]",
+    "extract.device=cpu", "extract.batch_size=4", "side.input_size=16", "extract.side_store_size=16",
+)
+
+
+@pytest.fixture
+def no_lpm(monkeypatch):
+    """Any attempt to build a model fails loudly: proves the code stopped before LPM work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the LPM was built")
+    monkeypatch.setattr(timm, "create_model", refuse)
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """Long paths on one line, so the printed report can be searched for them."""
+    import pipeline.cli
+    from rich.console import Console
+
+    monkeypatch.setattr(pipeline.cli, "console", Console(width=400))
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:60])
+    return path
+
+
+def test_dry_run_reports_counts_and_every_problem_without_the_lpm(tmp_path, no_lpm, wide_console):
+    root = class_tree(tmp_path / "tree", ["benign", "malignant"], {"train": 3, "val": 2, "test": 1})
+    broken = truncate(root / "train" / "benign" / "benign_train_0.png")
+    stray = write_image(root / "test" / "loose.png")
+    result = CliRunner().invoke(
+        app, ["extract", "--dry-run", "--dataset", "isic2016", "--data-root", str(root), "-q",
+              "--set", "extract.num_workers=0"]
+    )
+    assert result.exit_code == 1, result.output
+    output = result.output
+    assert "unlabelled_image" in output and str(stray) in output
+    assert "1 image(s) cannot be decoded" in output and str(broken) in output
+    assert "not ready for extraction" in output and "The LPM was not run" in output
+    report = validate_dataset(config_for("isic2016", root), show_progress=False)
+    assert report.class_counts == {"train": [2, 3], "val": [2, 2], "test": [1, 1]}  # decodable images
+    assert [f.path for f in report.decode_failures] == [str(broken)]
+
+
+def test_dry_run_on_a_good_ddr_tree_counts_the_ungradable(tmp_path, no_lpm, wide_console):
+    root = ddr_tree(tmp_path / "ddr", {"train": [0, 1, 5, 4], "valid": [2, 5], "test": [3]})
+    result = CliRunner().invoke(app, ["extract", "--dry-run", "-d", "ddr", "--data-root", str(root), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "2 image(s), ungradable (grade 5)" in result.output
+    assert "ready for extraction" in result.output
+    assert "mean (0.4237, 0.2609, 0.1284)" in result.output  # DDR's published normalisation
+
+
+def test_structural_errors_stop_extraction_before_the_lpm(tmp_path, no_lpm):
+    root = ddr_tree(tmp_path / "ddr", {"train": [0, 1], "valid": [2], "test": [3]})
+    with open(root / "DR_grading" / "test.txt", "a") as handle:
+        handle.write("ghost.jpg 2\n")
+    config = config_for("ddr", root, f"cache.root={tmp_path / 'cache'}", *TINY_LPM)
+    with pytest.raises(UserError, match="ghost.jpg"):
+        run_extract(config, show_progress=False)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_decode_failure_is_fatal_by_default_and_names_the_file(tmp_path, no_lpm):
+    root = class_tree(tmp_path / "tree", ["a", "b"])
+    broken = truncate(root / "val" / "b" / "b_val_0.png")
+    config = config_for("folder", root, f"cache.root={tmp_path / 'cache'}", *TINY_LPM)
+    with pytest.raises(UserError) as error:
+        run_extract(config, show_progress=False)
+    assert str(broken) in error.value.paragraph() and "on_decode_error=skip" in error.value.paragraph()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_skipped_images_are_listed_in_the_cache_and_have_no_slot(tmp_path):
+    root = class_tree(tmp_path / "tree", ["a", "b"], {"train": 2, "val": 2, "test": 1})
+    broken = truncate(root / "train" / "a" / "a_train_1.png")
+    config = config_for("folder", root, f"cache.root={tmp_path / 'cache'}", "extract.on_decode_error=skip", *TINY_LPM)
+    result = run_extract(config, show_progress=False)
+    metadata = read_metadata(result.path)
+    assert [(s.path, "cannot decode" in s.reason) for s in metadata.skipped] == [(str(broken), True)]
+    assert metadata.num_samples == 9 and metadata.split_counts == {"train": 3, "val": 4, "test": 2}
+    assert metadata.class_counts["train"] == [1, 2]
+    import zarr
+
+    ids = list(zarr.open_group(str(result.path), mode="r")["sample_ids"][:])
+    assert "train/a/a_train_1.png" not in ids and len(set(ids)) == 9
+    assert any("skipped" in note for note in result.notes)
+
+
+def test_auto_normalisation_matches_a_direct_computation(tmp_path):
+    root = tmp_path / "tree"
+    colours = {"train/a/1.png": (255, 0, 60), "train/b/2.png": (55, 100, 60), "val/a/3.png": (0, 0, 0),
+               "test/b/4.png": (9, 9, 9)}
+    for name, colour in colours.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), colour).save(root / name)
+    dataset = resolve_dataset(config_for("folder", root, "dataset.normalization=auto"), show_progress=False)
+    train = np.array([colours["train/a/1.png"], colours["train/b/2.png"]]) / 255.0  # train split only
+    assert np.allclose(dataset.mean, train.mean(0), atol=1e-6)
+    assert np.allclose(dataset.std, np.maximum(train.std(0), 1e-6), atol=1e-5)
+
+
+def test_fpt_main_exits_nonzero_when_the_dry_run_finds_problems(tmp_path, no_lpm, monkeypatch):
+    from pipeline.cli import main
+
+    root = class_tree(tmp_path / "tree", ["a", "b"])
+    monkeypatch.setattr("sys.argv", ["fpt", "extract", "--dry-run", "-d", "folder", "--data-root", str(root), "-q"])
+    main()  # a clean dataset: returns normally, exit status 0
+    truncate(root / "test" / "b" / "b_test_0.png")
+    with pytest.raises(SystemExit) as bad:
+        main()
+    assert bad.value.code == 1
