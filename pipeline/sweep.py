@@ -106,8 +106,9 @@ def split_into_packs(trials: list[Trial], pack_size: int, workers: int) -> list[
     for trial in trials:
         groups.setdefault(pack_key(trial.config), []).append(trial)
     packs = []
+    share = math.ceil(workers / max(len(groups), 1))  # packs per group so that every worker has one
     for group in groups.values():
-        count = max(math.ceil(len(group) / pack_size), min(workers, len(group)))
+        count = max(math.ceil(len(group) / pack_size), min(share, len(group)))
         size = math.ceil(len(group) / count)
         packs.extend(group[i : i + size] for i in range(0, len(group), size))
     return packs

@@ -153,6 +153,20 @@ def predict_models(models: list[torch.nn.Module], batches: SplitBatches, metadat
     return [(all_indices, all_labels, np.concatenate(probabilities[k]), losses[k] / count) for k in range(len(models))]
 
 
+def _pack_cache(configs: list[PipelineConfig], explicit: Path | None) -> Path:
+    """The cache of the pack; a trial the cache cannot serve fails on its own later."""
+    if explicit is not None:
+        return explicit
+    first_error: UserError | None = None
+    for config in configs:
+        try:
+            return find_cache(config)
+        except UserError as error:
+            first_error = first_error or error
+    assert first_error is not None
+    raise first_error
+
+
 class Pack:
     """K trials trained on one stream of batches; `run()` returns one outcome per trial."""
 
@@ -170,7 +184,7 @@ class Pack:
         self.progress = progress
         self.description = description
         lead = configs[0]
-        self.path = find_cache(lead, cache_path)
+        self.path = _pack_cache(configs, cache_path)
         self.reader = CacheReader(self.path)
         self.metadata = self.reader.metadata
         self.device = resolve_device(lead.train.device)
