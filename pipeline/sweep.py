@@ -51,6 +51,7 @@ class TrialReport(BaseModel):
     seconds: float | None = None
     error: str | None = None
     lpm_disabled: bool = False
+    worker_peak_rss_mb: float | None = None  # peak resident memory of the process that trained it
 
 
 class SweepResult(BaseModel):
@@ -89,6 +90,7 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
         guarded = lpm_forbidden()
         outcomes = train_pack(configs, cache_path, run_dirs=run_dirs, isolate_failures=True)
     reports = []
+    peak = peak_rss_mb()
     for trial, run_dir, outcome in zip(trials, run_dirs, outcomes):
         if outcome.error is None:
             reports.append(_report_from_final(trial, run_dir, "finished", guarded))
@@ -97,7 +99,17 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
             (run_dir / "error.txt").write_text(outcome.error)
             reports.append(TrialReport(trial_id=trial.trial_id, settings=trial.settings, status="failed",
                                        run_dir=run_dir, error=outcome.error, lpm_disabled=guarded))
+    for report in reports:
+        report.worker_peak_rss_mb = peak
     return reports
+
+
+def peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def split_into_packs(trials: list[Trial], pack_size: int, workers: int) -> list[list[Trial]]:
@@ -194,6 +206,14 @@ def run_sweep(config: PipelineConfig, sweep: SweepConfig | None = None, cache_pa
               scheduler: str | None = None, max_workers: int | None = None, processes: bool = True,
               show_progress: bool = True, console: Console | None = None) -> SweepResult:
     """Run every unfinished trial of the sweep on dask; write results.csv and best.yaml."""
+    from stages.lpm_guard import lpm_disabled
+
+    with lpm_disabled():
+        return _run_sweep(config, sweep, cache_path, scheduler, max_workers, processes, show_progress, console)
+
+
+def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Path | None, scheduler: str | None,
+               max_workers: int | None, processes: bool, show_progress: bool, console: Console | None) -> SweepResult:
     began = time.perf_counter()
     sweep = sweep or config.sweep
     path = find_cache(config, cache_path).resolve()
@@ -271,6 +291,9 @@ def load_sweep_file(path: Path) -> SweepConfig:
 
     from pipeline.config import format_validation_error, read_yaml_file
 
+    if not path.is_file():
+        raise UserError(f"The sweep file {path} does not exist.",
+                        "Give the path of a YAML file with the search space (see docs/sweeps.md) to --sweep-file.")
     data = read_yaml_file(path)
     if "sweep" in data and isinstance(data["sweep"], dict):
         data = data["sweep"]

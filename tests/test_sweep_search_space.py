@@ -123,3 +123,18 @@ def test_packs_split_by_data_order_and_size(tmp_path: Path) -> None:
     assert all(len({t.config.train.seed for t in pack}) == 1 for pack in packs)
     assert sorted(len(p) for p in split_into_packs(trials, pack_size=2, workers=1)) == [1, 1, 2, 2, 2, 2]
     assert len(split_into_packs(trials, pack_size=16, workers=4)) == 4  # every worker gets work
+
+
+def test_cli_reports_a_missing_sweep_file_in_one_paragraph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from pipeline import cli
+
+    monkeypatch.setattr(sys, "argv", ["fpt", "sweep", "--from-cache", "--sweep-file", str(tmp_path / "nope.yaml")])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "The sweep file" in err and "nope.yaml does not exist" in err and "--sweep-file" in err
+    assert "Traceback" not in err
