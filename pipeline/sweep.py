@@ -105,11 +105,17 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    status = Path("/proc/self/status")
+    if status.is_file():  # VmHWM belongs to this process image; ru_maxrss may carry its parent's peak
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     import resource
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def split_into_packs(trials: list[Trial], pack_size: int, workers: int) -> list[list[Trial]]:

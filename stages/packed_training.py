@@ -233,7 +233,7 @@ class Pack:
         train = config.train
         lr = train.lr if train.lr is not None else self.metadata.default_lr
         trial.optimizer = torch.optim.AdamW(trial.model.parameters(), lr=lr, betas=train.betas,
-                                            weight_decay=train.weight_decay)
+                                            weight_decay=train.weight_decay, foreach=True)
         total_steps = train.epochs * len(self.train_batches)
         trial.scheduler = torch.optim.lr_scheduler.LambdaLR(trial.optimizer, half_cycle_cosine(total_steps))
         if trial.run_dir is None:
@@ -251,7 +251,8 @@ class Pack:
               labels: torch.Tensor) -> None:
         assert trial.model is not None and trial.optimizer is not None and trial.stream is not None
         with trial.stream:
-            trial.model.train()
+            if not trial.model.training:  # after an evaluation; train() walks every module
+                trial.model.train()
             logits = trial.model(images, keys, values)
             loss = F.cross_entropy(logits, labels)
             trial.optimizer.zero_grad(set_to_none=True)
