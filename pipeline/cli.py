@@ -24,6 +24,7 @@ SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Ove
 DatasetOption = Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name (see `fpt datasets`).")]
 DataRootOption = Annotated[Optional[Path], typer.Option("--data-root", help="Folder of this dataset's files (sets dataset.path).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+SchedulerOption = Annotated[Optional[str], typer.Option("--scheduler", help="Run on dask: tcp://HOST:PORT of a running scheduler, or 'local' for a LocalCluster (see docs/sweeps.md).")]
 
 
 def _load(config: Path | None, assignments: list[str] | None, dataset: str | None, data_root: Path | None = None) -> PipelineConfig:
@@ -41,6 +42,7 @@ def extract(
     data_root: DataRootOption = None,
     quiet: QuietOption = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the whole dataset (counts, problems) without running the LPM.")] = False,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Stage one: run the frozen LPM once over the images and fill the feature cache."""
     from stages.extract import run_extract
@@ -53,7 +55,7 @@ def extract(
         report = validate_dataset(cfg, show_progress=not quiet)
         print_dataset_report(report, console)
         raise typer.Exit(0 if report.ready else 1)
-    result = run_extract(cfg, show_progress=not quiet)
+    result = run_extract(cfg, show_progress=not quiet, scheduler=scheduler)
     for note in result.notes:
         console.print(note, highlight=False)
     meta = result.metadata
@@ -170,6 +172,35 @@ def export_command(
     folder = export_run(run, _checkpoint(checkpoint), output, cache)  # type: ignore[arg-type]
     console.print(f"[green]Exported[/green] to {folder}; load it with "
                   f"`from stages.export import load_exported; model = load_exported({str(folder)!r})`.")
+
+
+@app.command()
+def sweep(
+    from_cache: Annotated[bool, typer.Option("--from-cache", help="Train every trial from the feature cache (the only mode; the LPM is never loaded).")] = True,
+    sweep_file: Annotated[Optional[Path], typer.Option("--sweep-file", help="YAML file with the search space (default: the sweep: section of the configuration).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="tcp://HOST:PORT of a running dask scheduler (default: a LocalCluster sized to this machine).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="At most this many local dask workers.")] = None,
+    dataset: DatasetOption = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="A specific cache store (default: the newest matching one).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Hyperparameter search from the cache: grid or random trials on dask, packed on shared batches."""
+    from pipeline.sweep import load_sweep_file, run_sweep
+
+    if not from_cache:
+        raise UserError("sweep only trains from a cache.", "Run `fpt extract` first, then `fpt sweep --from-cache`.")
+    cfg = _load(config, set_, dataset)
+    search = load_sweep_file(sweep_file) if sweep_file is not None else cfg.sweep
+    result = run_sweep(cfg, search, cache, scheduler=scheduler, max_workers=workers, show_progress=not quiet,
+                       console=console)
+    failed = sum(r.status == "failed" for r in result.reports)
+    console.print(f"Results: {result.sweep_dir / 'results.csv'}; {len(result.reports)} trials, {failed} failed, "
+                  f"{result.seconds:.1f} s on {result.plan.workers} worker(s).")
+    if result.best is not None:
+        console.print(f"Best settings ({result.sweep_dir / 'best.yaml'}), ready to paste into pipeline.yaml:")
+        console.print(result.best_yaml, highlight=False, markup=False)
 
 
 @app.command()

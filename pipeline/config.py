@@ -142,6 +142,37 @@ class TrainConfig(StrictModel):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
+class SweepRange(StrictModel):
+    """A continuous or integer range for random search."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SweepRange":
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SweepConfig(StrictModel):
+    """Hyperparameter search over train-side settings (`fpt sweep --from-cache`)."""
+
+    name: str | None = Field(default=None, description="Folder under train.runs_root; default sweep-<dataset>.")
+    method: Literal["grid", "random"] = "grid"
+    num_trials: int = Field(default=8, ge=1, description="Random search: trials drawn.")
+    seed: int = Field(default=0, description="Random search: seed of the draws.")
+    parameters: dict[str, list[Any] | SweepRange] = Field(
+        default_factory=dict,
+        description="Dotted setting (as in --set) -> list of values, or {low, high, log, integer} (random only).",
+    )
+    pack_size: int = Field(default=16, ge=1, description="Most trials trained side by side on one read of each batch.")
+
+
 class PipelineConfig(StrictModel):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
@@ -150,6 +181,7 @@ class PipelineConfig(StrictModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     side: SideConfig = Field(default_factory=SideConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per-dataset settings applied when dataset.name matches.",

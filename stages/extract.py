@@ -147,7 +147,7 @@ def _progress(show: bool) -> Progress:
     )
 
 
-def run_extract(config: PipelineConfig, show_progress: bool = True) -> ExtractResult:
+def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: str | None = None) -> ExtractResult:
     began = time.perf_counter()
     dataset = resolve_dataset(config, show_progress=show_progress)
     empty = [split for split, count in dataset.split_counts().items() if count == 0]
@@ -178,9 +178,37 @@ def run_extract(config: PipelineConfig, show_progress: bool = True) -> ExtractRe
     writer = ShardWriter(path, metadata)
     pending = [shard for shard in range(metadata.num_shards) if shard not in writer.completed_shards()]
     indices = [i for shard in pending for i in range(*metadata.shard_range(shard))]
-    computed = _extract_into(config, dataset, vit, writer, pending, indices, device, show_progress)
+    if scheduler is None:
+        computed = _extract_into(config, dataset, vit, writer, pending, indices, device, show_progress)
+    else:  # whole shards spread over dask workers (pipeline/distributed_extract.py)
+        from pipeline.distributed_extract import extract_on_cluster
+
+        computed = extract_on_cluster(config, path, pending, scheduler, show_progress)
     final = writer.finish()
     return ExtractResult(path, final, False, computed, time.perf_counter() - began, dataset.notes)
+
+
+def extract_shards(config: PipelineConfig, path: Path, shards: list[int], show_progress: bool = False) -> int:
+    """Extract these whole shards into the existing store at `path`; returns the images computed.
+
+    Used by each dask worker for its own shards. The dataset and LPM are rebuilt here and must
+    give the store's cache key, so a worker with other data or weights cannot write into it.
+    """
+    dataset = resolve_dataset(config, show_progress=False)
+    metadata = read_metadata(path)
+    vit, lpm = build_lpm(config.lpm, config.extract.input_size)
+    expected = build_metadata(config, dataset, lpm, dataset_fingerprint(dataset.samples))
+    if expected.cache_key != metadata.cache_key:
+        raise UserError(
+            f"This worker's dataset or LPM weights give another cache key than the store {path}.",
+            "Give every dask worker the same dataset files and LPM weights at the same paths.",
+        )
+    writer = ShardWriter(path, metadata)
+    done = writer.completed_shards()
+    todo = [shard for shard in shards if shard not in done]
+    indices = [i for shard in todo for i in range(*metadata.shard_range(shard))]
+    device = resolve_device(config.extract.device)
+    return _extract_into(config, dataset, vit, writer, todo, indices, device, show_progress)
 
 
 def _extract_into(

@@ -9,7 +9,6 @@ the best and of the final model are reported.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +17,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cache.catalog import find_cache
 from cache.metadata import CacheMetadata
-from cache.reader import CacheReader
 from pipeline.config import PipelineConfig
-from stages.augment import eval_images, train_images
+from stages.augment import eval_images
 from stages.cache_batches import SplitBatches
-from stages.extract import resolve_device
 from stages.fpt_model import FPTPlus, ModelSpec
-from stages.metrics import Metrics, classification_metrics
-from stages.run_folder import (
-    append_jsonl, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
-)
+from stages.metrics import Metrics
 
 
 class EpochRecord(BaseModel):
@@ -108,84 +101,10 @@ def _progress(show: bool) -> Progress:
 
 
 def train_side(config: PipelineConfig, cache_path: Path | None = None, show_progress: bool = True) -> TrainResult:
-    began = time.perf_counter()
-    path = find_cache(config, cache_path)
-    reader = CacheReader(path)
-    metadata = reader.metadata
-    train_cfg = config.train
-    device = resolve_device(train_cfg.device)
-    torch.manual_seed(train_cfg.seed)
-    generator = torch.Generator().manual_seed(train_cfg.seed)
+    """One trial: a pack of one (stages/packed_training.py), so sweeps and single runs share one code path."""
+    from stages.packed_training import Pack
 
-    spec = model_spec(config, metadata)
-    model = FPTPlus(spec).to(device)
-    learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lr = train_cfg.lr if train_cfg.lr is not None else metadata.default_lr
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
-
-    with_features = spec.use_prompts
-    common = dict(with_features=with_features, buffer_shards=train_cfg.shuffle_buffer_shards, in_memory=train_cfg.in_memory)
-    train_batches = SplitBatches(reader, "train", train_cfg.batch_size, shuffle=True, seed=train_cfg.seed, **common)
-    val_batches = SplitBatches(reader, "val", train_cfg.batch_size, shuffle=False, **common)
-    total_steps = train_cfg.epochs * len(train_batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, half_cycle_cosine(total_steps))
-
-    run_dir = new_run_dir(config, "fptplus" if spec.use_prompts else "side-only")
-    write_config(run_dir, config)
-    write_json(run_dir / "run.json", {
-        "cache": str(path.resolve()), "cache_key": metadata.cache_key, "model_spec": spec.model_dump(),
-        "class_names": metadata.class_names, "normalization": metadata.normalization.model_dump(),
-        "learnable_params": learnable, "lr": lr,
-    })
-    norm = metadata.normalization
-    best_auc, best_epoch, best_val = -math.inf, 0, None
     with _progress(show_progress) as progress:
-        task = progress.add_task("Training", total=total_steps, status="")
-        for epoch in range(1, train_cfg.epochs + 1):
-            epoch_start = time.perf_counter()
-            model.train()
-            loss_sum, seen = 0.0, 0
-            for batch in train_batches:
-                images = train_images(batch.side_images, spec.side_input_size, train_cfg.augment, norm.mean, norm.std, generator)
-                logits = model(images.to(device), _features(batch.keys, device), _features(batch.values, device))
-                loss = F.cross_entropy(logits, torch.from_numpy(batch.labels).to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.item() * len(batch.labels)
-                seen += len(batch.labels)
-                progress.update(task, advance=1, status=f"epoch {epoch} loss {loss_sum / seen:.4f}")
-            _, val_labels, val_probs, val_loss = predict_split(model, val_batches, metadata, spec.side_input_size, device)
-            val = classification_metrics(val_labels, val_probs, val_loss)
-            record = EpochRecord(epoch=epoch, train_loss=loss_sum / max(seen, 1), lr=scheduler.get_last_lr()[0],
-                                 seconds=time.perf_counter() - epoch_start, val=val)
-            append_jsonl(run_dir / "metrics.jsonl", record.model_dump())
-            score = val.auc if not math.isnan(val.auc) else val.accuracy
-            if score > best_auc:
-                best_auc, best_epoch, best_val = score, epoch, val
-                save_checkpoint(run_dir / "checkpoints" / "best.safetensors", model, {"epoch": str(epoch)})
-            progress.update(task, status=f"epoch {epoch} loss {record.train_loss:.4f} val AUC {val.auc:.4f}")
-    save_checkpoint(run_dir / "checkpoints" / "last.safetensors", model, {"epoch": str(train_cfg.epochs)})
-
-    test_batches = SplitBatches(reader, "test", train_cfg.batch_size, shuffle=False, **common)
-    sample_ids = reader.sample_ids()
-    test_results = {}
-    for which in ("last", "best"):
-        if which == "best":
-            load_checkpoint(run_dir / "checkpoints" / "best.safetensors", model)
-        indices, labels, probs, loss = predict_split(model, test_batches, metadata, spec.side_input_size, device)
-        test_results[which] = classification_metrics(labels, probs, loss)
-        write_predictions(run_dir / f"predictions_test_{which}.csv", [sample_ids[i] for i in indices], labels, probs,
-                          metadata.class_names)
-    assert best_val is not None
-    result = TrainResult(
-        run_dir=run_dir, cache=path, best_epoch=best_epoch, best_val=best_val, test_best=test_results["best"],
-        test_last=test_results["last"], learnable_params=learnable, seconds=time.perf_counter() - began,
-    )
-    write_json(run_dir / "final_metrics.json", result.model_dump(mode="json"))
-    from stages.run_summary import summarize_run
-
-    summarize_run(run_dir)
-    return result
+        (outcome,) = Pack([config], cache_path, isolate_failures=False, progress=progress).run()
+    assert outcome.result is not None
+    return outcome.result

@@ -1,0 +1,127 @@
+"""Sweep throughput on a demo cache: dask workers, packed trials, memory per worker.
+
+    python bench/sweep_bench.py [--out bench/results/sweep_bench.json] [--set key=value ...]
+
+Measures on a demo cache (extracted first if missing; the LPM is not used afterwards):
+  1. one trial alone (train_side's code path, in this process, all cores),
+  2. 16 trials packed on one read of each batch (same process, same cores) -> ratio to 1,
+  3. an 8-trial `fpt sweep` on a LocalCluster with 1 worker and with 2 workers -> ratio,
+  4. the peak resident memory of each dask worker process.
+Prints a table and writes JSON. Figures, not assertions: the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# A demo large enough that reading the cache matters, small enough for a 2-core machine.
+BENCH_SETS = [
+    "demo.num_train=64", "demo.num_val=16", "demo.num_test=16", "demo.image_size=256",
+    "extract.input_size=256", "extract.side_store_size=144", "extract.num_workers=0",
+    "side.input_size=128", "cache.shard_size=16", "cache.chunk_size=4",
+    "lpm.name=vit_tiny_patch16_224", "lpm.weights=none", "train.epochs=2", "train.batch_size=16",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("outputs/bench-sweep"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/sweep_bench.json"))
+    parser.add_argument("--packed", type=int, default=16, help="Trials in the packed measurement.")
+    parser.add_argument("--sweep-trials", type=int, default=8)
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="Torch threads for the in-process trials (default: all cores).")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="Extra config overrides.")
+    args = parser.parse_args()
+
+    import shutil
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.cluster import machine_cores
+    from pipeline.config import SweepConfig, load_config
+    from pipeline.sweep import run_sweep
+    from stages.extract import run_extract
+    from stages.packed_training import train_pack
+
+    root = args.root.resolve()
+    runs = root / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    sets = BENCH_SETS + [f"dataset.data_root={root / 'data'}", f"cache.root={root / 'cache'}",
+                         f"train.runs_root={runs}"] + args.sets
+    base = load_config(ROOT / "pipeline.yaml", sets, dataset="demo")
+    console = Console()
+    began = time.perf_counter()
+    cache = run_extract(base, show_progress=False)
+    console.print(f"cache {cache.path} ({'reused' if cache.reused else f'extracted in {cache.seconds:.1f} s'})")
+    threads = args.torch_threads or machine_cores()
+    torch.set_num_threads(threads)
+
+    def lrs(count: int) -> list[float]:
+        return [float(f"{1e-4 * 1.3 ** i:.3g}") for i in range(count)]
+
+    def timed_pack(count: int, tag: str) -> float:
+        configs = [base.model_copy(update={"train": base.train.model_copy(update={"lr": lr, "run_name": f"{tag}-{i}"})})
+                   for i, lr in enumerate(lrs(count))]
+        start = time.perf_counter()
+        outcomes = train_pack(configs, cache.path, isolate_failures=False)
+        assert all(o.error is None for o in outcomes)
+        return time.perf_counter() - start
+
+    one = timed_pack(1, "one")
+    packed = timed_pack(args.packed, "packed")
+
+    sweeps = {}
+    for workers in (1, 2):
+        sweep = SweepConfig(name=f"bench-{workers}w", parameters={"train.lr": lrs(args.sweep_trials)})
+        result = run_sweep(base, sweep, cache.path, max_workers=workers, show_progress=False)
+        assert all(r.status == "finished" for r in result.reports), [r.error for r in result.reports]
+        peaks = sorted({round(r.worker_peak_rss_mb or 0.0, 1) for r in result.reports})
+        sweeps[workers] = {"seconds": result.seconds, "workers": result.plan.workers,
+                           "torch_threads_per_worker": result.plan.torch_threads, "worker_peak_rss_mb": peaks}
+
+    figures = {
+        "machine_cores": machine_cores(),
+        "in_process_torch_threads": threads,
+        "settings": sets,
+        "one_trial_s": one,
+        "packed_trials": args.packed,
+        "packed_s": packed,
+        "packed_over_one": packed / one,
+        "sweep_trials": args.sweep_trials,
+        "sweep_1_worker_s": sweeps[1]["seconds"],
+        "sweep_2_workers_s": sweeps[2]["seconds"],
+        "sweep_1_over_2_workers": sweeps[1]["seconds"] / sweeps[2]["seconds"],
+        "sweeps": sweeps,
+        "total_s": time.perf_counter() - began,
+    }
+    table = Table(title=f"Sweep bench ({machine_cores()} cores)")
+    table.add_column("measurement")
+    table.add_column("value", justify="right")
+    table.add_row(f"1 trial alone ({threads} torch threads)", f"{one:.1f} s")
+    table.add_row(f"{args.packed} trials packed", f"{packed:.1f} s ({packed / one:.2f}x one trial; target < 4x)")
+    for workers in (1, 2):
+        s = sweeps[workers]
+        table.add_row(f"{args.sweep_trials}-trial sweep, {workers} worker(s) x {s['torch_threads_per_worker']} torch threads",
+                      f"{s['seconds']:.1f} s")
+        table.add_row(f"  peak RSS per worker ({workers} worker(s))", ", ".join(f"{p:.0f} MB" for p in s["worker_peak_rss_mb"]))
+    table.add_row("sweep speed-up 2 vs 1 worker", f"{figures['sweep_1_over_2_workers']:.2f}x")
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

@@ -1,0 +1,129 @@
+"""Connecting to dask.distributed: a LocalCluster sized to this machine, or an existing scheduler.
+
+A local cluster gets one single-threaded worker process per task slot so that trials never
+oversubscribe the cores: with W workers on C cores each task runs torch with C // W threads.
+With CUDA, there is one worker per GPU and each declares the resource GPU=1, so a task that
+asks for resources={'GPU': 1} holds one GPU.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+import torch
+from pydantic import BaseModel
+
+from pipeline.errors import UserError
+
+
+class ClusterPlan(BaseModel):
+    """How tasks are placed: worker count, torch threads per task, whether tasks hold a GPU."""
+
+    workers: int
+    torch_threads: int  # 0: computed on the worker from threads_per_host
+    use_gpu: bool
+    threads_per_host: dict[str, int] = {}
+
+    def threads_on(self, host: str) -> int:
+        if self.torch_threads > 0:
+            return self.torch_threads
+        return max(1, machine_cores() // max(1, self.threads_per_host.get(host, 1)))
+
+
+def machine_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return psutil.cpu_count(logical=True) or 1
+
+
+def plan_local(num_tasks: int, use_gpu: bool, max_workers: int | None = None) -> ClusterPlan:
+    cores = machine_cores()
+    if use_gpu:
+        workers = max(1, min(torch.cuda.device_count(), num_tasks))
+    else:
+        workers = max(1, min(cores, num_tasks))
+    if max_workers is not None:
+        workers = max(1, min(workers, max_workers))
+    return ClusterPlan(workers=workers, torch_threads=max(1, cores // workers), use_gpu=use_gpu)
+
+
+def plan_remote(client: object, use_gpu: bool | None) -> ClusterPlan:
+    """Plan for an existing cluster: each task divides its host's cores by the dask threads there."""
+    info = client.scheduler_info()  # type: ignore[attr-defined]
+    workers = info.get("workers", {})
+    if not workers:
+        raise UserError("The dask scheduler has no workers.", "Start workers with `dask worker tcp://HOST:8786` first.")
+    has_gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values())
+    if use_gpu and not has_gpu:
+        raise UserError(
+            "The run asks for CUDA but no worker of the dask cluster declares a GPU resource.",
+            "Start one worker per GPU with `CUDA_VISIBLE_DEVICES=i dask worker tcp://HOST:8786 "
+            "--nworkers 1 --nthreads 1 --resources GPU=1`, or set train.device=cpu.",
+        )
+    threads_per_host: dict[str, int] = {}
+    for worker in workers.values():
+        host = str(worker.get("host", ""))
+        threads_per_host[host] = threads_per_host.get(host, 0) + int(worker.get("nthreads", 1))
+    return ClusterPlan(workers=len(workers), torch_threads=0, use_gpu=bool(has_gpu if use_gpu is None else use_gpu),
+                       threads_per_host=threads_per_host)
+
+
+def task_resources(plan: ClusterPlan) -> dict[str, float] | None:
+    return {"GPU": 1} if plan.use_gpu else None
+
+
+@contextmanager
+def dask_client(scheduler: str | None, plan: ClusterPlan, processes: bool = True) -> Iterator[object]:
+    """A distributed Client: to `scheduler` if given, else to a LocalCluster built from `plan`."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as error:
+            raise UserError(
+                f"Cannot reach the dask scheduler at {scheduler} ({error}).",
+                "Start it with `dask scheduler` and give its address, e.g. --scheduler tcp://HOST:8786.",
+            ) from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    resources = task_resources(plan)
+    cluster = LocalCluster(
+        n_workers=plan.workers, threads_per_worker=1, processes=processes, resources=resources,
+        dashboard_address=None, silence_logs=40,
+    )
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def worker_setup(plan: ClusterPlan, device_name: str) -> str:
+    """Inside a task: bound torch's threads and, on a multi-GPU worker host, pick this worker's GPU."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+        host, name = worker.address.split("://")[-1].rsplit(":", 1)[0], worker.name
+    except ValueError:  # not inside a dask worker
+        host, name = "", 0
+    torch.set_num_threads(plan.threads_on(host))
+    if device_name not in ("auto", "cuda") or not torch.cuda.is_available():
+        return device_name
+    index = int(name) % torch.cuda.device_count() if str(name).isdigit() else 0
+    return f"cuda:{index}"
+
+
+def in_daemon_process() -> bool:
+    """Dask worker processes are daemonic and may not start DataLoader worker processes."""
+    return bool(multiprocessing.current_process().daemon)

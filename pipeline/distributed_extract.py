@@ -1,0 +1,78 @@
+"""`fpt extract --scheduler ...`: stage one split by whole shards across dask workers.
+
+The client creates the store; each task extracts one contiguous group of shards with its own
+copy of the LPM (one GPU per task when CUDA is used) and writes only those shard files and
+their `shard_complete` flags, so workers never touch the same file. The client marks the store
+complete once every shard is flagged. Re-running resumes the shards that are not flagged.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline.cluster import ClusterPlan, dask_client, in_daemon_process, plan_local, plan_remote, task_resources, worker_setup
+from pipeline.config import PipelineConfig
+
+LOCAL = "local"
+
+
+def shard_groups(shards: list[int], workers: int) -> list[list[int]]:
+    """Contiguous groups of whole shards, as even as possible, at most one per worker."""
+    if not shards:
+        return []
+    count = min(workers, len(shards))
+    size = math.ceil(len(shards) / count)
+    return [shards[i : i + size] for i in range(0, len(shards), size)]
+
+
+def absolute_paths(config: PipelineConfig) -> PipelineConfig:
+    """Workers may run elsewhere: hand them absolute paths (on a shared file system)."""
+    dataset = config.dataset.model_copy(update={
+        "data_root": config.dataset.data_root.resolve(),
+        "path": config.dataset.path.resolve() if config.dataset.path else None,
+        "csv": config.dataset.csv.resolve() if config.dataset.csv else None,
+    })
+    cache = config.cache.model_copy(update={"root": config.cache.root.resolve()})
+    return config.model_copy(update={"dataset": dataset, "cache": cache})
+
+
+def extract_task(config: PipelineConfig, path: Path, shards: list[int], plan: ClusterPlan) -> int:
+    from stages.extract import extract_shards
+
+    device = worker_setup(plan, config.extract.device)
+    extract = config.extract.model_copy(update={
+        "device": device, "num_workers": 0 if in_daemon_process() else config.extract.num_workers,
+    })
+    return extract_shards(config.model_copy(update={"extract": extract}), path, shards)
+
+
+def extract_on_cluster(config: PipelineConfig, path: Path, pending: list[int], scheduler: str,
+                       show_progress: bool = True, processes: bool = True) -> int:
+    """Extract the pending shards on dask (`scheduler`: an address, or 'local' for a LocalCluster)."""
+    from distributed import as_completed
+
+    if not pending:
+        return 0
+    device = config.extract.device
+    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    address = None if scheduler == LOCAL else scheduler
+    plan = plan_local(len(pending), want_gpu)
+    config = absolute_paths(config)
+    computed = 0
+    with dask_client(address, plan, processes=processes) as client:
+        if address:
+            plan = plan_remote(client, want_gpu if device != "auto" else None)
+        groups = shard_groups(pending, plan.workers)
+        futures = {client.submit(extract_task, config, path.resolve(), group, plan, resources=task_resources(plan),
+                                 pure=False): group for group in groups}
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      disable=not show_progress) as progress:
+            task = progress.add_task(f"Extracting shards on {plan.workers} dask worker(s)", total=len(pending))
+            for future in as_completed(list(futures)):
+                computed += future.result()
+                progress.update(task, advance=len(futures[future]))
+    return computed

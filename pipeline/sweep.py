@@ -1,0 +1,309 @@
+"""`fpt sweep --from-cache`: many train-side trials from one cache, on dask.distributed.
+
+    <runs_root>/<sweep name>/
+        trials/<trial id>/     one run folder per trial (as train-side writes); final_metrics.json
+                               marks it finished, error.txt holds a failed trial's error
+        results.csv            every trial, sorted by validation AUC, test metrics alongside
+        best.yaml              the best trial's settings, ready to paste into pipeline.yaml
+
+Trials that share batch size, seed and data settings are packed (stages/packed_training.py):
+one dask task trains up to sweep.pack_size of them on one read of each batch. Finished trials
+are skipped when the same sweep runs again; a failed trial is reported, the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cache.catalog import find_cache
+from cache.reader import read_metadata
+from pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
+from pipeline.config import PipelineConfig, SweepConfig, set_in
+from pipeline.errors import UserError
+from stages.packed_training import pack_key
+from stages.search_space import Trial, build_trials
+
+METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
+
+
+class TrialReport(BaseModel):
+    """The outcome of one trial, as it crosses back from a dask worker."""
+
+    trial_id: str
+    settings: dict[str, Any]
+    status: str  # finished | resumed | failed
+    run_dir: Path
+    val_auc: float | None = None
+    best_epoch: int | None = None
+    test_best: dict[str, float] | None = None
+    test_last: dict[str, float] | None = None
+    seconds: float | None = None
+    error: str | None = None
+    lpm_disabled: bool = False
+    worker_peak_rss_mb: float | None = None  # peak resident memory of the process that trained it
+
+
+class SweepResult(BaseModel):
+    sweep_dir: Path
+    reports: list[TrialReport]
+    best: TrialReport | None
+    best_yaml: str
+    plan: ClusterPlan
+    seconds: float
+
+
+def _report_from_final(trial: Trial, run_dir: Path, status: str, lpm_disabled: bool = False) -> TrialReport:
+    from stages.train_side import TrainResult
+
+    result = TrainResult.model_validate_json((run_dir / "final_metrics.json").read_text())
+    return TrialReport(
+        trial_id=trial.trial_id, settings=trial.settings, status=status, run_dir=run_dir,
+        val_auc=result.best_val.auc, best_epoch=result.best_epoch,
+        test_best=result.test_best.model_dump(include=set(METRIC_FIELDS)),
+        test_last=result.test_last.model_dump(include=set(METRIC_FIELDS)), seconds=result.seconds,
+        lpm_disabled=lpm_disabled,
+    )
+
+
+def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, plan: ClusterPlan) -> list[TrialReport]:
+    """A dask task: train these trials as one pack with the LPM disabled; one report each."""
+    from stages.lpm_guard import lpm_disabled, lpm_forbidden
+    from stages.packed_training import train_pack
+
+    device = worker_setup(plan, trials[0].config.train.device)
+    configs = [t.config.model_copy(update={"train": t.config.train.model_copy(update={"device": device})}) for t in trials]
+    for run_dir in run_dirs:  # an unfinished folder from an interrupted sweep starts over
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+    with lpm_disabled():
+        guarded = lpm_forbidden()
+        outcomes = train_pack(configs, cache_path, run_dirs=run_dirs, isolate_failures=True)
+    reports = []
+    peak = peak_rss_mb()
+    for trial, run_dir, outcome in zip(trials, run_dirs, outcomes):
+        if outcome.error is None:
+            reports.append(_report_from_final(trial, run_dir, "finished", guarded))
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(outcome.error)
+            reports.append(TrialReport(trial_id=trial.trial_id, settings=trial.settings, status="failed",
+                                       run_dir=run_dir, error=outcome.error, lpm_disabled=guarded))
+    for report in reports:
+        report.worker_peak_rss_mb = peak
+    return reports
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    status = Path("/proc/self/status")
+    if status.is_file():  # VmHWM belongs to this process image; ru_maxrss may carry its parent's peak
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def split_into_packs(trials: list[Trial], pack_size: int, workers: int) -> list[list[Trial]]:
+    """Group packable trials; split groups so every worker has work and no pack exceeds pack_size."""
+    groups: dict[str, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(pack_key(trial.config), []).append(trial)
+    packs = []
+    share = math.ceil(workers / max(len(groups), 1))  # packs per group so that every worker has one
+    for group in groups.values():
+        count = max(math.ceil(len(group) / pack_size), min(share, len(group)))
+        size = math.ceil(len(group) / count)
+        packs.extend(group[i : i + size] for i in range(0, len(group), size))
+    return packs
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if text and text.strip() else ""
+
+
+def nested_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in sorted(settings.items()):
+        set_in(tree, path.split("."), value)
+    return tree
+
+
+def _sort_key(report: TrialReport) -> tuple:
+    failed = report.status == "failed"
+    auc = report.val_auc if report.val_auc is not None and not math.isnan(report.val_auc) else -math.inf
+    test = (report.test_best or {}).get("auc", -math.inf)
+    test = -math.inf if test is None or math.isnan(test) else test
+    return (failed, -auc, -test, report.trial_id)
+
+
+def write_results_csv(path: Path, reports: list[TrialReport]) -> None:
+    names = sorted({name for r in reports for name in r.settings})
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["rank", "trial", "status", *names, "val_auc", "best_epoch",
+                         *[f"test_best_{m}" for m in METRIC_FIELDS], *[f"test_last_{m}" for m in METRIC_FIELDS],
+                         "seconds", "run_dir", "error"])
+        for rank, r in enumerate(reports, 1):
+            writer.writerow([
+                rank, r.trial_id, r.status, *[r.settings.get(n, "") for n in names],
+                "" if r.val_auc is None else f"{r.val_auc:.6f}", r.best_epoch or "",
+                *[f"{(r.test_best or {}).get(m, float('nan')):.6f}" if r.test_best else "" for m in METRIC_FIELDS],
+                *[f"{(r.test_last or {}).get(m, float('nan')):.6f}" if r.test_last else "" for m in METRIC_FIELDS],
+                "" if r.seconds is None else f"{r.seconds:.2f}", str(r.run_dir), _first_line(r.error),
+            ])
+    tmp.replace(path)
+
+
+def results_table(reports: list[TrialReport], title: str) -> Table:
+    names = sorted({name for r in reports for name in r.settings})
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("trial", no_wrap=True, min_width=12)
+    table.add_column("status")
+    for column in (*names, "val AUC", "test AUC", "test acc", "test kappa", "test AUC (last)"):
+        table.add_column(column, justify="right")
+    any_failed = any(r.status == "failed" for r in reports)
+    if any_failed:
+        table.add_column("error", overflow="fold", max_width=48)
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for rank, r in enumerate(reports, 1):
+        best, last = r.test_best or {}, r.test_last or {}
+        style = "red" if r.status == "failed" else ("bold green" if rank == 1 else None)
+        table.add_row(str(rank), r.trial_id, r.status, *[str(r.settings.get(n, "")) for n in names],
+                      fmt(r.val_auc), fmt(best.get("auc")), fmt(best.get("accuracy")), fmt(best.get("kappa")),
+                      fmt(last.get("auc")), *([_first_line(r.error)] if any_failed else []), style=style)
+    return table
+
+
+def sweep_dir(config: PipelineConfig, sweep: SweepConfig) -> Path:
+    return (config.train.runs_root / (sweep.name or f"sweep-{config.dataset.name}")).resolve()
+
+
+def _wants_gpu(device: str, scheduler: str | None) -> bool | None:
+    import torch
+
+    if device == "cpu":
+        return False
+    if device.startswith("cuda"):
+        return True
+    return torch.cuda.is_available() if scheduler is None else None  # auto on a cluster: what workers offer
+
+
+def run_sweep(config: PipelineConfig, sweep: SweepConfig | None = None, cache_path: Path | None = None,
+              scheduler: str | None = None, max_workers: int | None = None, processes: bool = True,
+              show_progress: bool = True, console: Console | None = None) -> SweepResult:
+    """Run every unfinished trial of the sweep on dask; write results.csv and best.yaml."""
+    from stages.lpm_guard import lpm_disabled
+
+    with lpm_disabled():
+        return _run_sweep(config, sweep, cache_path, scheduler, max_workers, processes, show_progress, console)
+
+
+def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Path | None, scheduler: str | None,
+               max_workers: int | None, processes: bool, show_progress: bool, console: Console | None) -> SweepResult:
+    began = time.perf_counter()
+    sweep = sweep or config.sweep
+    path = find_cache(config, cache_path).resolve()
+    metadata = read_metadata(path)
+    trials = build_trials(config, sweep, metadata.cache_key)
+    root = sweep_dir(config, sweep)
+    trials_root = root / "trials"
+    trials_root.mkdir(parents=True, exist_ok=True)
+
+    reports: dict[str, TrialReport] = {}
+    pending = []
+    for trial in trials:
+        run_dir = trials_root / trial.trial_id
+        if (run_dir / "final_metrics.json").is_file():
+            reports[trial.trial_id] = _report_from_final(trial, run_dir, "resumed")
+        else:
+            pending.append(trial)
+
+    want_gpu = _wants_gpu(config.train.device, scheduler)
+    plan = plan_local(len(pending) or 1, bool(want_gpu), max_workers)
+    if pending:
+        with dask_client(scheduler, plan, processes=processes) as client:
+            if scheduler:
+                plan = plan_remote(client, want_gpu)
+            packs = split_into_packs(pending, sweep.pack_size, plan.workers)
+            _run_packs(client, packs, trials_root, path, plan, reports, show_progress)
+
+    ordered = sorted(reports.values(), key=_sort_key)
+    write_results_csv(root / "results.csv", ordered)
+    best = next((r for r in ordered if r.status != "failed"), None)
+    best_yaml = ""
+    if best is not None:
+        best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, val AUC {best.val_auc:.4f}\n"
+                     + yaml.safe_dump(nested_settings(best.settings), sort_keys=True))
+        (root / "best.yaml").write_text(best_yaml)
+    if console is not None:
+        console.print(results_table(ordered, f"Sweep {root.name}: {len(ordered)} trials, by validation AUC"))
+    return SweepResult(sweep_dir=root, reports=ordered, best=best, best_yaml=best_yaml, plan=plan,
+                       seconds=time.perf_counter() - began)
+
+
+def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_path: Path, plan: ClusterPlan,
+               reports: dict[str, TrialReport], show_progress: bool) -> None:
+    from distributed import as_completed
+
+    resources = task_resources(plan)
+    futures = {}
+    for pack in packs:
+        run_dirs = [trials_root / t.trial_id for t in pack]
+        future = client.submit(run_pack_task, pack, run_dirs, cache_path, plan, resources=resources, pure=False,
+                               key=f"fpt-pack-{pack[0].trial_id}-{len(pack)}")
+        futures[future] = pack
+    total = sum(len(p) for p in packs)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not show_progress) as progress:
+        task = progress.add_task(f"Sweep ({len(packs)} pack(s) on {plan.workers} worker(s))", total=total, status="")
+        failed = 0
+        for future in as_completed(list(futures)):
+            pack = futures[future]
+            try:
+                pack_reports = future.result()
+            except Exception as error:  # the whole task died (worker lost, out of memory): its trials failed
+                message = f"{type(error).__name__}: {error}"
+                pack_reports = [TrialReport(trial_id=t.trial_id, settings=t.settings, status="failed",
+                                            run_dir=trials_root / t.trial_id, error=message) for t in pack]
+            for report in pack_reports:
+                reports[report.trial_id] = report
+                failed += report.status == "failed"
+            progress.update(task, advance=len(pack), status=f"{failed} failed" if failed else "")
+
+
+def load_sweep_file(path: Path) -> SweepConfig:
+    """A sweep from its own YAML file: either a top-level `sweep:` section or the fields themselves."""
+    from pydantic import ValidationError
+
+    from pipeline.config import format_validation_error, read_yaml_file
+
+    if not path.is_file():
+        raise UserError(f"The sweep file {path} does not exist.",
+                        "Give the path of a YAML file with the search space (see docs/sweeps.md) to --sweep-file.")
+    data = read_yaml_file(path)
+    if "sweep" in data and isinstance(data["sweep"], dict):
+        data = data["sweep"]
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as error:
+        raise format_validation_error(error, str(path)) from None

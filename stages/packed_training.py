@@ -1,0 +1,373 @@
+"""Training K side networks side by side on one read of each cached batch.
+
+Reading and decoding the cache dominates a trial, so trials that see the same batches in the
+same order (same batch size, seed and data settings) share them: each batch is read once,
+augmented once, and every model of the pack steps on it. A pack of one is an ordinary
+`train_side` run; the same code serves both.
+
+A packed trial gives exactly the result it gives alone: its model is initialised from its own
+seed, and its dropout draws from its own random stream (`RngStream`), swapped into torch's
+global generators only while that model runs. Augmentation has a stream of its own, seeded
+by train.seed, and is computed once per batch for the whole pack.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cache.catalog import contradictions, find_cache
+from cache.metadata import CacheMetadata
+from cache.reader import CacheReader
+from pipeline.config import PipelineConfig
+from pipeline.errors import UserError
+from stages.augment import eval_images, train_images
+from stages.cache_batches import Batch, SplitBatches
+from stages.extract import resolve_device
+from stages.fpt_model import FPTPlus, ModelSpec
+from stages.metrics import Metrics, classification_metrics
+from stages.train_side import EpochRecord, TrainResult, half_cycle_cosine, model_spec
+from stages.run_folder import (
+    append_jsonl, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
+)
+
+
+class RngStream:
+    """A private torch random stream (CPU, and the CUDA device if used), entered with `with`."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.device = device
+        outer = self._get()
+        torch.manual_seed(seed)
+        self.state = self._get()
+        self._set(outer)
+        self._outer: tuple | None = None
+
+    def _get(self) -> tuple:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set(self, state: tuple) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    def __enter__(self) -> "RngStream":
+        self._outer = self._get()
+        self._set(self.state)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.state = self._get()
+        assert self._outer is not None
+        self._set(self._outer)
+        self._outer = None
+
+
+def pack_key(config: PipelineConfig) -> str:
+    """Trials with equal keys see identical batches and augmentations, so they can be packed."""
+    train, side = config.train, config.side
+    return repr((
+        train.batch_size, train.seed, train.in_memory, train.shuffle_buffer_shards, train.device,
+        train.augment.model_dump_json(), side.input_size, side.use_prompts,
+    ))
+
+
+class TrialFailed(Exception):
+    """Raised only inside a pack that isolates failures; carries the trial's error text."""
+
+
+@dataclass
+class PackedTrial:
+    """One model of a pack with its optimiser, schedule, random stream and run folder."""
+
+    config: PipelineConfig
+    run_dir: Path | None = None
+    error: str | None = None
+    spec: ModelSpec | None = None
+    model: FPTPlus | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    stream: RngStream | None = None
+    learnable: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_val: Metrics | None = None
+    loss_sum: float = 0.0
+    seen: int = 0
+    tests: dict[str, Metrics] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def epochs(self) -> int:
+        return self.config.train.epochs
+
+
+class TrialOutcome:
+    """What a pack returns for each trial: its result, or the error that stopped it."""
+
+    def __init__(self, config: PipelineConfig, result: TrainResult | None = None, error: str | None = None) -> None:
+        self.config = config
+        self.result = result
+        self.error = error
+
+
+def _features(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(array).to(device).float()
+
+
+@torch.no_grad()
+def predict_models(models: list[torch.nn.Module], batches: SplitBatches, metadata: CacheMetadata, side_size: int,
+                   device: torch.device) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """(sample indices, labels, probabilities, mean loss) of a split for each model, one read of it."""
+    for model in models:
+        model.eval()
+    norm = metadata.normalization
+    indices, labels = [], []
+    probabilities: list[list[np.ndarray]] = [[] for _ in models]
+    losses = [0.0 for _ in models]
+    for batch in batches:
+        images = eval_images(batch.side_images, side_size, norm.mean, norm.std).to(device)
+        keys, values = _features(batch.keys, device), _features(batch.values, device)
+        target = torch.from_numpy(batch.labels).to(device)
+        for k, model in enumerate(models):
+            logits = model(images, keys, values)
+            losses[k] += F.cross_entropy(logits, target, reduction="sum").item()
+            probabilities[k].append(logits.float().softmax(-1).cpu().numpy())
+        labels.append(batch.labels)
+        indices.append(batch.indices)
+    count = max(sum(len(x) for x in labels), 1)
+    all_indices, all_labels = np.concatenate(indices), np.concatenate(labels)
+    return [(all_indices, all_labels, np.concatenate(probabilities[k]), losses[k] / count) for k in range(len(models))]
+
+
+def _pack_cache(configs: list[PipelineConfig], explicit: Path | None) -> Path:
+    """The cache of the pack; a trial the cache cannot serve fails on its own later."""
+    if explicit is not None:
+        return explicit
+    first_error: UserError | None = None
+    for config in configs:
+        try:
+            return find_cache(config)
+        except UserError as error:
+            first_error = first_error or error
+    assert first_error is not None
+    raise first_error
+
+
+class Pack:
+    """K trials trained on one stream of batches; `run()` returns one outcome per trial."""
+
+    def __init__(self, configs: list[PipelineConfig], cache_path: Path | None = None,
+                 run_dirs: list[Path] | None = None, isolate_failures: bool = False,
+                 progress: Any = None, description: str = "Training") -> None:
+        if not configs:
+            raise ValueError("a pack needs at least one trial")
+        keys = {pack_key(c) for c in configs}
+        if len(keys) > 1:
+            raise ValueError("trials of a pack must share batch size, seed and data settings")
+        self.began = time.perf_counter()
+        self.configs = configs
+        self.isolate = isolate_failures
+        self.progress = progress
+        self.description = description
+        lead = configs[0]
+        self.path = _pack_cache(configs, cache_path)
+        self.reader = CacheReader(self.path)
+        self.metadata = self.reader.metadata
+        self.device = resolve_device(lead.train.device)
+        self.side_size = lead.side.input_size
+        train = lead.train
+        common = dict(with_features=lead.side.use_prompts, buffer_shards=train.shuffle_buffer_shards,
+                      in_memory=train.in_memory)
+        self.train_batches = SplitBatches(self.reader, "train", train.batch_size, shuffle=True, seed=train.seed, **common)
+        self.val_batches = SplitBatches(self.reader, "val", train.batch_size, shuffle=False, **common)
+        self.test_batches = SplitBatches(self.reader, "test", train.batch_size, shuffle=False, **common)
+        self.augment_stream = RngStream(train.seed, self.device)
+        self.generator = torch.Generator().manual_seed(train.seed)
+        self.trials = [PackedTrial(config=c, run_dir=(run_dirs[i] if run_dirs else None)) for i, c in enumerate(configs)]
+        for trial in self.trials:
+            self._guard(trial, self._prepare, trial)
+
+    # -- failure isolation -------------------------------------------------------------------
+    def _guard(self, trial: PackedTrial, action: Callable[..., Any], *args: Any) -> Any:
+        if not trial.ok:
+            return None
+        if not self.isolate:
+            return action(*args)
+        try:
+            return action(*args)
+        except UserError as error:
+            trial.error = error.paragraph()
+        except Exception as error:  # one trial's failure must not stop the others
+            trial.error = f"{type(error).__name__}: {error}\n" + traceback.format_exc(limit=6)
+        return None
+
+    # -- per-trial pieces --------------------------------------------------------------------
+    def _prepare(self, trial: PackedTrial) -> None:
+        config = trial.config
+        problems = contradictions(config, self.metadata)
+        if problems:
+            raise UserError(
+                f"The cache {self.path} cannot serve this trial: " + "; ".join(problems) + ".",
+                "Search only over settings the cache allows.",
+            )
+        spec = model_spec(config, self.metadata)
+        trial.stream = RngStream(config.train.seed, self.device)
+        with trial.stream:
+            trial.model = FPTPlus(spec).to(self.device)
+        trial.spec = spec
+        trial.learnable = sum(p.numel() for p in trial.model.parameters() if p.requires_grad)
+        train = config.train
+        lr = train.lr if train.lr is not None else self.metadata.default_lr
+        trial.optimizer = torch.optim.AdamW(trial.model.parameters(), lr=lr, betas=train.betas,
+                                            weight_decay=train.weight_decay, foreach=True)
+        total_steps = train.epochs * len(self.train_batches)
+        trial.scheduler = torch.optim.lr_scheduler.LambdaLR(trial.optimizer, half_cycle_cosine(total_steps))
+        if trial.run_dir is None:
+            trial.run_dir = new_run_dir(config, "fptplus" if spec.use_prompts else "side-only")
+        else:
+            (trial.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_config(trial.run_dir, config)
+        write_json(trial.run_dir / "run.json", {
+            "cache": str(self.path.resolve()), "cache_key": self.metadata.cache_key, "model_spec": spec.model_dump(),
+            "class_names": self.metadata.class_names, "normalization": self.metadata.normalization.model_dump(),
+            "learnable_params": trial.learnable, "lr": lr,
+        })
+
+    def _step(self, trial: PackedTrial, images: torch.Tensor, keys: torch.Tensor | None, values: torch.Tensor | None,
+              labels: torch.Tensor) -> None:
+        assert trial.model is not None and trial.optimizer is not None and trial.stream is not None
+        with trial.stream:
+            if not trial.model.training:  # after an evaluation; train() walks every module
+                trial.model.train()
+            logits = trial.model(images, keys, values)
+            loss = F.cross_entropy(logits, labels)
+            trial.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trial.model.parameters(), trial.config.train.grad_clip)
+            trial.optimizer.step()
+            trial.scheduler.step()
+        trial.loss_sum += loss.item() * len(labels)
+        trial.seen += len(labels)
+
+    def _end_epoch(self, trial: PackedTrial, epoch: int, seconds: float,
+                   prediction: tuple[np.ndarray, np.ndarray, np.ndarray, float]) -> None:
+        assert trial.run_dir is not None and trial.model is not None
+        _, labels, probabilities, loss = prediction
+        val = classification_metrics(labels, probabilities, loss)
+        record = EpochRecord(epoch=epoch, train_loss=trial.loss_sum / max(trial.seen, 1),
+                             lr=trial.scheduler.get_last_lr()[0], seconds=seconds, val=val)
+        append_jsonl(trial.run_dir / "metrics.jsonl", record.model_dump())
+        score = val.auc if not math.isnan(val.auc) else val.accuracy
+        if score > trial.best_score:
+            trial.best_score, trial.best_epoch, trial.best_val = score, epoch, val
+            save_checkpoint(trial.run_dir / "checkpoints" / "best.safetensors", trial.model, {"epoch": str(epoch)})
+        if epoch == trial.epochs:
+            save_checkpoint(trial.run_dir / "checkpoints" / "last.safetensors", trial.model, {"epoch": str(epoch)})
+        trial.loss_sum, trial.seen = 0.0, 0
+
+    def _record_test(self, trial: PackedTrial, which: str,
+                     prediction: tuple[np.ndarray, np.ndarray, np.ndarray, float]) -> None:
+        assert trial.run_dir is not None
+        indices, labels, probabilities, loss = prediction
+        trial.tests[which] = classification_metrics(labels, probabilities, loss)
+        write_predictions(trial.run_dir / f"predictions_test_{which}.csv", [self._sample_ids[i] for i in indices],
+                          labels, probabilities, self.metadata.class_names)
+
+    def _load_best(self, trial: PackedTrial) -> None:
+        assert trial.run_dir is not None and trial.model is not None
+        load_checkpoint(trial.run_dir / "checkpoints" / "best.safetensors", trial.model)
+
+    def _finish(self, trial: PackedTrial) -> TrainResult:
+        assert trial.run_dir is not None and trial.best_val is not None
+        result = TrainResult(
+            run_dir=trial.run_dir, cache=self.path, best_epoch=trial.best_epoch, best_val=trial.best_val,
+            test_best=trial.tests["best"], test_last=trial.tests["last"], learnable_params=trial.learnable,
+            seconds=time.perf_counter() - self.began,
+        )
+        write_json(trial.run_dir / "final_metrics.json", result.model_dump(mode="json"))
+        from stages.run_summary import summarize_run
+
+        summarize_run(trial.run_dir)
+        return result
+
+    # -- the shared loop ---------------------------------------------------------------------
+    def _evaluate(self, trials: list[PackedTrial], batches: SplitBatches) -> list[tuple]:
+        models = [t.model for t in trials]
+        if self.isolate:
+            try:
+                return predict_models(models, batches, self.metadata, self.side_size, self.device)
+            except Exception:  # find the failing model(s) one at a time
+                return [self._guard(t, lambda t=t: predict_models([t.model], batches, self.metadata,
+                                                                  self.side_size, self.device)[0]) for t in trials]
+        return predict_models(models, batches, self.metadata, self.side_size, self.device)
+
+    def _shared_batch(self, batch: Batch, augment: Any) -> tuple:
+        norm = self.metadata.normalization
+        with self.augment_stream:
+            images = train_images(batch.side_images, self.side_size, augment, norm.mean, norm.std, self.generator)
+        return (images.to(self.device), _features(batch.keys, self.device), _features(batch.values, self.device),
+                torch.from_numpy(batch.labels).to(self.device))
+
+    def run(self) -> list[TrialOutcome]:
+        augment = self.configs[0].train.augment
+        max_epochs = max(t.epochs for t in self.trials)
+        progress, task = self.progress, None
+        if progress is not None:
+            task = progress.add_task(self.description, total=max_epochs * len(self.train_batches), status="")
+        for epoch in range(1, max_epochs + 1):
+            active = [t for t in self.trials if t.ok and epoch <= t.epochs]
+            if not active:
+                break
+            epoch_start = time.perf_counter()
+            for batch in self.train_batches:
+                images, keys, values, labels = self._shared_batch(batch, augment)
+                for trial in active:
+                    self._guard(trial, self._step, trial, images, keys, values, labels)
+                if progress is not None:
+                    losses = [t.loss_sum / t.seen for t in active if t.ok and t.seen]
+                    status = f"epoch {epoch} loss {losses[0]:.4f}" if len(active) == 1 and losses else f"epoch {epoch}"
+                    progress.update(task, advance=1, status=status)
+            active = [t for t in active if t.ok]
+            seconds = time.perf_counter() - epoch_start
+            for trial, prediction in zip(active, self._evaluate(active, self.val_batches)):
+                if prediction is not None:
+                    self._guard(trial, self._end_epoch, trial, epoch, seconds, prediction)
+            if progress is not None and len(active) == 1 and active[0].best_val is not None:
+                progress.update(task, status=f"epoch {epoch} val AUC (best) {active[0].best_val.auc:.4f}")
+        if progress is not None and task is not None:
+            progress.update(task, completed=max_epochs * len(self.train_batches))
+        self._sample_ids = self.reader.sample_ids()
+        for which in ("last", "best"):
+            finishing = [t for t in self.trials if t.ok]
+            if which == "best":
+                for trial in finishing:
+                    self._guard(trial, self._load_best, trial)
+                finishing = [t for t in finishing if t.ok]
+            for trial, prediction in zip(finishing, self._evaluate(finishing, self.test_batches)):
+                if prediction is not None:
+                    self._guard(trial, self._record_test, trial, which, prediction)
+        outcomes = []
+        for trial in self.trials:
+            result = self._guard(trial, self._finish, trial)
+            outcomes.append(TrialOutcome(trial.config, result=result, error=trial.error))
+        return outcomes
+
+
+def train_pack(configs: list[PipelineConfig], cache_path: Path | None = None, run_dirs: list[Path] | None = None,
+               isolate_failures: bool = True, progress: Any = None) -> list[TrialOutcome]:
+    """Train the given trials side by side; one outcome (result or error) per trial, in order."""
+    return Pack(configs, cache_path, run_dirs, isolate_failures, progress).run()

@@ -1,0 +1,87 @@
+"""A real sweep on dask: LocalCluster with 2 worker processes, resume, failures, no LPM anywhere."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import SweepConfig
+from pipeline.sweep import run_sweep
+from sweep_support import build_tiny_cache, tiny_config
+
+MISSING_WEIGHTS = "lpm.weights=/nonexistent/lpm-weights.safetensors"
+
+
+def _refuse_timm() -> bool:
+    """Runs in each worker before the sweep: any attempt to build a timm model now fails."""
+    import timm
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sweep tried to create a timm model")
+
+    timm.create_model = refuse
+    return True
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sweep_on_two_worker_processes_then_resume_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distributed import Client, LocalCluster
+
+    build_tiny_cache(tmp_path)
+    base = tiny_config(tmp_path, [MISSING_WEIGHTS, "train.epochs=1"])
+    # reduction 5 does not divide the LPM width 192: those trials must fail, the others finish
+    sweep = SweepConfig(name="s", parameters={"train.lr": [0.002, 0.0005], "side.reduction": [8, 5]})
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            assert all(client.run(_refuse_timm).values())
+            result = run_sweep(base, sweep, scheduler=cluster.scheduler_address, show_progress=False)
+            worker_pids = set(client.run(lambda: __import__("os").getpid()).values())
+
+    assert len(worker_pids) == 2
+    assert result.plan.workers == 2 and result.plan.threads_on("127.0.0.1") == 1
+    by_status = {r.trial_id: r.status for r in result.reports}
+    assert sorted(by_status.values()) == ["failed", "failed", "finished", "finished"]
+    assert all(r.lpm_disabled for r in result.reports)
+    failed = [r for r in result.reports if r.status == "failed"]
+    assert all(r.settings["side.reduction"] == 5 and "side.reduction 5" in r.error for r in failed)
+    assert all((r.run_dir / "error.txt").is_file() for r in failed)
+    finished = [r for r in result.reports if r.status == "finished"]
+    for report in finished:
+        assert report.run_dir.name == report.trial_id
+        assert {"config.yaml", "run.json", "metrics.jsonl", "final_metrics.json", "predictions_test_best.csv"} <= {
+            p.name for p in report.run_dir.iterdir()}
+    # failed trials sort last; the rest by validation AUC, highest first
+    assert [r.status for r in result.reports][-2:] == ["failed", "failed"]
+    assert finished[0].val_auc >= finished[1].val_auc
+    rows = _read_csv(result.sweep_dir / "results.csv")
+    assert [row["trial"] for row in rows] == [r.trial_id for r in result.reports]
+    assert rows[0]["test_best_auc"] != "" and rows[-1]["error"] != ""
+    best = yaml.safe_load((result.sweep_dir / "best.yaml").read_text())
+    assert best == {"side": {"reduction": 8}, "train": {"lr": finished[0].settings["train.lr"]}}
+
+    # Second run, in-process (processes=False) with timm disabled here too: finished trials are
+    # skipped, an interrupted one (no final_metrics.json) and a new grid point are trained.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sweep tried to create a timm model")
+
+    import timm
+
+    monkeypatch.setattr(timm, "create_model", refuse)
+    interrupted = finished[1].run_dir
+    (interrupted / "final_metrics.json").unlink()
+    wider = sweep.model_copy(update={"parameters": {"train.lr": [0.002, 0.0005, 0.001], "side.reduction": [8, 5]}})
+    again = run_sweep(base, wider, processes=False, max_workers=1, show_progress=False)
+    status = {r.trial_id: r.status for r in again.reports}
+    assert status[finished[0].trial_id] == "resumed"
+    assert status[finished[1].trial_id] == "finished"
+    assert sorted(status.values()) == ["failed", "failed", "failed", "finished", "finished", "resumed"]
+    assert len(_read_csv(again.sweep_dir / "results.csv")) == 6
+    assert (interrupted / "final_metrics.json").is_file()

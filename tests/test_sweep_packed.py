@@ -1,0 +1,81 @@
+"""Packed trials: K models on one read of each batch give exactly what each gives alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages.packed_training import pack_key, train_pack
+from stages.train_side import train_side
+from sweep_support import build_tiny_cache, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("packed")
+    build_tiny_cache(root)
+    return root
+
+
+def _checkpoint(run_dir: Path, which: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"{which}.safetensors"))
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.set_num_threads(1)
+    settings = [
+        ["train.lr=0.002", "side.num_prompts=4"],
+        ["train.lr=0.0005", "train.weight_decay=0.01", "train.epochs=1"],  # stops an epoch earlier
+    ]
+    alone = [train_side(tiny_config(tiny_root, s + [f"train.run_name=alone{i}"]), show_progress=False)
+             for i, s in enumerate(settings)]
+    configs = [tiny_config(tiny_root, s + [f"train.run_name=packed{i}"]) for i, s in enumerate(settings)]
+    assert pack_key(configs[0]) == pack_key(configs[1])
+
+    reads = []
+    import cache.reader
+
+    original = cache.reader.CacheReader.read
+    monkeypatch.setattr(cache.reader.CacheReader, "read",
+                        lambda self, a, b, f=True: reads.append((a, b)) or original(self, a, b, f))
+    outcomes = train_pack(configs, isolate_failures=False)
+    monkeypatch.undo()
+
+    for single, outcome in zip(alone, outcomes):
+        packed = outcome.result
+        assert outcome.error is None and packed is not None
+        assert packed.run_dir != single.run_dir
+        for which in ("best", "last"):
+            assert _same_weights(_checkpoint(single.run_dir, which), _checkpoint(packed.run_dir, which))
+        assert packed.best_epoch == single.best_epoch
+        assert packed.best_val == single.best_val
+        assert packed.test_best == single.test_best and packed.test_last == single.test_last
+        epochs_alone = [json.loads(x) for x in (single.run_dir / "metrics.jsonl").read_text().splitlines()]
+        epochs_packed = [json.loads(x) for x in (packed.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [(e["train_loss"], e["val"]) for e in epochs_alone] == [(e["train_loss"], e["val"]) for e in epochs_packed]
+        for name in ("predictions_test_best.csv", "predictions_test_last.csv", "config.yaml", "final_metrics.json"):
+            assert (packed.run_dir / name).is_file()
+    # the two models differ (different settings), so equality above is not trivial
+    assert not _same_weights(_checkpoint(alone[0].run_dir, "last"), _checkpoint(alone[1].run_dir, "last"))
+
+    # the train split (12 samples, shards of 4) is read once per epoch for the pack, not once per trial
+    meta = cache.reader.read_metadata(alone[0].cache)
+    train_start, train_stop = meta.split_ranges["train"]
+    train_reads = [r for r in reads if train_start <= r[0] < train_stop]
+    assert len(train_reads) == 2 * (train_stop - train_start) // 4  # 2 epochs x 3 shards
+
+
+def test_a_failing_trial_does_not_stop_its_pack(tiny_root: Path) -> None:
+    good = tiny_config(tiny_root, ["train.run_name=good", "train.epochs=1"])
+    bad = tiny_config(tiny_root, ["train.run_name=bad", "train.epochs=1", "side.reduction=5"])  # 192 % 5 != 0
+    outcomes = train_pack([bad, good])
+    assert outcomes[0].result is None and "side.reduction 5" in outcomes[0].error
+    assert outcomes[1].error is None and (outcomes[1].result.run_dir / "final_metrics.json").is_file()
