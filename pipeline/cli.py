@@ -162,18 +162,27 @@ def cache_verify(
         )
 
 
+def _interrupted() -> None:
+    error_console.print(
+        "[bold yellow]Interrupted.[/bold yellow] Everything finished before the interruption is kept: "
+        "completed cache shards, run folders and their checkpoints. Run the same command again to resume."
+    )
+    sys.exit(130)
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # typer turns Ctrl-C inside a command into Exit(130), returned (not raised) in non-standalone mode.
+        if code == 130:
+            _interrupted()
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as error:
         error_console.print(f"[bold red]Error:[/bold red] {error.paragraph()}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        error_console.print(
-            "[bold yellow]Interrupted.[/bold yellow] Everything finished before the interruption is kept: "
-            "completed cache shards, run folders and their checkpoints. Run the same command again to resume."
-        )
-        sys.exit(130)
+        _interrupted()
     except typer.Abort:
         sys.exit(130)
     except Exception as error:  # click usage errors arrive here in non-standalone mode
