@@ -64,6 +64,15 @@ class CacheReader:
 
     def read(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
         """Arrays of samples [start, stop): keys, values (if asked; decoded to floats), side_images, labels."""
+        try:
+            return self._read(start, stop, with_features)
+        except (RuntimeError, ValueError, OSError) as error:  # codec errors of a damaged shard file
+            raise UserError(
+                f"Samples {start}..{stop - 1} of the cache {self.path} cannot be decoded ({error}).",
+                f"Run `fpt cache verify {self.path}` to name the damaged samples, then rebuild the cache with `fpt extract`.",
+            ) from None
+
+    def _read(self, start: int, stop: int, with_features: bool) -> dict[str, np.ndarray]:
         out = {
             "side_images": self.group["side_images"][start:stop],
             "labels": self.group["labels"][start:stop].astype(np.int64),
