@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from stages.datasets.samples import Sample
-from stages.lpm import file_sha256
+from stages.lpm import LPMIdentity, file_sha256
 
 
 def dataset_fingerprint(samples: list[Sample], workers: int = 4) -> str:
@@ -25,6 +25,13 @@ def dataset_fingerprint(samples: list[Sample], workers: int = 4) -> str:
     for sample, content in zip(samples, hashes):
         digest.update(f"{content}:{sample.label}:{sample.split}\n".encode())
     return digest.hexdigest()
+
+
+def store_key(dataset: str, fingerprint: str, lpm: LPMIdentity, settings: BaseModel, normalization: BaseModel,
+              storage: BaseModel) -> str:
+    """The key of a store: the parts that decide its contents (the LPM by name and weights only)."""
+    weights = lpm.model_dump(include={"name", "weights_identity"})
+    return cache_key(dataset, fingerprint, str(weights), settings, normalization, storage)
 
 
 def cache_key(*parts: BaseModel | str) -> str:
