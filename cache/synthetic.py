@@ -7,6 +7,8 @@ The features are deterministic per sample, so a sample's content can be re-deriv
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,8 @@ from stages.lpm import LPMIdentity
 
 def synthetic_metadata(split_counts: dict[str, int], num_classes: int = 3, layers: int = 6, heads: int = 3,
                        selected: int = 205, head_dim: int = 64, side_store_size: int = 144,
-                       storage: StorageSettings | None = None) -> CacheMetadata:
+                       storage: StorageSettings | None = None, dataset: str = "synthetic",
+                       lpm_name: str = "synthetic") -> CacheMetadata:
     storage = storage or StorageSettings(dtype="float16", codec="zstd", codec_level=3, shard_size=32, chunk_size=4)
     ranges, start = {}, 0
     for split, count in split_counts.items():
@@ -28,7 +31,7 @@ def synthetic_metadata(split_counts: dict[str, int], num_classes: int = 3, layer
         start += count
     counts = {split: [len(range(c, count, num_classes)) for c in range(num_classes)] for split, count in split_counts.items()}
     lpm = LPMIdentity(
-        name="synthetic", weights_source="none", weights_identity="synthetic", embed_dim=heads * head_dim,
+        name=lpm_name, weights_source="none", weights_identity="synthetic", embed_dim=heads * head_dim,
         num_heads=heads, head_dim=head_dim, patch_size=16, depth=max(12, layers), num_prefix_tokens=1, num_params=0,
     )
     tokens = max(selected, 1025)
@@ -37,10 +40,11 @@ def synthetic_metadata(split_counts: dict[str, int], num_classes: int = 3, layer
         token_ratio=selected / tokens, importance="global", num_tokens=tokens, num_selected=selected,
         side_store_size=side_store_size,
     )
-    key = f"synthetic-{sum(split_counts.values())}-{storage.dtype}-{storage.codec}-{selected}"
+    shape = (layers, heads, selected, head_dim, side_store_size, num_classes)
+    key = hashlib.sha256(json.dumps(["synthetic", dataset, split_counts, shape, storage.model_dump()]).encode()).hexdigest()
     return CacheMetadata(
         fpt_version="synthetic", created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        cache_key=key, dataset="synthetic", dataset_fingerprint="synthetic",
+        cache_key=key, dataset=dataset, dataset_fingerprint="synthetic",
         class_names=[f"class_{c}" for c in range(num_classes)], default_lr=1e-3, num_samples=start,
         split_ranges=ranges, class_counts=counts, lpm=lpm, extraction=extraction,
         normalization=Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="imagenet"), storage=storage,
