@@ -87,3 +87,22 @@ def test_train_side_refuses_a_cache_with_other_layers(tmp_path: Path) -> None:
     assert "fits the requested settings" in searched.value.paragraph() and "extract.layers" in searched.value.paragraph()
     assert not (tmp_path / "runs").exists()  # refused before anything was written
     assert find_cache(tiny_config(tmp_path)) == built.path
+
+
+def test_transcoded_store_is_the_store_extract_would_write(tmp_path: Path) -> None:
+    from cache.metadata import StorageSettings
+    from cache.transcode import transcode
+    from cache_testing import stored_arrays
+
+    reference = run_extract(tiny_config(tmp_path, "cache.dtype=float32"), show_progress=False)
+    storage = StorageSettings(dtype="int8", codec="blosc-lz4", codec_level=3, shard_size=4, chunk_size=2)
+    converted = transcode(reference.path, tmp_path / "converted", storage)
+    direct = run_extract(tiny_config(tmp_path, "cache.dtype=int8", "cache.codec=blosc-lz4"), show_progress=False)
+    assert converted.name == direct.path.name
+    got, want = stored_arrays(converted), stored_arrays(direct.path)
+    assert got.keys() == want.keys() and "keys_scale" in want
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    again = run_extract(tiny_config(tmp_path, "cache.dtype=int8", "cache.codec=blosc-lz4",
+                                    f"cache.root={tmp_path / 'converted'}"), show_progress=False)
+    assert again.reused and again.path == converted
