@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from cache.metadata import FORMAT_VERSION
 from stages.datasets.samples import Sample
 from stages.lpm import LPMIdentity, file_sha256
 
@@ -31,7 +32,8 @@ def store_key(dataset: str, fingerprint: str, lpm: LPMIdentity, settings: BaseMo
               storage: BaseModel) -> str:
     """The key of a store: the parts that decide its contents (the LPM by name and weights only)."""
     weights = lpm.model_dump(include={"name", "weights_identity"})
-    return cache_key(dataset, fingerprint, str(weights), settings, normalization, storage)
+    # The format version is part of the key, so a store of another version never blocks a rebuild.
+    return cache_key(f"format-{FORMAT_VERSION}", dataset, fingerprint, str(weights), settings, normalization, storage)
 
 
 def cache_key(*parts: BaseModel | str) -> str:
