@@ -4,7 +4,6 @@ train side refuses contradicting caches, and several caches live side by side.""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +29,8 @@ def test_same_inputs_reuse_the_cache_without_running_the_lpm(tmp_path: Path) -> 
     first = run_extract(config, show_progress=False)
     assert not first.reused and first.computed_samples == 24
     before = _shard_mtimes(first.path)
-    began = time.perf_counter()
     second = run_extract(tiny_config(tmp_path), show_progress=False)
     assert second.reused and second.computed_samples == 0 and second.path == first.path
-    assert time.perf_counter() - began < 30  # seconds, not a re-extraction (the bench measures the real figure)
     assert _shard_mtimes(second.path) == before
 
 

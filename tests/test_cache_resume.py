@@ -18,7 +18,9 @@ import zarr
 
 from cache.catalog import find_cache
 from cache.integrity import verify_store
+from cache.metadata import StorageSettings
 from cache.reader import CacheReader, read_metadata
+from cache.synthetic import synthetic_metadata, write_synthetic_cache
 from cache.writer import ShardWriter
 from cache_testing import cli_args, stored_arrays, tiny_assignments, tiny_config
 from pipeline.errors import UserError
@@ -110,12 +112,15 @@ def test_interrupted_extraction_resumes_and_equals_a_clean_run(tmp_path: Path) -
 
 
 def test_store_marked_complete_with_unwritten_shards_is_refused(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path)
-    built = run_extract(config, show_progress=False)
-    group = zarr.open_group(built.path, mode="r+")
+    metadata = synthetic_metadata({"train": 8, "val": 4, "test": 4}, selected=3, head_dim=8, side_store_size=16,
+                                  storage=StorageSettings(dtype="float16", codec="zstd", codec_level=3, shard_size=4,
+                                                          chunk_size=2))
+    path = write_synthetic_cache(tmp_path, metadata)
+    CacheReader(path)  # complete: readable
+    group = zarr.open_group(path, mode="r+")
     group["shard_complete"][3] = 0
     with pytest.raises(UserError, match=r"shards \[3\] are not marked"):
-        CacheReader(built.path)
+        CacheReader(path)
 
 
 def test_full_disk_gives_a_clear_message_and_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
