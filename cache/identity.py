@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from cache.metadata import FORMAT_VERSION
 from stages.datasets.samples import Sample
-from stages.lpm import file_sha256
+from stages.lpm import LPMIdentity, file_sha256
 
 
 def dataset_fingerprint(samples: list[Sample], workers: int = 4) -> str:
@@ -25,6 +26,14 @@ def dataset_fingerprint(samples: list[Sample], workers: int = 4) -> str:
     for sample, content in zip(samples, hashes):
         digest.update(f"{content}:{sample.label}:{sample.split}\n".encode())
     return digest.hexdigest()
+
+
+def store_key(dataset: str, fingerprint: str, lpm: LPMIdentity, settings: BaseModel, normalization: BaseModel,
+              storage: BaseModel) -> str:
+    """The key of a store: the parts that decide its contents (the LPM by name and weights only)."""
+    weights = lpm.model_dump(include={"name", "weights_identity"})
+    # The format version is part of the key, so a store of another version never blocks a rebuild.
+    return cache_key(f"format-{FORMAT_VERSION}", dataset, fingerprint, str(weights), settings, normalization, storage)
 
 
 def cache_key(*parts: BaseModel | str) -> str:

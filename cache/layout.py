@@ -1,13 +1,18 @@
 """Where each array lives in a cache store, its shape, chunks, shards and codec.
 
     <root>/<dataset>-<key>.zarr/          zarr v3 group; attributes["fpt"] = CacheMetadata
-        keys          (N, L, H, n, Dh)   float16   chunks (c, ...), shards (s, ...)
-        values        (N, L, H, n, Dh)   float16   same
+        keys          (N, L, H, n, Dh)   cache.dtype as stored (see cache/encoding.py); chunks (c, ...), shards (s, ...)
+        values        (N, L, H, n, Dh)   same
+        keys_scale    (N, L, H, n)       float16   int8 only: per-token scales; same sample-axis chunks/shards
+        values_scale  (N, L, H, n)       float16   int8 only
         side_images   (N, S', S', 3)     uint8     same sample-axis chunking and sharding
         labels        (N,)               int16
         splits        (N,)               uint8     0 train, 1 val, 2 test (samples are split-ordered)
         sample_ids    (N,)               string
-        shard_complete (num_shards,)     uint8     1 once that shard's data is fully written
+        shard_sha256  (num_shards, A, 32) uint8    sha256 of each sharded array's stored shard file
+        shard_complete (num_shards,)     uint8     1 once that shard's data and checksums are written
+
+docs/cache-format.md describes this for readers that use zarr or dask alone.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
+from cache.encoding import has_scales, scale_name, stored_dtype
 from cache.metadata import CacheMetadata, StorageSettings
 
 FEATURE_ARRAYS = ("keys", "values")
@@ -45,7 +51,13 @@ def compressors(storage: StorageSettings) -> tuple:
 
 
 def feature_numpy_dtype(storage: StorageSettings) -> np.dtype:
-    return {"float16": np.dtype("float16"), "float32": np.dtype("float32")}[storage.dtype]
+    return stored_dtype(storage.dtype)
+
+
+def sharded_arrays(storage: StorageSettings) -> tuple[str, ...]:
+    """The per-sample arrays written shard by shard, in the order of shard_sha256's second axis."""
+    scales = tuple(scale_name(name) for name in FEATURE_ARRAYS) if has_scales(storage.dtype) else ()
+    return FEATURE_ARRAYS + scales + ("side_images",)
 
 
 def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits: np.ndarray, sample_ids: list[str]) -> zarr.Group:
@@ -67,6 +79,18 @@ def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits
             fill_value=0,
             dimension_names=("sample", "layer", "head", "token", "channel"),
         )
+    if has_scales(storage.dtype):
+        for name in FEATURE_ARRAYS:
+            group.create_array(
+                scale_name(name),
+                shape=(count, *feature_shape[:-1]),
+                dtype="float16",
+                chunks=(chunk, *feature_shape[:-1]),
+                shards=(shard, *feature_shape[:-1]),
+                compressors=compressors(storage),
+                fill_value=0,
+                dimension_names=("sample", "layer", "head", "token"),
+            )
     group.create_array(
         "side_images",
         shape=(count, side, side, 3),
@@ -81,6 +105,11 @@ def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits
     group.create_array("splits", data=splits.astype(np.uint8), chunks=(max(1, count),))
     ids = group.create_array("sample_ids", shape=(count,), dtype=str, chunks=(max(1, count),))
     ids[:] = np.array(sample_ids, dtype=object)
+    checksums = group.create_array(
+        "shard_sha256", shape=(metadata.num_shards, len(sharded_arrays(storage)), 32), dtype="uint8",
+        chunks=(1, len(sharded_arrays(storage)), 32), fill_value=0,
+    )
+    checksums.attrs["arrays"] = list(sharded_arrays(storage))
     group.create_array(
         "shard_complete", shape=(metadata.num_shards,), dtype="uint8", chunks=(1,), fill_value=0
     )

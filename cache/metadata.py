@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from stages.lpm import LPMIdentity
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shard_sha256 checksums, bfloat16 and int8 storage
 ATTRIBUTE_KEY = "fpt"
 
 

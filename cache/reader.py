@@ -8,6 +8,7 @@ import numpy as np
 import zarr
 from pydantic import ValidationError
 
+from cache.encoding import decode, has_scales, scale_name
 from cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, CacheMetadata
 from pipeline.errors import UserError
 
@@ -50,20 +51,42 @@ class CacheReader:
                 "Run the same `fpt extract` command again to finish it (finished shards are kept).",
             )
         self.group = zarr.open_group(path, mode="r", zarr_format=3)
+        if require_complete:
+            unfinished = np.flatnonzero(self.group["shard_complete"][:] == 0)
+            if len(unfinished):
+                raise UserError(
+                    f"The cache {path} says it is complete but shards {unfinished[:10].tolist()} are not marked as written.",
+                    "Run `fpt cache verify` on it, then delete it and run `fpt extract` again.",
+                )
 
     def split_range(self, split: str) -> tuple[int, int]:
         return tuple(self.metadata.split_ranges[split])  # type: ignore[return-value]
 
     def read(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
-        """Arrays of samples [start, stop): keys, values (if asked), side_images, labels."""
+        """Arrays of samples [start, stop): keys, values (if asked; decoded to floats), side_images, labels."""
+        try:
+            return self._read(start, stop, with_features)
+        except (RuntimeError, ValueError, OSError) as error:  # codec errors of a damaged shard file
+            raise UserError(
+                f"Samples {start}..{stop - 1} of the cache {self.path} cannot be decoded ({error}).",
+                f"Run `fpt cache verify {self.path}` to name the damaged samples, then rebuild the cache with `fpt extract`.",
+            ) from None
+
+    def _read(self, start: int, stop: int, with_features: bool) -> dict[str, np.ndarray]:
         out = {
             "side_images": self.group["side_images"][start:stop],
             "labels": self.group["labels"][start:stop].astype(np.int64),
         }
         if with_features:
-            out["keys"] = self.group["keys"][start:stop]
-            out["values"] = self.group["values"][start:stop]
+            for name in ("keys", "values"):
+                out[name] = self.features(name, start, stop)
         return out
+
+    def features(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Keys or values of samples [start, stop) as floats (float16 or float32), whatever the storage dtype."""
+        dtype = self.metadata.storage.dtype
+        scales = self.group[scale_name(name)][start:stop] if has_scales(dtype) else None
+        return decode(self.group[name][start:stop], scales, dtype)
 
     def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.group["labels"][start:stop].astype(np.int64)

@@ -1,20 +1,25 @@
 """Writing stage one's output into a cache store, whole shards at a time.
 
-A shard is written only once all of its samples are computed, and `shard_complete[i]` is set
-after its data. Concurrent writers (dask workers) therefore never share a shard file, and a
-store interrupted at any point is known to be incomplete: the metadata says `complete: false`
-until every shard is marked.
+A shard is written only once all of its samples are computed. After its data, the sha256 of
+each of its stored files goes into `shard_sha256[i]`, and only then is `shard_complete[i]` set.
+Concurrent writers (dask workers) therefore never share a shard file, and a store interrupted at
+any point is known to be incomplete: the metadata says `complete: false` until every shard is
+marked, and an unmarked shard is simply written again on resume.
 """
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from cache.layout import feature_numpy_dtype, write_metadata
+from cache.encoding import encode, scale_name
+from cache.integrity import shard_digests
+from cache.layout import FEATURE_ARRAYS, sharded_arrays, write_metadata
 from cache.metadata import CacheMetadata
+from pipeline.errors import UserError
 
 
 class ShardWriter:
@@ -22,7 +27,7 @@ class ShardWriter:
         self.path = path
         self.metadata = metadata
         self.group = zarr.open_group(path, mode="r+", zarr_format=3)
-        self.dtype = feature_numpy_dtype(metadata.storage)
+        self.array_names = list(sharded_arrays(metadata.storage))
 
     def completed_shards(self) -> set[int]:
         flags = self.group["shard_complete"][:]
@@ -33,9 +38,29 @@ class ShardWriter:
         expected = stop - start
         if not (len(keys) == len(values) == len(side_images) == expected):
             raise ValueError(f"shard {shard} needs {expected} samples, got {len(keys)}")
-        self.group["keys"][start:stop] = keys.astype(self.dtype, copy=False)
-        self.group["values"][start:stop] = values.astype(self.dtype, copy=False)
+        try:
+            self._write(shard, start, stop, {"keys": keys, "values": values}, side_images)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            done = len(self.completed_shards())
+            raise UserError(
+                f"The disk holding the cache {self.path} is full (while writing shard {shard}); "
+                f"the {done} of {self.metadata.num_shards} shards finished before it are complete and kept, "
+                "the unfinished one is not marked and will be written again.",
+                "Free some space (or set cache.root to a larger disk and move the store there), "
+                "then run the same `fpt extract` command again to continue.",
+            ) from None
+
+    def _write(self, shard: int, start: int, stop: int, features: dict[str, np.ndarray], side_images: np.ndarray) -> None:
+        dtype = self.metadata.storage.dtype
+        for name in FEATURE_ARRAYS:
+            stored, scales = encode(features[name], dtype)
+            self.group[name][start:stop] = stored
+            if scales is not None:
+                self.group[scale_name(name)][start:stop] = scales
         self.group["side_images"][start:stop] = side_images
+        self.group["shard_sha256"][shard] = shard_digests(self.path, self.group, self.array_names, shard)
         self.group["shard_complete"][shard] = 1
 
     def finish(self, skipped: list | None = None) -> CacheMetadata:

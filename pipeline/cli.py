@@ -241,26 +241,67 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
             continue
         table.add_row(
             path.name, meta.dataset, meta.lpm.name, ",".join(map(str, meta.extraction.layers)),
-            f"{meta.extraction.token_ratio:g}", meta.extraction.importance, meta.storage.dtype,
+            f"{meta.extraction.token_ratio:g}", meta.extraction.importance, f"{meta.storage.dtype}/{meta.storage.codec}",
             str(meta.num_samples), f"{size / 1e6:.1f} MB", "complete" if meta.complete else "INCOMPLETE",
         )
     console.print(table)
 
 
+@cache_app.command("verify")
+def cache_verify(
+    path: Annotated[Optional[Path], typer.Argument(help="A cache store (default: every cache under cache.root).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Re-check every shard of a cache against the checksums recorded when it was written."""
+    from cache.catalog import list_caches
+    from cache.integrity import verify_store
+    from cache.reader import read_metadata
+
+    cfg = _load(config, set_, None)
+    paths = [path] if path is not None else [p for p, _, _ in list_caches(cfg.cache.root)]
+    if not paths:
+        raise UserError(f"There is no cache under {cfg.cache.root}.", "Give the store's path: fpt cache verify PATH.")
+    problems = []
+    for store in paths:
+        report = verify_store(store, read_metadata(store))
+        for damaged in report.damaged:
+            problems.append(
+                f"{store.name} shard {damaged.shard} ({', '.join(damaged.arrays)}) is damaged: samples "
+                + ", ".join(damaged.sample_ids)
+            )
+        if report.incomplete_shards:
+            problems.append(f"{store.name} is incomplete: shards {report.incomplete_shards[:10]} are not written yet")
+        if report.ok:
+            console.print(f"[green]OK[/green] {store}: {report.shards_checked} shards match their checksums.")
+    if problems:
+        raise UserError(
+            "Cache verification failed: " + "; ".join(problems) + ".",
+            "Delete a damaged store and run `fpt extract` again (or finish an incomplete one by re-running it).",
+        )
+
+
+def _interrupted() -> None:
+    error_console.print(
+        "[bold yellow]Interrupted.[/bold yellow] Everything finished before the interruption is kept: "
+        "completed cache shards, run folders and their checkpoints. Run the same command again to resume."
+    )
+    sys.exit(130)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
+        # typer turns Ctrl-C inside a command into Exit(130), returned (not raised) in non-standalone mode.
+        if code == 130:
+            _interrupted()
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as error:
         error_console.print(f"[bold red]Error:[/bold red] {error.paragraph()}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        error_console.print(
-            "[bold yellow]Interrupted.[/bold yellow] Everything finished before the interruption is kept: "
-            "completed cache shards, run folders and their checkpoints. Run the same command again to resume."
-        )
-        sys.exit(130)
+        _interrupted()
     except typer.Abort:
         sys.exit(130)
     except Exception as error:  # click usage errors arrive here in non-standalone mode

@@ -17,7 +17,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from cache.identity import cache_key, dataset_fingerprint
+from cache.identity import dataset_fingerprint, store_key
 from cache.layout import SPLIT_CODES, create_store, store_name
 from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, SkippedImage, StorageSettings
 from cache.reader import read_metadata
@@ -113,8 +113,7 @@ def build_metadata(config: PipelineConfig, dataset: ResolvedDataset, lpm: LPMIde
         dtype=config.cache.dtype, codec=config.cache.codec, codec_level=config.cache.codec_level,
         shard_size=config.cache.shard_size, chunk_size=config.cache.chunk_size,
     )
-    weights = lpm.model_dump(include={"name", "weights_identity"})
-    key = cache_key(dataset.name, fingerprint, str(weights), settings, normalization, storage)
+    key = store_key(dataset.name, fingerprint, lpm, settings, normalization, storage)
     ranges: dict[str, tuple[int, int]] = {}
     start = 0
     for split, count in dataset.split_counts().items():

@@ -1,0 +1,91 @@
+"""A cache store filled with synthetic features through the real writer, without running an LPM.
+
+For benchmarks (e.g. a cache ten times the demo's) and fast tests of reading and training code.
+The features are deterministic per sample, so a sample's content can be re-derived to check reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from cache.layout import SPLIT_CODES, create_store, store_name
+from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, StorageSettings
+from cache.writer import ShardWriter
+from stages.lpm import LPMIdentity
+
+
+def synthetic_metadata(split_counts: dict[str, int], num_classes: int = 3, layers: int = 6, heads: int = 3,
+                       selected: int = 205, head_dim: int = 64, side_store_size: int = 144,
+                       storage: StorageSettings | None = None, dataset: str = "synthetic",
+                       lpm_name: str = "synthetic") -> CacheMetadata:
+    storage = storage or StorageSettings(dtype="float16", codec="zstd", codec_level=3, shard_size=32, chunk_size=4)
+    ranges, start = {}, 0
+    for split, count in split_counts.items():
+        ranges[split] = (start, start + count)
+        start += count
+    counts = {split: [len(range(c, count, num_classes)) for c in range(num_classes)] for split, count in split_counts.items()}
+    lpm = LPMIdentity(
+        name=lpm_name, weights_source="none", weights_identity="synthetic", embed_dim=heads * head_dim,
+        num_heads=heads, head_dim=head_dim, patch_size=16, depth=max(12, layers), num_prefix_tokens=1, num_params=0,
+    )
+    tokens = max(selected, 1025)
+    extraction = ExtractionSettings(
+        input_size=512, layers=list(range(12 - layers, 12)) if layers <= 12 else list(range(layers)),
+        token_ratio=selected / tokens, importance="global", num_tokens=tokens, num_selected=selected,
+        side_store_size=side_store_size,
+    )
+    shape = (layers, heads, selected, head_dim, side_store_size, num_classes)
+    key = hashlib.sha256(json.dumps(["synthetic", dataset, split_counts, shape, storage.model_dump()]).encode()).hexdigest()
+    return CacheMetadata(
+        fpt_version="synthetic", created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        cache_key=key, dataset=dataset, dataset_fingerprint="synthetic",
+        class_names=[f"class_{c}" for c in range(num_classes)], default_lr=1e-3, num_samples=start,
+        split_ranges=ranges, class_counts=counts, lpm=lpm, extraction=extraction,
+        normalization=Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="imagenet"), storage=storage,
+    )
+
+
+def sample_labels(metadata: CacheMetadata) -> np.ndarray:
+    labels = np.zeros(metadata.num_samples, dtype=np.int64)
+    for start, stop in metadata.split_ranges.values():
+        labels[start:stop] = np.arange(stop - start) % len(metadata.class_names)
+    return labels
+
+
+def synthetic_features(index: int, label: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and values of one sample: seeded noise with a class-dependent offset."""
+    rng = np.random.default_rng(index)
+    keys = rng.standard_normal(shape, dtype=np.float32) + 0.5 * label
+    values = rng.standard_normal(shape, dtype=np.float32) - 0.5 * label
+    return keys, values
+
+
+def write_synthetic_cache(root: Path, metadata: CacheMetadata, show_progress: bool = False) -> Path:
+    """Create the store under root and fill every shard through ShardWriter; returns its path."""
+    path = root / store_name(metadata.dataset, metadata.cache_key)
+    labels = sample_labels(metadata)
+    splits = np.zeros(metadata.num_samples, dtype=np.uint8)
+    for split, (start, stop) in metadata.split_ranges.items():
+        splits[start:stop] = SPLIT_CODES[split]
+    root.mkdir(parents=True, exist_ok=True)
+    create_store(path, metadata, labels, splits, [f"sample_{i:06d}" for i in range(metadata.num_samples)])
+    writer = ShardWriter(path, metadata)
+    side = metadata.extraction.side_store_size
+    with Progress(disable=not show_progress) as progress:
+        task = progress.add_task("Writing synthetic cache", total=metadata.num_shards)
+        for shard in range(metadata.num_shards):
+            start, stop = metadata.shard_range(shard)
+            pairs = [synthetic_features(i, int(labels[i]), metadata.feature_shape) for i in range(start, stop)]
+            side_images = np.stack([
+                np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8) for i in range(start, stop)
+            ])
+            writer.write_shard(shard, np.stack([k for k, _ in pairs]), np.stack([v for _, v in pairs]), side_images)
+            progress.update(task, advance=1)
+    writer.finish()
+    return path

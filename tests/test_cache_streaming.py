@@ -1,0 +1,77 @@
+"""Stage two's reading of a cache: every sample once per epoch, shuffled differently each epoch,
+with a bounded number of samples in memory while streaming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache.metadata import StorageSettings
+from cache.reader import CacheReader
+from cache.synthetic import synthetic_metadata, write_synthetic_cache
+from stages.cache_batches import SplitBatches
+
+SHARD = 4
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    storage = StorageSettings(dtype="int8", codec="zstd", codec_level=1, shard_size=SHARD, chunk_size=2)
+    metadata = synthetic_metadata({"train": 37, "val": 9, "test": 10}, selected=4, head_dim=8, side_store_size=16,
+                                  storage=storage)
+    return write_synthetic_cache(tmp_path_factory.mktemp("cache"), metadata)
+
+
+def _epoch(batches: SplitBatches) -> np.ndarray:
+    return np.concatenate([batch.indices for batch in batches])
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_each_train_sample_once_per_epoch_in_a_new_order(store: Path, in_memory: bool) -> None:
+    reader = CacheReader(store)
+    batches = SplitBatches(reader, "train", batch_size=5, shuffle=True, with_features=True, seed=3,
+                           buffer_shards=2, in_memory=in_memory)
+    first, second = _epoch(batches), _epoch(batches)
+    start, stop = reader.split_range("train")
+    assert sorted(first.tolist()) == list(range(start, stop)) == sorted(second.tolist())
+    assert first.tolist() != second.tolist()
+    assert first.tolist() != list(range(start, stop))
+
+
+def test_batches_carry_the_samples_they_name(store: Path) -> None:
+    reader = CacheReader(store)
+    for batch in SplitBatches(reader, "train", batch_size=6, shuffle=True, with_features=True, seed=1, buffer_shards=2):
+        assert batch.keys is not None and batch.keys.dtype == np.float32  # int8 storage is decoded
+        for row, index in enumerate(batch.indices):
+            one = reader.read(int(index), int(index) + 1)
+            np.testing.assert_array_equal(batch.keys[row], one["keys"][0])
+            np.testing.assert_array_equal(batch.side_images[row], one["side_images"][0])
+            assert batch.labels[row] == one["labels"][0]
+
+
+def test_evaluation_order_is_cache_order(store: Path) -> None:
+    reader = CacheReader(store)
+    start, stop = reader.split_range("test")
+    batches = SplitBatches(reader, "test", batch_size=4, shuffle=False, with_features=False)
+    assert _epoch(batches).tolist() == list(range(start, stop))
+
+
+def test_streaming_holds_a_bounded_number_of_samples(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reader = CacheReader(store)
+    read_rows = 0
+    real_read = reader.read
+
+    def counting(start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
+        nonlocal read_rows
+        read_rows += stop - start
+        return real_read(start, stop, with_features)
+
+    monkeypatch.setattr(reader, "read", counting)
+    batch_size, buffer = 3, 2
+    yielded = 0
+    for batch in SplitBatches(reader, "train", batch_size, shuffle=True, with_features=True, seed=0, buffer_shards=buffer):
+        assert read_rows - yielded <= buffer * SHARD + batch_size
+        yielded += len(batch.indices)
+    assert yielded == read_rows == 37

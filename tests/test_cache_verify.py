@@ -1,0 +1,53 @@
+"""`fpt cache verify`: checksums recorded at write time catch a single flipped byte and name the samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from cache.integrity import shard_file, verify_store
+from cache.metadata import StorageSettings
+from cache.reader import read_metadata
+from cache.synthetic import synthetic_metadata, write_synthetic_cache
+from pipeline.cli import app
+from pipeline.errors import UserError
+
+
+def _store(root: Path, dtype: str) -> Path:
+    storage = StorageSettings(dtype=dtype, codec="zstd", codec_level=3, shard_size=4, chunk_size=2)
+    metadata = synthetic_metadata({"train": 6, "val": 3, "test": 3}, selected=5, head_dim=8, side_store_size=16,
+                                  storage=storage)
+    return write_synthetic_cache(root, metadata)
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("dtype, array", [("float16", "keys"), ("int8", "values_scale"), ("bfloat16", "side_images")])
+def test_a_flipped_byte_is_found_and_its_samples_named(tmp_path: Path, dtype: str, array: str) -> None:
+    store = _store(tmp_path, dtype)
+    assert verify_store(store, read_metadata(store)).ok
+    group = zarr.open_group(store, mode="r")
+    _flip_byte(shard_file(store, group[array], 1), 17)
+    report = verify_store(store, read_metadata(store))
+    assert report.shards_checked == 3 and not report.incomplete_shards
+    assert [(d.shard, d.arrays) for d in report.damaged] == [(1, [array])]
+    assert report.damaged[0].sample_ids == [f"sample_{i:06d}" for i in range(4, 8)]
+
+
+def test_cli_verify_reports_ok_and_damage(tmp_path: Path) -> None:
+    store = _store(tmp_path / "cache", "float16")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["cache", "verify", "--set", f"cache.root={tmp_path / 'cache'}"], env={"COLUMNS": "200"})
+    assert ok.exit_code == 0 and "3 shards match" in ok.output
+    _flip_byte(shard_file(store, zarr.open_group(store, mode="r")["keys"], 2), 5)
+    damaged = runner.invoke(app, ["cache", "verify", str(store)])
+    assert isinstance(damaged.exception, UserError)
+    message = damaged.exception.paragraph()
+    assert "shard 2 (keys) is damaged: samples sample_000008, sample_000009, sample_000010, sample_000011" in message
