@@ -1,10 +1,11 @@
 """The built-in `demo` dataset: synthetic fundus-like photographs, generated deterministically.
 
-Each image is a reddish disc with illumination fall-off, an optic disc, vessels and fine
-texture. The class is the density of tiny lesion-like spots. Each spot is a zero-mean
-pattern (a bright core with a dark ring, or the reverse) about 5 px across at 512 px: it is
-plain at 512 px, while averaging down to 128 px cancels it almost entirely. That is the
-situation FPT+ exists for: the label lives in detail only the high-resolution LPM sees.
+Each image is a reddish disc with illumination fall-off, an optic disc, vessels and smooth
+texture. The class is the density of tiny fine-textured lesions: windowed striations with a
+period of 2-3 px, about 15 px across at 512 px, each with zero mean. They are plain at 512 px,
+while the 4x down-sampling to 128 px (an anti-aliased resize) removes frequencies that high
+almost entirely. That is the situation FPT+ exists for: the label lives in detail only the
+high-resolution LPM sees.
 
 Written as ordinary PNG files in a class-per-folder tree with train/val/test splits, so it is
 read by the same code as a user's folder dataset.
@@ -25,25 +26,27 @@ from stages.datasets.samples import SPLITS
 
 CLASS_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
 MANIFEST = "demo_manifest.json"
-GENERATOR_VERSION = 2  # bump when the images change, so stale demo folders are rebuilt
-# Spots per class at the reference size of 512 px; scaled with image area.
-SPOTS_PER_CLASS = [(0, 16), (60, 90), (130, 170), (200, 250), (280, 340)]
+GENERATOR_VERSION = 3  # bump when the images change, so stale demo folders are rebuilt
+# Lesions per class at the reference size of 512 px; scaled with image area.
+LESIONS_PER_CLASS = [(0, 8), (80, 110), (170, 210), (260, 300), (340, 390)]
 REFERENCE_SIZE = 512
-SPOT_AMPLITUDE = (0.35, 0.5)
+LESION_AMPLITUDE = (0.3, 0.45)
 
 
 def class_names(num_classes: int) -> list[str]:
     return [f"{index}_{name}" for index, name in enumerate(CLASS_NAMES[:num_classes])]
 
 
-def _spot_kernel(radius_core: float, radius_ring: float, size: int) -> np.ndarray:
-    """Difference of Gaussians with zero sum: invisible once averaged over a few pixels."""
-    axis = np.arange(size) - (size - 1) / 2
+def _lesion_kernel(rng: np.random.Generator, scale: float) -> np.ndarray:
+    """A Gaussian-windowed striation (period 2.2-3.2 px) whose pixels sum to zero."""
+    half = max(3, int(round(7 * scale)))
+    axis = np.arange(-half, half + 1, dtype=np.float64)
     yy, xx = np.meshgrid(axis, axis, indexing="ij")
-    r2 = xx**2 + yy**2
-    core = np.exp(-r2 / (2 * radius_core**2))
-    ring = np.exp(-r2 / (2 * radius_ring**2))
-    kernel = core / core.sum() - ring / ring.sum()
+    period = rng.uniform(2.2, 3.2) * max(scale, 0.75)
+    angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+    window = np.exp(-(xx**2 + yy**2) / (2 * (3.0 * scale) ** 2))
+    kernel = np.cos(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + phase) * window
+    kernel -= kernel.sum() * window / window.sum()
     return kernel / np.abs(kernel).max()
 
 
@@ -95,22 +98,19 @@ def render_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     image += rng.normal(0, 0.012, image.shape)
 
     scale = size / REFERENCE_SIZE
-    low, high = SPOTS_PER_CLASS[label]
+    low, high = LESIONS_PER_CLASS[label]
     count = int(round(rng.integers(low, high + 1) * scale**2))
-    kernel_size = max(7, int(round(9 * scale)) | 1)
-    half = kernel_size // 2
+    tint = np.array([1.0, 0.8, 0.5])
     for _ in range(count):
-        kernel = _spot_kernel(rng.uniform(0.9, 1.3) * scale, rng.uniform(2.0, 2.6) * scale, kernel_size)
+        kernel = _lesion_kernel(rng, scale)
+        half = kernel.shape[0] // 2
         while True:
             y, x = rng.uniform(half, size - half - 1, 2)
-            if np.hypot(y - cy, x - cx) < radius * 0.9:
+            if np.hypot(y - cy, x - cx) < radius * 0.85:
                 break
         y, x = int(y), int(x)
-        amplitude = rng.uniform(*SPOT_AMPLITUDE) * rng.choice([-1.0, 1.0])
-        tint = np.array([1.0, 0.8, 0.5])
-        image[y - half : y + half + 1, x - half : x + half + 1] += (
-            amplitude * kernel[..., None] * tint[None, None, :]
-        )
+        amplitude = rng.uniform(*LESION_AMPLITUDE)
+        image[y - half : y + half + 1, x - half : x + half + 1] += amplitude * kernel[..., None] * tint[None, None, :]
 
     image *= disc[..., None]
     return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
