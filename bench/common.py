@@ -59,15 +59,25 @@ def apply_threads(threads: int | None) -> None:
 
 
 def peak_rss_mb() -> dict[str, float]:
-    """Peak resident memory of this process and of its largest finished child (ru_maxrss is KiB on Linux)."""
+    """Peak resident memory of this process (VmHWM) and of its largest finished child.
+
+    VmHWM belongs to the process's own address space, so it starts afresh at exec; ru_maxrss
+    does not (Linux carries the parent's high-water mark over fork+exec), so it is only the fallback.
+    """
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1]) / 1024
+    except OSError:
+        pass
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"self_mb": own, "children_mb": children}
 
 
 def bare_torch_rss_mb() -> float:
     """Peak RSS of a fresh process that only imports torch: the floor the memory targets are measured from."""
-    code = "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    code = ("import re, torch; print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
 

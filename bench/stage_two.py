@@ -185,8 +185,8 @@ def write_preload_layout(cache: Path, config, folder: Path) -> Path:
     return folder
 
 
-def grown_cache(cache: Path, factor: int) -> Path:
-    """A copy of the cache whose train split holds every train sample `factor` times."""
+def grown_cache(cache: Path, factor: int, codec: str | None = None) -> Path:
+    """A copy of the cache whose train split holds every train sample `factor` times (optionally another codec)."""
     from cache.layout import create_store, store_name
     from cache.reader import CacheReader
     from cache.writer import ShardWriter
@@ -195,7 +195,7 @@ def grown_cache(cache: Path, factor: int) -> Path:
     meta = reader.metadata
     start, stop = reader.split_range("train")
     count = (stop - start) * factor
-    path = WORK / "grown" / f"x{factor}-{store_name(meta.dataset, meta.cache_key)}"
+    path = WORK / "grown" / f"x{factor}{'-' + codec if codec else ''}-{store_name(meta.dataset, meta.cache_key)}"
     if path.exists():
         try:
             if CacheReader(path).metadata.complete:
@@ -204,7 +204,7 @@ def grown_cache(cache: Path, factor: int) -> Path:
             pass
     grown = meta.model_copy(update={
         "num_samples": count, "split_ranges": {"train": (0, count), "val": (count, count), "test": (count, count)},
-        "complete": False,
+        "complete": False, "storage": meta.storage.model_copy(update={"codec": codec or meta.storage.codec}),
     })
     source = reader.read(start, stop)
     rows = np.arange(count) % (stop - start)
@@ -231,12 +231,13 @@ def run_scenario(scenario: str, num_train: int, quick: bool, args: argparse.Name
         common += ["--threads", str(args.threads)]
     runs = [("a", str(cache), num_train)]
     runs += [("a", str(grown_cache(cache, f)), num_train * f) for f in args.growth]
+    runs += [("a-none", str(grown_cache(cache, 1, "none")), num_train)]
     runs += [("b", str(cache), num_train), ("c", str(cache), num_train)]
     results = []
     for variant, path, samples in runs:
         console.print(f"  variant {variant} on {samples} train samples ...")
         extra = ["--max-steps", str(args.max_steps_c), "--epochs", "1"] if variant == "c" else []
-        result = run_fresh(SCRIPT, [*common, "--variant", variant, "--cache", path, "--preload", str(preload), *extra])
+        result = run_fresh(SCRIPT, [*common, "--variant", variant.split("-")[0], "--cache", path, "--preload", str(preload), *extra])
         result.update(scenario=scenario, variant=variant, samples=samples)
         if "self_mb" in result:
             result["above_bare_torch_mb"] = result["self_mb"] - bare_mb
@@ -244,7 +245,7 @@ def run_scenario(scenario: str, num_train: int, quick: bool, args: argparse.Name
     return results
 
 
-LABELS = {"a": "a zarr cache", "b": "b per-image f32 safetensors + decode", "c": "c no cache (LPM every step)"}
+LABELS = {"a": "a zarr cache", "a-none": "a zarr cache, codec none (copy of a's cache)", "b": "b per-image f32 safetensors + decode", "c": "c no cache (LPM every step)"}
 
 
 def main() -> None:
@@ -290,7 +291,7 @@ def main() -> None:
         if "error" in r:
             note = r["error"]
         rows.append([r["scenario"], LABELS[r["variant"]], r["samples"], r.get("epoch_s"),
-                     ratio if r["variant"] != "a" else None, r.get("self_mb"), r.get("above_bare_torch_mb"), note])
+                     ratio if r["variant"] in ("b", "c") else None, r.get("self_mb"), r.get("above_bare_torch_mb"), note])
     print_table(f"Stage-two epoch (batch {args.batch_size}); bare `import torch` peak RSS {bare_mb:.0f} MB",
                 ["LPM", "variant", "train samples", "epoch s", "x slower than a", "peak RSS MB", "RSS above torch MB", "note"], rows)
     write_results("stage_two_quick" if args.quick else "stage_two",
