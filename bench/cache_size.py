@@ -1,101 +1,115 @@
-"""Bytes per image of the cache for each storage dtype and codec, and what each dtype costs in test AUC.
+"""Cache size per image for every storage dtype and codec, vs 7.6 MB/image (float32, ViT-B/512).
 
-    python bench/cache_size.py                      # the default demo (extracts it once if needed)
-    python bench/cache_size.py --no-auc             # sizes only
-    python bench/cache_size.py --set demo.num_train=48 ...   # any pipeline.yaml override
+    python bench/cache_size.py [--quick] [--scenario vitb512|demo] [--num-images N]
 
-The demo is extracted once in float32 (the reference, as the paper's per-image files); every other
-dtype/codec is written from it with cache/transcode.py, which stores exactly what `fpt extract`
-with that setting stores (same key, so extract would reuse it). Sizes are measured on disk.
-The AUC part trains train-side from the zstd store of each dtype with the same seed.
+The LPM runs once (float32, uncompressed store); then the same keys/values and side images are
+written with every dtype that cache.dtype allows (read from pipeline.config.CacheConfig) and
+every codec, through cache/layout.py and cache/writer.py. A dtype the store cannot write yet is
+reported as 'not supported'. Sizes are the files on disk divided by the number of images.
+Features of random-weight LPMs may compress differently from pre-trained ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import shutil
 import sys
+import tempfile
+import time
+import typing
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import apply_threads, bench_config, console, print_table, write_results  # noqa: E402
 
-from cache.layout import sharded_arrays  # noqa: E402
-from cache.metadata import StorageSettings  # noqa: E402
-from cache.reader import CacheReader  # noqa: E402
-from cache.transcode import transcode  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from stages.extract import run_extract  # noqa: E402
+PAPER_F32_MB = 7.6  # 2 x 6 x 12 x 205 x 64 float32 numbers
+TARGETS_MB = {"float16": 3.8, "int8": 2.0}
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
-CODECS = ("none", "zstd", "blosc-zstd", "blosc-lz4", "gzip")
-# The paper's per-image float32 file at ViT-B/16, 512 px: 2 (K, V) x 6 layers x 12 heads x 205 tokens x 64.
-PAPER_NUMBERS = 2 * 6 * 12 * 205 * 64
-BYTES_PER_NUMBER = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "int8": 1.0 + 2.0 / 64}  # int8: + a float16 scale per 64
+
+def allowed(field: str) -> list[str]:
+    from pipeline.config import CacheConfig
+
+    return list(typing.get_args(CacheConfig.model_fields[field].annotation))
 
 
 def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def feature_bytes(path: Path) -> int:
-    """Bytes of keys, values and scales: what the paper's per-image files hold (no side images)."""
-    storage = CacheReader(path).metadata.storage
-    return sum(folder_bytes(path / name) for name in sharded_arrays(storage) if name != "side_images")
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", dest="assignments", action="append", default=[], help="pipeline.yaml override")
-    parser.add_argument("--no-auc", action="store_true", help="only the sizes")
-    parser.add_argument("--codecs", default=",".join(CODECS))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scenario", default="vitb512", choices=["vitb512", "demo"])
+    parser.add_argument("--num-images", type=int, default=None, help="train images (plus 2 val + 2 test)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
+    apply_threads(args.threads)
 
-    config = load_config(None, [*args.assignments, "cache.dtype=float32", "cache.codec=zstd"], "demo")
-    reference = run_extract(config, show_progress=True)
-    meta = reference.metadata
-    numbers = 2 * math.prod(meta.feature_shape)
-    print(f"\ndemo cache: {meta.num_samples} images, LPM {meta.lpm.name}, keys/values {meta.feature_shape} "
-          f"= {numbers:,} numbers per image (paper ViT-B/512: {PAPER_NUMBERS:,})")
-    root = config.cache.root
-    print(f"\n{'dtype':9} {'codec':11} {'K/V bytes/img':>14} {'all bytes/img':>14} {'vs float32 raw':>15} "
-          f"{'ViT-B/512 uncompressed':>23}")
-    stores: dict[str, Path] = {}
-    for dtype in DTYPES:
-        for codec in args.codecs.split(","):
-            storage = meta.storage.model_copy(update={"dtype": dtype, "codec": codec})
-            path = reference.path if storage == meta.storage else (
-                _existing(root, reference.path, storage) or transcode(reference.path, root, storage))
-            if codec == "zstd":
-                stores[dtype] = path
-            kv = feature_bytes(path) / meta.num_samples
-            total = folder_bytes(path) / meta.num_samples
-            paper = PAPER_NUMBERS * BYTES_PER_NUMBER[dtype] / 1e6
-            print(f"{dtype:9} {codec:11} {kv:14,.0f} {total:14,.0f} {kv / (numbers * 4):14.1%} {paper:20.2f} MB")
-    print(f"\npaper: one float32 file per image = {PAPER_NUMBERS * 4 / 1e6:.2f} MB "
-          f"({PAPER_NUMBERS * 4 / 2**20:.2f} MiB) per image at ViT-B/512")
+    from cache.layout import create_store
+    from cache.reader import CacheReader
+    from cache.writer import ShardWriter
+    from stages.extract import run_extract
 
-    if args.no_auc:
-        return
-    from stages.train_side import train_side
+    num_train = args.num_images or (4 if args.quick else 8)
+    config, _ = bench_config(args.scenario, num_train, ["cache.dtype=float32", "cache.codec=none", "cache.shard_size=4",
+                                                        "cache.chunk_size=1"], num_val=2, num_test=2)
+    source = CacheReader(run_extract(config, show_progress=False).path)
+    meta = source.metadata
+    arrays = source.read(0, meta.num_samples)
+    count = meta.num_samples
+    ids = source.sample_ids()
+    raw_f32_mb = 2 * 4 * float(arrays["keys"][0].size) / 1e6
+    console.print(f"{count} images of {meta.lpm.name} at {meta.extraction.input_size} px: keys+values {meta.feature_shape} x 2, "
+                  f"{raw_f32_mb:.2f} MB/image raw float32")
 
-    print(f"\n{'dtype':9} {'test AUC (best val)':>20} {'test AUC (final)':>17} {'seconds':>8}")
-    for dtype in DTYPES:
-        result = train_side(config, stores[dtype], show_progress=False)
-        print(f"{dtype:9} {result.test_best.auc:20.4f} {result.test_last.auc:17.4f} {result.seconds:8.1f}", flush=True)
-
-
-def _existing(root: Path, source: Path, storage: StorageSettings) -> Path | None:
-    """A store already transcoded with these settings (the bench may be re-run)."""
-    from cache.identity import store_key
-    from cache.layout import store_name
-
-    old = CacheReader(source).metadata
-    key = store_key(old.dataset, old.dataset_fingerprint, old.lpm, old.extraction, old.normalization, storage)
-    path = root / store_name(old.dataset, key)
+    rows, results = [], []
+    work = Path(tempfile.mkdtemp(prefix="fpt-bench-size-"))
     try:
-        return path if CacheReader(path).metadata.cache_key == key else None
-    except Exception:
-        return None
+        for dtype in allowed("dtype"):
+            for codec in allowed("codec"):
+                storage = meta.storage.model_copy(update={"dtype": dtype, "codec": codec, "codec_level": 3,
+                                                          "shard_size": 32, "chunk_size": 4})
+                store_meta = meta.model_copy(update={"storage": storage, "complete": False})
+                path = work / f"{dtype}-{codec}.zarr"
+                entry = {"dtype": dtype, "codec": codec}
+                try:
+                    create_store(path, store_meta, arrays["labels"], (arrays["labels"] * 0), ids)
+                    writer = ShardWriter(path, store_meta)
+                    began = time.perf_counter()
+                    for shard in range(store_meta.num_shards):
+                        a, b = store_meta.shard_range(shard)
+                        writer.write_shard(shard, arrays["keys"][a:b], arrays["values"][a:b], arrays["side_images"][a:b])
+                    writer.finish()
+                    entry["write_s_per_image"] = (time.perf_counter() - began) / count
+                    features = folder_bytes(path / "keys") + folder_bytes(path / "values")
+                    entry.update(features_mb_per_image=features / count / 1e6,
+                                 side_mb_per_image=folder_bytes(path / "side_images") / count / 1e6,
+                                 total_mb_per_image=folder_bytes(path) / count / 1e6)
+                    began = time.perf_counter()
+                    CacheReader(path).read(0, count)
+                    entry["read_s_per_image"] = (time.perf_counter() - began) / count
+                except Exception as error:  # a dtype this branch's store cannot write yet
+                    entry["error"] = f"not supported ({type(error).__name__}: {error})"
+                finally:
+                    shutil.rmtree(path, ignore_errors=True)
+                results.append(entry)
+                target = TARGETS_MB.get(dtype)
+                if "error" in entry:
+                    rows.append([dtype, codec, "not supported", None, None, None, None, None, None, entry["error"][:60]])
+                else:
+                    f = entry["features_mb_per_image"]
+                    rows.append([dtype, codec, f, entry["total_mb_per_image"], PAPER_F32_MB / f,
+                                 target, ("yes" if f <= target else "NO") if target else "-",
+                                 entry["write_s_per_image"] * 1e3, entry["read_s_per_image"] * 1e3, ""])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(f"Cache size per image, {meta.lpm.name} @ {meta.extraction.input_size}px ({count} images; paper layout "
+                f"{PAPER_F32_MB} MB/image float32)",
+                ["dtype", "codec", "keys+values MB/img", "with side image MB/img", "x smaller than 7.6 MB", "target MB",
+                 "meets", "write ms/img", "read ms/img", "note"], rows)
+    write_results(f"cache_size_{args.scenario}" + ("_quick" if args.quick else ""),
+                  {"images": count, "feature_shape": meta.feature_shape, "raw_float32_mb_per_image": raw_f32_mb,
+                   "results": results})
 
 
 if __name__ == "__main__":

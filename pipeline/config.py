@@ -80,6 +80,9 @@ class ExtractConfig(StrictModel):
         default=256, ge=1, description="Queries per block when scoring tokens (bounds memory)."
     )
     on_decode_error: Literal["fatal", "skip"] = "fatal"
+    overlap_writes: bool = Field(
+        default=True, description="Compress and write a shard in a thread while the next batch is computed."
+    )
 
     @field_validator("layers")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,6 +229,10 @@ def _extract_into(
     buffers: dict[int, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: {} for s in pending}
     done = 0
     started = time.perf_counter()
+    # One shard write (zarr compression) may run in a thread while the next batch is computed. If the
+    # loop raises, concurrent.futures still finishes a started write at exit, so no shard is left torn.
+    write_pool = ThreadPoolExecutor(max_workers=1) if extract.overlap_writes else None
+    in_flight: Future | None = None
     with _progress(show_progress) as progress:
         task = progress.add_task("Extracting", total=len(indices), rate="")
         with torch.inference_mode():
@@ -249,10 +254,20 @@ def _extract_into(
                     start, stop = metadata.shard_range(shard)
                     if len(buffers[shard]) == stop - start:
                         rows = [buffers[shard][i] for i in range(start, stop)]
-                        writer.write_shard(shard, *(np.stack(parts) for parts in zip(*rows)))
+                        arrays = [np.stack(parts) for parts in zip(*rows)]
                         del buffers[shard]
+                        if in_flight is not None:
+                            in_flight.result()
+                        if write_pool is None:
+                            writer.write_shard(shard, *arrays)
+                        else:
+                            in_flight = write_pool.submit(writer.write_shard, shard, *arrays)
                 done += len(batch_indices)
                 rate = done / max(time.perf_counter() - started, 1e-9)
                 progress.update(task, advance=len(batch_indices), rate=f"{rate:.1f} img/s")
+    if write_pool is not None:
+        write_pool.shutdown(wait=True)
+    if in_flight is not None:
+        in_flight.result()
     return done
 

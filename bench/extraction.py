@@ -1,0 +1,217 @@
+"""Extraction throughput: `fpt extract`'s path vs a bare timm forward_features, and what speeds it up.
+
+    python bench/extraction.py [--quick] [--scenario vitb512|demo] [--device cpu|cuda] [--autocast bf16|fp16]
+
+Over the same demo images in the same batch size, it times:
+  bare      timm `forward_features` on images already decoded into memory (all 12 blocks)
+  extract   stages/extract.py's loop: DataLoader decode + TokenSelectingLPM + zarr shard writes
+            (the LPM built beforehand, so one-time setup is reported apart)
+and the parts (decode alone, token selection alone, shard writes alone), plus the speed-ups:
+query_chunk sweep, channels-last input, decode workers 0 vs 2, overlapped shard writes on/off.
+With --autocast it runs the selection in bf16/fp16 and counts how many selected tokens differ
+from float32 on the same images (works on CPU with bf16, and on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import apply_threads, bench_config, console, print_table, write_results  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, name: str | None):
+    if not name:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[name])
+
+
+def decoded_batches(config, batch_size: int) -> tuple[list[torch.Tensor], float]:
+    """The LPM inputs of every image, decoded in this process; and the seconds decoding took."""
+    from stages.datasets.registry import resolve_dataset
+    from stages.extract import ExtractionImages
+
+    dataset = resolve_dataset(config, show_progress=False)
+    images = ExtractionImages(dataset.samples, list(range(len(dataset.samples))), config.extract.input_size,
+                              config.extract.side_store_size, dataset.mean, dataset.std)
+    began = time.perf_counter()
+    tensors = [images[i][1] for i in range(len(images))]
+    seconds = time.perf_counter() - began
+    return [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)], seconds
+
+
+def timed(fn, batches: list[torch.Tensor], device: torch.device, repeats: int) -> float:
+    """Best-of-`repeats` seconds of running fn over all batches (best-of damps other processes' load)."""
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        began = time.perf_counter()
+        with torch.inference_mode():
+            for batch in batches:
+                fn(batch.to(device, non_blocking=True))
+        sync(device)
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def time_extract(config, vit: torch.nn.Module, lpm, repeats: int, sets: list[str]) -> dict[str, float]:
+    """Seconds of the extract loop (decode + select + write) and of its shard writes, best of `repeats`."""
+    from cache.writer import ShardWriter
+    import stages.extract as extract_module
+
+    best = {"loop_s": float("inf"), "write_s": 0.0, "total_s": float("inf")}
+    original_loop, original_write, original_build = extract_module._extract_into, ShardWriter.write_shard, extract_module.build_lpm
+    for _ in range(repeats):
+        spent = {"loop_s": 0.0, "write_s": 0.0}
+
+        def loop(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return original_loop(*args, **kwargs)
+            finally:
+                spent["loop_s"] += time.perf_counter() - began
+
+        def write(self, *args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return original_write(self, *args, **kwargs)
+            finally:
+                spent["write_s"] += time.perf_counter() - began
+
+        folder = Path(tempfile.mkdtemp(prefix="fpt-bench-"))
+        try:
+            run_config = config.model_copy(update={"cache": config.cache.model_copy(update={"root": folder})})
+            extract_module._extract_into, ShardWriter.write_shard = loop, write
+            extract_module.build_lpm = lambda *_: (vit, lpm)  # the LPM is built once, outside the timing
+            began = time.perf_counter()
+            extract_module.run_extract(run_config, show_progress=False)
+            total = time.perf_counter() - began
+        finally:
+            extract_module._extract_into, ShardWriter.write_shard = original_loop, original_write
+            extract_module.build_lpm = original_build
+            shutil.rmtree(folder, ignore_errors=True)
+        if spent["loop_s"] < best["loop_s"]:
+            best = {**spent, "total_s": total}
+    return best
+
+
+def selection_agreement(selector, batches: list[torch.Tensor], device: torch.device, precision: str) -> dict:
+    """How many selected tokens change when the selection runs under autocast instead of float32."""
+    changed = total = 0
+    with torch.inference_mode():
+        for batch in batches:
+            batch = batch.to(device)
+            _, _, reference = selector(batch)
+            with autocast(device, precision):
+                _, _, low = selector(batch)
+            ref_sets = reference.flatten(0, 2).cpu().numpy()
+            low_sets = low.flatten(0, 2).cpu().numpy()
+            for a, b in zip(ref_sets, low_sets):
+                changed += len(a) - len(np.intersect1d(a, b))
+                total += len(a)
+    return {"precision": precision, "selected_tokens": total, "changed": changed, "changed_fraction": changed / max(total, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scenario", default="vitb512", choices=["vitb512", "demo"])
+    parser.add_argument("--num-images", type=int, default=None, help="train images (plus 4 val + 4 test)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None,
+                        help="also time the selection under autocast and count changed tokens vs float32")
+    parser.add_argument("--chunks", type=int, nargs="*", default=None, help="query_chunk values to sweep")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = parser.parse_args()
+    apply_threads(args.threads)
+
+    from stages.lpm import build_lpm
+    from stages.token_selection import TokenSelectingLPM
+
+    num_images = args.num_images or (8 if args.quick else 32)
+    repeats = args.repeats or (1 if args.quick else 2)
+    device = torch.device(args.device)
+    config, sets = bench_config(args.scenario, num_images, [f"extract.batch_size={args.batch_size}", f"extract.device={args.device}"])
+    extract = config.extract
+    vit, lpm = build_lpm(config.lpm, extract.input_size)
+    vit = vit.to(device)
+    batches, decode_s = decoded_batches(config, args.batch_size)
+    count = sum(len(b) for b in batches)
+    console.print(f"{count} images, {lpm.name} at {extract.input_size} px, batch {args.batch_size}, device {device}, "
+                  f"{torch.get_num_threads()} torch threads")
+
+    def selector(chunk: int) -> TokenSelectingLPM:
+        return TokenSelectingLPM(vit, extract.layers, extract.token_ratio, extract.importance, chunk).to(device)
+
+    default = selector(extract.query_chunk)
+    figures: dict[str, float] = {"decode_s": decode_s}
+    figures["bare_forward_s"] = timed(vit.forward_features, batches, device, repeats)
+    figures["selection_s"] = timed(default, batches, device, repeats)
+    runs = {}
+    for label, overrides in [("extract (defaults)", {}), ("extract, writes not overlapped", {"overlap_writes": False}),
+                             ("extract, decode in-process (0 workers)", {"num_workers": 0})]:
+        run_config = config.model_copy(update={"extract": extract.model_copy(update=overrides)})
+        runs[label] = time_extract(run_config, vit, lpm, repeats, sets)
+    first = batches[:1]  # the selection-only comparisons run on one batch; ratios use the bare time of that batch
+    figures["bare_forward_first_batch_s"] = timed(vit.forward_features, first, device, repeats)
+    figures["selection_first_batch_s"] = timed(default, first, device, repeats)
+    figures["channels_last_selection_s"] = timed(lambda x: default(x.contiguous(memory_format=torch.channels_last)),
+                                                 first, device, repeats)
+    chunks = args.chunks or ([128, 256, 1025] if args.quick else [64, 128, 256, 512, 1025])
+    sweep = {chunk: timed(selector(chunk), first, device, repeats) for chunk in chunks}
+
+    bare = figures["bare_forward_s"]
+    bare1 = figures["bare_forward_first_batch_s"]
+    rows = [["bare timm forward_features (decoded in memory)", bare, count / bare, 1.0, ""],
+            ["token selection only (TokenSelectingLPM)", figures["selection_s"], count / figures["selection_s"],
+             figures["selection_s"] / bare, f"query_chunk {extract.query_chunk}"],
+            ["  first batch only: bare forward", bare1, len(first[0]) / bare1, 1.0, "reference of the rows marked 'first batch'"],
+            ["  first batch only: token selection", figures["selection_first_batch_s"], None,
+             figures["selection_first_batch_s"] / bare1, ""],
+            ["  first batch only: selection, channels-last input", figures["channels_last_selection_s"], None,
+             figures["channels_last_selection_s"] / bare1, ""],
+            ["decode only (1 process)", decode_s, count / decode_s, None, ""]]
+    for label, run in runs.items():
+        rows.append([label, run["loop_s"], count / run["loop_s"], run["loop_s"] / bare,
+                     f"shard writes {run['write_s']:.2f} s; whole run_extract {run['total_s']:.2f} s"])
+    for chunk, seconds in sweep.items():
+        rows.append([f"  first batch only: selection, query_chunk {chunk}", seconds, len(first[0]) / seconds, seconds / bare1, ""])
+    agreement = None
+    if args.autocast:
+        low = timed(lambda x: _autocast_call(default, x, device, args.autocast), first, device, repeats)
+        agreement = selection_agreement(default, batches, device, args.autocast)
+        rows.append([f"  first batch only: selection under {args.autocast} autocast", low, len(first[0]) / low, low / bare1,
+                     f"{agreement['changed']} of {agreement['selected_tokens']} selected tokens differ from float32 "
+                     f"({100 * agreement['changed_fraction']:.2f}%)"])
+    print_table(f"Extraction, {count} images, {lpm.name} @ {extract.input_size}px, batch {args.batch_size}, {device}",
+                ["path", "seconds", "images/s", "x bare forward", "note"], rows)
+    write_results(f"extraction_{args.scenario}_{device.type}" + ("_quick" if args.quick else ""), {
+        "images": count, "batch_size": args.batch_size, "device": str(device), "lpm": lpm.model_dump(),
+        "repeats_best_of": repeats, "threads": args.threads, "figures": figures, "extract_runs": runs, "query_chunk_sweep": sweep,
+        "autocast_agreement": agreement,
+    })
+
+
+def _autocast_call(selector, x: torch.Tensor, device: torch.device, precision: str):
+    with autocast(device, precision):
+        return selector(x)
+
+
+if __name__ == "__main__":
+    main()
