@@ -26,7 +26,6 @@ from common import apply_threads, WORK, bare_torch_rss_mb, bench_config, console
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -50,14 +49,10 @@ class Trainer:
         self.model.train()
 
     def step(self, images: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, labels: torch.Tensor) -> float:
-        logits = self.model(images, keys.float(), values.float())
-        loss = F.cross_entropy(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        return loss.item()
+        from stages.train_side import optimization_step
+
+        return optimization_step(self.model, self.optimizer, self.scheduler, images, keys.float(), values.float(),
+                                 labels, self.config.train.grad_clip).item()
 
 
 class OriginalImages(torch.utils.data.Dataset):

@@ -35,7 +35,7 @@ from stages.cache_batches import Batch, SplitBatches
 from stages.extract import resolve_device
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
-from stages.train_side import EpochRecord, TrainResult, half_cycle_cosine, model_spec
+from stages.train_side import EpochRecord, TrainResult, half_cycle_cosine, model_spec, optimization_step
 from stages.run_folder import (
     append_jsonl, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
 )
@@ -253,13 +253,8 @@ class Pack:
         with trial.stream:
             if not trial.model.training:  # after an evaluation; train() walks every module
                 trial.model.train()
-            logits = trial.model(images, keys, values)
-            loss = F.cross_entropy(logits, labels)
-            trial.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trial.model.parameters(), trial.config.train.grad_clip)
-            trial.optimizer.step()
-            trial.scheduler.step()
+            loss = optimization_step(trial.model, trial.optimizer, trial.scheduler, images, keys, values, labels,
+                                     trial.config.train.grad_clip)
         trial.loss_sum += loss.item() * len(labels)
         trial.seen += len(labels)
 

@@ -64,6 +64,20 @@ def model_spec(config: PipelineConfig, metadata: CacheMetadata) -> ModelSpec:
     )
 
 
+def optimization_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      scheduler: torch.optim.lr_scheduler.LRScheduler, images: torch.Tensor,
+                      keys: torch.Tensor | None, values: torch.Tensor | None, labels: torch.Tensor,
+                      grad_clip: float) -> torch.Tensor:
+    """One step of the recipe: cross-entropy, gradient-norm clipping, AdamW, per-step schedule."""
+    loss = F.cross_entropy(model(images, keys, values), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss
+
+
 def half_cycle_cosine(total_steps: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
