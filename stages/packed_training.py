@@ -23,19 +23,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cache.catalog import contradictions, find_cache
-from cache.metadata import CacheMetadata
 from cache.reader import CacheReader
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
-from stages.augment import eval_images, train_images
+from stages.augment import train_images
 from stages.cache_batches import Batch, SplitBatches
 from stages.extract import resolve_device
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
-from stages.train_side import EpochRecord, TrainResult, half_cycle_cosine, model_spec, optimization_step
+from stages.train_side import (
+    EpochRecord, TrainResult, feature_tensor, half_cycle_cosine, model_spec, optimization_step, predict_models,
+)
 from stages.run_folder import (
     append_jsonl, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
 )
@@ -122,35 +122,6 @@ class TrialOutcome:
         self.config = config
         self.result = result
         self.error = error
-
-
-def _features(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
-    return None if array is None else torch.from_numpy(array).to(device).float()
-
-
-@torch.no_grad()
-def predict_models(models: list[torch.nn.Module], batches: SplitBatches, metadata: CacheMetadata, side_size: int,
-                   device: torch.device) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-    """(sample indices, labels, probabilities, mean loss) of a split for each model, one read of it."""
-    for model in models:
-        model.eval()
-    norm = metadata.normalization
-    indices, labels = [], []
-    probabilities: list[list[np.ndarray]] = [[] for _ in models]
-    losses = [0.0 for _ in models]
-    for batch in batches:
-        images = eval_images(batch.side_images, side_size, norm.mean, norm.std).to(device)
-        keys, values = _features(batch.keys, device), _features(batch.values, device)
-        target = torch.from_numpy(batch.labels).to(device)
-        for k, model in enumerate(models):
-            logits = model(images, keys, values)
-            losses[k] += F.cross_entropy(logits, target, reduction="sum").item()
-            probabilities[k].append(logits.float().softmax(-1).cpu().numpy())
-        labels.append(batch.labels)
-        indices.append(batch.indices)
-    count = max(sum(len(x) for x in labels), 1)
-    all_indices, all_labels = np.concatenate(indices), np.concatenate(labels)
-    return [(all_indices, all_labels, np.concatenate(probabilities[k]), losses[k] / count) for k in range(len(models))]
 
 
 def _pack_cache(configs: list[PipelineConfig], explicit: Path | None) -> Path:
@@ -314,7 +285,7 @@ class Pack:
         norm = self.metadata.normalization
         with self.augment_stream:
             images = train_images(batch.side_images, self.side_size, augment, norm.mean, norm.std, self.generator)
-        return (images.to(self.device), _features(batch.keys, self.device), _features(batch.values, self.device),
+        return (images.to(self.device), feature_tensor(batch.keys, self.device), feature_tensor(batch.values, self.device),
                 torch.from_numpy(batch.labels).to(self.device))
 
     def run(self) -> list[TrialOutcome]:

@@ -82,29 +82,40 @@ def half_cycle_cosine(total_steps: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def _features(batch_array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
-    if batch_array is None:
-        return None
-    return torch.from_numpy(batch_array).to(device).float()
+def feature_tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    """Cached keys or values of a batch as float32 on the device (None for the side network alone)."""
+    return None if array is None else torch.from_numpy(array).to(device).float()
 
 
 @torch.no_grad()
-def predict_split(model: FPTPlus, batches: SplitBatches, metadata: CacheMetadata, side_size: int,
-                  device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(sample indices, labels, probabilities, mean loss) of a split, in cache order."""
-    model.eval()
+def predict_models(models: list[torch.nn.Module], batches: SplitBatches, metadata: CacheMetadata, side_size: int,
+                   device: torch.device) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """(sample indices, labels, probabilities, mean loss) of a split for each model, in cache order, one read of it."""
+    for model in models:
+        model.eval()
     norm = metadata.normalization
-    indices, labels, probabilities, losses = [], [], [], []
+    indices, labels = [], []
+    probabilities: list[list[np.ndarray]] = [[] for _ in models]
+    losses = [0.0 for _ in models]
     for batch in batches:
         images = eval_images(batch.side_images, side_size, norm.mean, norm.std).to(device)
-        logits = model(images, _features(batch.keys, device), _features(batch.values, device))
+        keys, values = feature_tensor(batch.keys, device), feature_tensor(batch.values, device)
         target = torch.from_numpy(batch.labels).to(device)
-        losses.append(F.cross_entropy(logits, target, reduction="sum").item())
-        probabilities.append(logits.float().softmax(-1).cpu().numpy())
+        for k, model in enumerate(models):
+            logits = model(images, keys, values)
+            losses[k] += F.cross_entropy(logits, target, reduction="sum").item()
+            probabilities[k].append(logits.float().softmax(-1).cpu().numpy())
         labels.append(batch.labels)
         indices.append(batch.indices)
-    count = sum(len(x) for x in labels)
-    return np.concatenate(indices), np.concatenate(labels), np.concatenate(probabilities), sum(losses) / max(count, 1)
+    count = max(sum(len(x) for x in labels), 1)
+    all_indices, all_labels = np.concatenate(indices), np.concatenate(labels)
+    return [(all_indices, all_labels, np.concatenate(probabilities[k]), losses[k] / count) for k in range(len(models))]
+
+
+def predict_split(model: FPTPlus, batches: SplitBatches, metadata: CacheMetadata, side_size: int,
+                  device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(sample indices, labels, probabilities, mean loss) of a split for one model, in cache order."""
+    return predict_models([model], batches, metadata, side_size, device)[0]
 
 
 def _progress(show: bool) -> Progress:
