@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cache.catalog import folder_bytes  # noqa: E402
 from cache.layout import sharded_arrays  # noqa: E402
 from cache.metadata import StorageSettings  # noqa: E402
 from cache.reader import CacheReader  # noqa: E402
@@ -31,10 +32,6 @@ CODECS = ("none", "zstd", "blosc-zstd", "blosc-lz4", "gzip")
 # The paper's per-image float32 file at ViT-B/16, 512 px: 2 (K, V) x 6 layers x 12 heads x 205 tokens x 64.
 PAPER_NUMBERS = 2 * 6 * 12 * 205 * 64
 BYTES_PER_NUMBER = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "int8": 1.0 + 2.0 / 64}  # int8: + a float16 scale per 64
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def feature_bytes(path: Path) -> int:

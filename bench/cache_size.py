@@ -32,10 +32,6 @@ def allowed(field: str) -> list[str]:
     return list(typing.get_args(CacheConfig.model_fields[field].annotation))
 
 
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -45,6 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     apply_threads(args.threads)
 
+    from cache.catalog import folder_bytes
     from cache.layout import create_store
     from cache.reader import CacheReader
     from cache.writer import ShardWriter

@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cache.catalog import folder_bytes  # noqa: E402
+
 DEMO_SPLITS = {"train": 240, "val": 80, "test": 120}
 
 TRAIN_ONE = """
@@ -71,7 +73,7 @@ def main() -> None:
     for label, store, in_memory in (("default demo, streaming", small, False),
                                      (f"{args.scale}x demo, streaming", large, False),
                                      ("default demo, in_memory", small, True)):
-        size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+        size = folder_bytes(store)
         result = measure(store, args.root / "runs", args.epochs, in_memory)
         rows.append((label, size, result))
         print(f"{label:26} cache {size / 1e6:8.0f} MB  peak RSS {result['peak_rss_mib']:7.0f} MiB  "

@@ -10,6 +10,11 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 
 
+def folder_bytes(path: Path) -> int:
+    """Bytes on disk of every file under path (a store, or one of its arrays); 0 if it is missing."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
 def list_caches(root: Path) -> list[tuple[Path, CacheMetadata | None, str]]:
     """Every *.zarr under root with its metadata (None and the reason if unreadable)."""
     found = []

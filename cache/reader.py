@@ -93,6 +93,3 @@ class CacheReader:
 
     def sample_ids(self) -> list[str]:
         return [str(x) for x in self.group["sample_ids"][:]]
-
-    def stored_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

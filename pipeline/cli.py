@@ -45,6 +45,7 @@ def extract(
     scheduler: SchedulerOption = None,
 ) -> None:
     """Stage one: run the frozen LPM once over the images and fill the feature cache."""
+    from cache.catalog import folder_bytes
     from stages.extract import run_extract
 
     cfg = _load(config, set_, dataset, data_root)
@@ -59,7 +60,7 @@ def extract(
     for note in result.notes:
         console.print(note, highlight=False)
     meta = result.metadata
-    size = sum(f.stat().st_size for f in result.path.rglob("*") if f.is_file())
+    size = folder_bytes(result.path)
     if result.reused:
         console.print(f"[green]Cache is up to date[/green]: {result.path} (reused, nothing recomputed).")
     else:
@@ -228,14 +229,14 @@ def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
 @cache_app.command("list")
 def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
     """List the caches under cache.root with their size and settings."""
-    from cache.catalog import list_caches
+    from cache.catalog import folder_bytes, list_caches
 
     cfg = _load(config, set_, None)
     table = Table(title=f"Caches under {cfg.cache.root}")
     for column in ("store", "dataset", "LPM", "layers", "ratio", "importance", "dtype", "samples", "size", "state"):
         table.add_column(column)
     for path, meta, problem in list_caches(cfg.cache.root):
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        size = folder_bytes(path)
         if meta is None:
             table.add_row(path.name, "?", "?", "?", "?", "?", "?", "?", f"{size / 1e6:.1f} MB", problem)
             continue
