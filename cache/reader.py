@@ -73,20 +73,51 @@ class CacheReader:
             ) from None
 
     def _read(self, start: int, stop: int, with_features: bool) -> dict[str, np.ndarray]:
+        stored = self._read_stored(start, stop, with_features)
+        if with_features:
+            stored["keys"], stored["values"] = self.decode_features(stored)
+            for name in ("keys", "values"):
+                stored.pop(scale_name(name), None)
+        return stored
+
+    def read_stored(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
+        """Like `read`, but keys/values as stored (int8 with `<name>_scale`, bfloat16 bits...);
+        `decode_features` turns rows of them into floats. Lets stage two buffer the compact form."""
+        try:
+            return self._read_stored(start, stop, with_features)
+        except (RuntimeError, ValueError, OSError) as error:
+            raise UserError(
+                f"Samples {start}..{stop - 1} of the cache {self.path} cannot be decoded ({error}).",
+                f"Run `fpt cache verify {self.path}` to name the damaged samples, then rebuild the cache with `fpt extract`.",
+            ) from None
+
+    def _read_stored(self, start: int, stop: int, with_features: bool) -> dict[str, np.ndarray]:
         out = {
             "side_images": self.group["side_images"][start:stop],
             "labels": self.group["labels"][start:stop].astype(np.int64),
         }
         if with_features:
-            for name in ("keys", "values"):
-                out[name] = self.features(name, start, stop)
+            for name in self.stored_feature_arrays():
+                out[name] = self.group[name][start:stop]
         return out
 
-    def features(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Keys or values of samples [start, stop) as floats (float16 or float32), whatever the storage dtype."""
+    def stored_row_layout(self, with_features: bool = True) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """(shape of one sample, dtype) of each array `read_stored` returns, from the store's metadata."""
+        names = ("side_images",) + (self.stored_feature_arrays() if with_features else ())
+        layout = {name: (tuple(self.group[name].shape[1:]), np.dtype(self.group[name].dtype)) for name in names}
+        return layout | {"labels": ((), np.dtype(np.int64))}
+
+    def stored_feature_arrays(self) -> tuple[str, ...]:
+        names = ("keys", "values")
+        if has_scales(self.metadata.storage.dtype):
+            names += tuple(scale_name(name) for name in names)
+        return names
+
+    def decode_features(self, stored: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) as floats (float16 or float32) from arrays as `read_stored` returns them."""
         dtype = self.metadata.storage.dtype
-        scales = self.group[scale_name(name)][start:stop] if has_scales(dtype) else None
-        return decode(self.group[name][start:stop], scales, dtype)
+        return tuple(decode(stored[name], stored.get(scale_name(name)), dtype)  # type: ignore[return-value]
+                     for name in ("keys", "values"))
 
     def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.group["labels"][start:stop].astype(np.int64)

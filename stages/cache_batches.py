@@ -2,7 +2,10 @@
 
 Training streams the split: shard order is shuffled every epoch and samples are shuffled
 within a buffer of a few shards, so memory is bounded by the buffer, not the dataset.
-`in_memory` loads the split once and shuffles globally instead.
+The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
+its scales): shards are read into it, batches are gathered from it and decoded to floats one
+batch at a time, and the leftover rows move to its front. `in_memory` loads the split once
+(as stored) and shuffles globally instead.
 """
 
 from __future__ import annotations
@@ -36,21 +39,32 @@ def shard_blocks(reader: CacheReader, start: int, stop: int) -> list[tuple[int, 
     return blocks
 
 
-def _read_blocks(reader: CacheReader, blocks: list[tuple[int, int]], with_features: bool) -> dict[str, np.ndarray]:
-    parts = [reader.read(a, b, with_features) | {"indices": np.arange(a, b)} for a, b in blocks]
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+class _Rows:
+    """Preallocated rows for every stored array of a sample; `count` of them are filled."""
 
+    def __init__(self, reader: CacheReader, capacity: int, with_features: bool) -> None:
+        layout = reader.stored_row_layout(with_features)
+        self.arrays = {name: np.empty((capacity, *shape), dtype) for name, (shape, dtype) in layout.items()}
+        self.arrays["indices"] = np.empty(capacity, np.int64)
+        self.count = 0
 
-def _batches_from(arrays: dict[str, np.ndarray], order: np.ndarray, batch_size: int) -> Iterator[Batch]:
-    for begin in range(0, len(order), batch_size):
-        rows = order[begin : begin + batch_size]
-        yield Batch(
-            indices=arrays["indices"][rows],
-            side_images=arrays["side_images"][rows],
-            labels=arrays["labels"][rows],
-            keys=arrays["keys"][rows] if "keys" in arrays else None,
-            values=arrays["values"][rows] if "values" in arrays else None,
-        )
+    def append(self, start: int, stored: dict[str, np.ndarray]) -> None:
+        rows = len(stored["labels"])
+        end = self.count + rows
+        for name, value in stored.items():
+            self.arrays[name][self.count : end] = value
+        self.arrays["indices"][self.count : end] = np.arange(start, start + rows)
+        self.count = end
+
+    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: np.take(value, rows, axis=0) for name, value in self.arrays.items()}
+
+    def keep_only(self, rows: np.ndarray) -> None:
+        """Move `rows` (fewer than a batch) to the front; the rest of the buffer is free again."""
+        kept = self.take(rows)
+        for name, value in kept.items():
+            self.arrays[name][: len(rows)] = value
+        self.count = len(rows)
 
 
 class SplitBatches:
@@ -68,7 +82,11 @@ class SplitBatches:
         self.rng = np.random.default_rng(seed)
         self.buffer_shards = buffer_shards
         self.blocks = shard_blocks(reader, self.start, self.stop)
-        self._memory = _read_blocks(reader, self.blocks, with_features) if in_memory and self.blocks else None
+        self._memory: _Rows | None = None
+        if in_memory and self.blocks:
+            self._memory = _Rows(reader, self.stop - self.start, with_features)
+            for a, b in self.blocks:
+                self._memory.append(a, reader.read_stored(a, b, with_features))
 
     def __len__(self) -> int:
         return -(-(self.stop - self.start) // self.batch_size)
@@ -77,26 +95,37 @@ class SplitBatches:
     def num_samples(self) -> int:
         return self.stop - self.start
 
+    def _batch(self, rows: _Rows, selected: np.ndarray) -> Batch:
+        arrays = rows.take(selected)
+        keys = values = None
+        if self.with_features:
+            keys, values = self.reader.decode_features(arrays)
+        return Batch(indices=arrays["indices"], side_images=arrays["side_images"], labels=arrays["labels"],
+                     keys=keys, values=values)
+
+    def _batches(self, rows: _Rows, order: np.ndarray) -> Iterator[Batch]:
+        for begin in range(0, len(order), self.batch_size):
+            yield self._batch(rows, order[begin : begin + self.batch_size])
+
     def __iter__(self) -> Iterator[Batch]:
         if not self.blocks:
             return
         if self._memory is not None:
-            count = len(self._memory["labels"])
-            order = self.rng.permutation(count) if self.shuffle else np.arange(count)
-            yield from _batches_from(self._memory, order, self.batch_size)
+            count = self._memory.count
+            yield from self._batches(self._memory, self.rng.permutation(count) if self.shuffle else np.arange(count))
             return
         blocks = list(self.blocks)
         if self.shuffle:
             blocks = [blocks[i] for i in self.rng.permutation(len(blocks))]
         group = self.buffer_shards if self.shuffle else 1
-        leftover: dict[str, np.ndarray] | None = None
+        shard = self.reader.metadata.storage.shard_size
+        rows = _Rows(self.reader, group * shard + self.batch_size, self.with_features)
         for begin in range(0, len(blocks), group):
-            arrays = _read_blocks(self.reader, blocks[begin : begin + group], self.with_features)
-            if leftover is not None:
-                arrays = {name: np.concatenate([leftover[name], arrays[name]]) for name in arrays}
-            count = len(arrays["labels"])
+            for a, b in blocks[begin : begin + group]:
+                rows.append(a, self.reader.read_stored(a, b, self.with_features))
+            count = rows.count
             order = self.rng.permutation(count) if self.shuffle else np.arange(count)
             is_last = begin + group >= len(blocks)
             usable = count if is_last else count - count % self.batch_size
-            yield from _batches_from(arrays, order[:usable], self.batch_size)
-            leftover = {name: value[order[usable:]] for name, value in arrays.items()} if usable < count else None
+            yield from self._batches(rows, order[:usable])
+            rows.keep_only(order[usable:])
