@@ -36,15 +36,14 @@ class Trainer:
 
     def __init__(self, config, metadata, steps_per_epoch: int, epochs: int) -> None:
         from stages.fpt_model import FPTPlus
-        from stages.train_side import half_cycle_cosine, model_spec
+        from stages.train_side import adamw, half_cycle_cosine, model_spec
 
         self.config = config
         torch.manual_seed(config.train.seed)
         self.spec = model_spec(config, metadata)
         self.model = FPTPlus(self.spec)
         train = config.train
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train.lr or metadata.default_lr,
-                                           betas=train.betas, weight_decay=train.weight_decay)
+        self.optimizer = adamw(self.model, train, train.lr or metadata.default_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, half_cycle_cosine(steps_per_epoch * epochs))
         self.model.train()
 

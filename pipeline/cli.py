@@ -160,6 +160,21 @@ def evaluate(
     console.print(f"Metrics: {result.metrics_file}; report: {run / 'report.md'}")
 
 
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folder(s) under train.runs_root (a sweep's trials included).")],
+) -> None:
+    """Draw a run's pictures (training curves, ROC, confusion matrices) and rewrite its report.md."""
+    from stages.report import write_report
+
+    for run in runs:
+        if not (run / "run.json").is_file():
+            raise UserError(f"{run} is not a run folder (no run.json in it).",
+                            "Give a folder written by `fpt train-side` or `fpt sweep` (see train.runs_root).")
+        files = write_report(run)
+        console.print(f"{run}: {len(files) - 1} picture(s), report {run / 'report.md'}")
+
+
 @app.command("export")
 def export_command(
     run: RunOption,

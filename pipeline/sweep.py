@@ -88,7 +88,8 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
             shutil.rmtree(run_dir)
     with lpm_disabled():
         guarded = lpm_forbidden()
-        outcomes = train_pack(configs, cache_path, run_dirs=run_dirs, isolate_failures=True)
+        # Pictures cost about a second per run; the sweep draws them for its best trial only.
+        outcomes = train_pack(configs, cache_path, run_dirs=run_dirs, isolate_failures=True, draw_pictures=False)
     reports = []
     peak = peak_rss_mb()
     for trial, run_dir, outcome in zip(trials, run_dirs, outcomes):
@@ -255,6 +256,10 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
         best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, val AUC {best.val_auc:.4f}\n"
                      + yaml.safe_dump(nested_settings(best.settings), sort_keys=True))
         (root / "best.yaml").write_text(best_yaml)
+        if best.run_dir is not None and not (best.run_dir / "training_curves.png").is_file():
+            from stages.report import write_report
+
+            write_report(best.run_dir)
     if console is not None:
         console.print(results_table(ordered, f"Sweep {root.name}: {len(ordered)} trials, by validation AUC"))
     return SweepResult(sweep_dir=root, reports=ordered, best=best, best_yaml=best_yaml, plan=plan,

@@ -51,8 +51,8 @@ class PromptFusion(nn.Module):
         # Expanding the queries over the batch (a view) lets matmul treat (B, L, H) as one batch
         # axis with the keys as they are; einsum's backward permuted (copied) the whole keys
         # tensor every step (1.6x slower fwd+bwd on CPU, bench/README.md).
-        queries = queries.expand(keys.shape[0], *queries.shape)
-        logits = torch.matmul(queries, keys.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        queries = (queries / math.sqrt(self.head_dim)).expand(keys.shape[0], *queries.shape)
+        logits = torch.matmul(queries, keys.transpose(-1, -2))
         context = torch.matmul(logits.softmax(dim=-1), values)
         context = context.transpose(2, 3).reshape(keys.shape[0], layers, prompts, -1)
         if self.residual_before_projection:

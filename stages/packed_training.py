@@ -34,7 +34,7 @@ from stages.extract import resolve_device
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
 from stages.train_side import (
-    EpochRecord, TrainResult, feature_tensor, half_cycle_cosine, model_spec, optimization_step, predict_models,
+    EpochRecord, TrainResult, adamw, feature_tensor, half_cycle_cosine, model_spec, optimization_step, predict_models,
 )
 from stages.run_folder import (
     append_jsonl, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
@@ -143,7 +143,7 @@ class Pack:
 
     def __init__(self, configs: list[PipelineConfig], cache_path: Path | None = None,
                  run_dirs: list[Path] | None = None, isolate_failures: bool = False,
-                 progress: Any = None, description: str = "Training") -> None:
+                 progress: Any = None, description: str = "Training", draw_pictures: bool = True) -> None:
         if not configs:
             raise ValueError("a pack needs at least one trial")
         keys = {pack_key(c) for c in configs}
@@ -154,6 +154,7 @@ class Pack:
         self.isolate = isolate_failures
         self.progress = progress
         self.description = description
+        self.draw_pictures = draw_pictures
         lead = configs[0]
         self.path = _pack_cache(configs, cache_path)
         self.reader = CacheReader(self.path)
@@ -203,8 +204,7 @@ class Pack:
         trial.learnable = sum(p.numel() for p in trial.model.parameters() if p.requires_grad)
         train = config.train
         lr = train.lr if train.lr is not None else self.metadata.default_lr
-        trial.optimizer = torch.optim.AdamW(trial.model.parameters(), lr=lr, betas=train.betas,
-                                            weight_decay=train.weight_decay, foreach=True)
+        trial.optimizer = adamw(trial.model, train, lr)
         total_steps = train.epochs * len(self.train_batches)
         trial.scheduler = torch.optim.lr_scheduler.LambdaLR(trial.optimizer, half_cycle_cosine(total_steps))
         if trial.run_dir is None:
@@ -267,7 +267,7 @@ class Pack:
         write_json(trial.run_dir / "final_metrics.json", result.model_dump(mode="json"))
         from stages.run_summary import summarize_run
 
-        summarize_run(trial.run_dir)
+        summarize_run(trial.run_dir, self.draw_pictures)
         return result
 
     # -- the shared loop ---------------------------------------------------------------------
@@ -334,6 +334,6 @@ class Pack:
 
 
 def train_pack(configs: list[PipelineConfig], cache_path: Path | None = None, run_dirs: list[Path] | None = None,
-               isolate_failures: bool = True, progress: Any = None) -> list[TrialOutcome]:
+               isolate_failures: bool = True, progress: Any = None, draw_pictures: bool = True) -> list[TrialOutcome]:
     """Train the given trials side by side; one outcome (result or error) per trial, in order."""
-    return Pack(configs, cache_path, run_dirs, isolate_failures, progress).run()
+    return Pack(configs, cache_path, run_dirs, isolate_failures, progress, draw_pictures=draw_pictures).run()

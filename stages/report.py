@@ -196,10 +196,19 @@ def _title(key: str) -> str:
     return "Training curves"
 
 
-def write_report(run_dir: Path) -> list[Path]:
-    """Draw every picture the run folder's files allow and write report.md; returns the files."""
+def write_report(run_dir: Path, draw_pictures: bool = True) -> list[Path]:
+    """Draw every picture the run folder's files allow and write report.md; returns the files.
+
+    Without pictures (sweep trials other than the best; drawing costs about a second per run)
+    report.md holds the metrics and says how to draw them later: `fpt report <run>`.
+    """
     pictures: dict[str, Path] = {}
     epochs = read_epochs(run_dir)
+    if not draw_pictures:
+        report = run_dir / "report.md"
+        atomic_write_text(report, _markdown(run_dir, pictures, epochs)
+                          + f"\nPictures were not drawn for this run; `fpt report {run_dir}` draws them.\n")
+        return [report]
     if epochs:
         pictures["training_curves"] = run_dir / "training_curves.png"
         save_figure(training_curves_figure(epochs), pictures["training_curves"])

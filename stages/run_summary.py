@@ -8,8 +8,8 @@ from stages.export import export_run
 from stages.report import write_report
 
 
-def summarize_run(run_dir: Path) -> list[Path]:
-    """Draw the report of a finished run and export its best checkpoint to <run>/export."""
-    files = write_report(run_dir)
+def summarize_run(run_dir: Path, draw_pictures: bool = True) -> list[Path]:
+    """Write the report of a finished run (pictures optional) and export its best checkpoint to <run>/export."""
+    files = write_report(run_dir, draw_pictures)
     folder = export_run(run_dir, "best")
     return [*files, folder]

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cache.metadata import CacheMetadata
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, TrainConfig
 from stages.augment import eval_images
 from stages.cache_batches import SplitBatches
 from stages.fpt_model import FPTPlus, ModelSpec
@@ -76,6 +76,12 @@ def optimization_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.step()
     scheduler.step()
     return loss
+
+
+def adamw(model: torch.nn.Module, train: TrainConfig, lr: float) -> torch.optim.AdamW:
+    """The recipe's AdamW; torch's fused kernel (CPU and CUDA) is 3.5x faster per step than foreach
+    for the side network's ~100 small tensors (bench/README.md)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=train.betas, weight_decay=train.weight_decay, fused=True)
 
 
 def half_cycle_cosine(total_steps: int):

@@ -124,3 +124,24 @@ def test_write_report_without_training_log_still_draws_test_pictures(tmp_path: P
     (run / "metrics.jsonl").unlink()
     names = {f.name for f in write_report(run)}
     assert "training_curves.png" not in names and "roc_test_best.png" in names
+
+
+def test_report_without_pictures_then_fpt_report_draws_them(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    run = make_run_folder(tmp_path)
+    assert [f.name for f in write_report(run, draw_pictures=False)] == ["report.md"]
+    assert not list(run.glob("*.png"))
+    assert "| test, best-validation model | 0.6123 |" in (run / "report.md").read_text()
+    assert f"`fpt report {run}`" in (run / "report.md").read_text()
+
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in run.glob("*.png")} == {"training_curves.png", "roc_test_best.png", "confusion_test_best.png",
+                                                    "roc_test_last.png", "confusion_test_last.png"}
+    assert "](training_curves.png)" in (run / "report.md").read_text()
+
+    not_a_run = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
+    assert not_a_run.exit_code != 0 and "is not a run folder" in str(not_a_run.exception)

@@ -64,6 +64,10 @@ def test_sweep_on_two_worker_processes_then_resume_in_process(tmp_path: Path, mo
     rows = _read_csv(result.sweep_dir / "results.csv")
     assert [row["trial"] for row in rows] == [r.trial_id for r in result.reports]
     assert rows[0]["test_best_auc"] != "" and rows[-1]["error"] != ""
+    # pictures are drawn for the best trial only; the others' report.md says how to draw them
+    assert (finished[0].run_dir / "training_curves.png").is_file()
+    assert not list(finished[1].run_dir.glob("*.png"))
+    assert "fpt report" in (finished[1].run_dir / "report.md").read_text()
     best = yaml.safe_load((result.sweep_dir / "best.yaml").read_text())
     assert best == {"side": {"reduction": 8}, "train": {"lr": finished[0].settings["train.lr"]}}
 
