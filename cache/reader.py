@@ -8,6 +8,8 @@ import numpy as np
 import zarr
 from pydantic import ValidationError
 
+from zarr.core.buffer import default_buffer_prototype
+
 from cache.encoding import decode, has_scales, scale_name
 from cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, CacheMetadata
 from pipeline.errors import UserError
@@ -39,6 +41,11 @@ def read_metadata(path: Path) -> CacheMetadata:
     except ValidationError as error:
         raise UserError(f"The metadata of the cache {path} is damaged ({error.error_count()} invalid fields).",
                         "Delete the store and run `fpt extract` again.") from None
+
+
+def as_nd_buffer(array: np.ndarray):
+    """A numpy array (or view) as the zarr buffer that `get_basic_selection(out=...)` writes into."""
+    return default_buffer_prototype().nd_buffer.from_numpy_array(array)
 
 
 class CacheReader:
@@ -80,11 +87,15 @@ class CacheReader:
                 stored.pop(scale_name(name), None)
         return stored
 
-    def read_stored(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
-        """Like `read`, but keys/values as stored (int8 with `<name>_scale`, bfloat16 bits...);
-        `decode_features` turns rows of them into floats. Lets stage two buffer the compact form."""
+    def read_stored_into(self, start: int, stop: int, rows: dict[str, np.ndarray]) -> None:
+        """Fill `rows` (name -> array of stop - start rows, dtype as stored: see `stored_row_layout`)
+        with samples [start, stop) in place: no temporary copy of a shard. Labels become int64."""
         try:
-            return self._read_stored(start, stop, with_features)
+            for name, destination in rows.items():
+                if name == "labels":
+                    destination[:] = self.group["labels"][start:stop]
+                else:
+                    self.group[name].get_basic_selection(slice(start, stop), out=as_nd_buffer(destination))
         except (RuntimeError, ValueError, OSError) as error:
             raise UserError(
                 f"Samples {start}..{stop - 1} of the cache {self.path} cannot be decoded ({error}).",
@@ -102,7 +113,7 @@ class CacheReader:
         return out
 
     def stored_row_layout(self, with_features: bool = True) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """(shape of one sample, dtype) of each array `read_stored` returns, from the store's metadata."""
+        """(shape of one sample, dtype) of each array `read_stored_into` fills, from the store's metadata."""
         names = ("side_images",) + (self.stored_feature_arrays() if with_features else ())
         layout = {name: (tuple(self.group[name].shape[1:]), np.dtype(self.group[name].dtype)) for name in names}
         return layout | {"labels": ((), np.dtype(np.int64))}
@@ -114,7 +125,7 @@ class CacheReader:
         return names
 
     def decode_features(self, stored: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, values) as floats (float16 or float32) from arrays as `read_stored` returns them."""
+        """(keys, values) as floats (float16 or float32) from arrays as stored (`read_stored_into`)."""
         dtype = self.metadata.storage.dtype
         return tuple(decode(stored[name], stored.get(scale_name(name)), dtype)  # type: ignore[return-value]
                      for name in ("keys", "values"))

@@ -48,12 +48,12 @@ class _Rows:
         self.arrays["indices"] = np.empty(capacity, np.int64)
         self.count = 0
 
-    def append(self, start: int, stored: dict[str, np.ndarray]) -> None:
-        rows = len(stored["labels"])
-        end = self.count + rows
-        for name, value in stored.items():
-            self.arrays[name][self.count : end] = value
-        self.arrays["indices"][self.count : end] = np.arange(start, start + rows)
+    def read(self, reader: CacheReader, start: int, stop: int) -> None:
+        """Append samples [start, stop), read straight into the free rows."""
+        end = self.count + stop - start
+        reader.read_stored_into(start, stop, {name: value[self.count : end] for name, value in self.arrays.items()
+                                              if name != "indices"})
+        self.arrays["indices"][self.count : end] = np.arange(start, stop)
         self.count = end
 
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -86,7 +86,7 @@ class SplitBatches:
         if in_memory and self.blocks:
             self._memory = _Rows(reader, self.stop - self.start, with_features)
             for a, b in self.blocks:
-                self._memory.append(a, reader.read_stored(a, b, with_features))
+                self._memory.read(reader, a, b)
 
     def __len__(self) -> int:
         return -(-(self.stop - self.start) // self.batch_size)
@@ -122,7 +122,7 @@ class SplitBatches:
         rows = _Rows(self.reader, group * shard + self.batch_size, self.with_features)
         for begin in range(0, len(blocks), group):
             for a, b in blocks[begin : begin + group]:
-                rows.append(a, self.reader.read_stored(a, b, self.with_features))
+                rows.read(self.reader, a, b)
             count = rows.count
             order = self.rng.permutation(count) if self.shuffle else np.arange(count)
             is_last = begin + group >= len(blocks)

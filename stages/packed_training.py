@@ -29,12 +29,13 @@ from cache.reader import CacheReader
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from stages.augment import train_images
-from stages.cache_batches import Batch, SplitBatches
+from stages.cache_batches import SplitBatches
 from stages.extract import resolve_device
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
 from stages.train_side import (
-    EpochRecord, TrainResult, adamw, feature_tensor, half_cycle_cosine, model_spec, optimization_step, predict_models,
+    EpochRecord, ReadyBatch, TrainResult, adamw, half_cycle_cosine, model_spec, optimization_step, predict_models,
+    ready_batches,
 )
 from stages.run_folder import (
     append_jsonl, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
@@ -281,12 +282,12 @@ class Pack:
                                                                   self.side_size, self.device)[0]) for t in trials]
         return predict_models(models, batches, self.metadata, self.side_size, self.device)
 
-    def _shared_batch(self, batch: Batch, augment: Any) -> tuple:
+    def _shared_batch(self, ready: ReadyBatch, augment: Any) -> tuple:
         norm = self.metadata.normalization
-        with self.augment_stream:
+        batch = ready.batch
+        with self.augment_stream:  # in this thread: the augmentation's random stream is global torch state
             images = train_images(batch.side_images, self.side_size, augment, norm.mean, norm.std, self.generator)
-        return (images.to(self.device), feature_tensor(batch.keys, self.device), feature_tensor(batch.values, self.device),
-                torch.from_numpy(batch.labels).to(self.device))
+        return images.to(self.device), ready.keys, ready.values, torch.from_numpy(batch.labels).to(self.device)
 
     def run(self) -> list[TrialOutcome]:
         augment = self.configs[0].train.augment
@@ -299,8 +300,8 @@ class Pack:
             if not active:
                 break
             epoch_start = time.perf_counter()
-            for batch in self.train_batches:
-                images, keys, values, labels = self._shared_batch(batch, augment)
+            for ready in ready_batches(self.train_batches, self.device):
+                images, keys, values, labels = self._shared_batch(ready, augment)
                 for trial in active:
                     self._guard(trial, self._step, trial, images, keys, values, labels)
                 if progress is not None:

@@ -9,6 +9,8 @@ the best and of the final model are reported.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cache.metadata import CacheMetadata
 from pipeline.config import PipelineConfig, TrainConfig
 from stages.augment import eval_images
-from stages.cache_batches import SplitBatches
+from stages.cache_batches import Batch, SplitBatches
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics
+from stages.prefetch import prefetched
 
 
 class EpochRecord(BaseModel):
@@ -93,6 +96,20 @@ def feature_tensor(array: np.ndarray | None, device: torch.device) -> torch.Tens
     return None if array is None else torch.from_numpy(array).to(device).float()
 
 
+@dataclass
+class ReadyBatch:
+    """A batch from the cache with its keys/values already float32 tensors on the training device."""
+
+    batch: Batch
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+
+
+def ready_batches(batches: SplitBatches, device: torch.device) -> Iterator[ReadyBatch]:
+    """One epoch of the split, each batch read and converted in a background thread while the previous one trains."""
+    return prefetched(batches, lambda b: ReadyBatch(b, feature_tensor(b.keys, device), feature_tensor(b.values, device)))
+
+
 @torch.no_grad()
 def predict_models(models: list[torch.nn.Module], batches: SplitBatches, metadata: CacheMetadata, side_size: int,
                    device: torch.device) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
@@ -103,9 +120,9 @@ def predict_models(models: list[torch.nn.Module], batches: SplitBatches, metadat
     indices, labels = [], []
     probabilities: list[list[np.ndarray]] = [[] for _ in models]
     losses = [0.0 for _ in models]
-    for batch in batches:
+    for ready in ready_batches(batches, device):
+        batch, keys, values = ready.batch, ready.keys, ready.values
         images = eval_images(batch.side_images, side_size, norm.mean, norm.std).to(device)
-        keys, values = feature_tensor(batch.keys, device), feature_tensor(batch.values, device)
         target = torch.from_numpy(batch.labels).to(device)
         for k, model in enumerate(models):
             logits = model(images, keys, values)

@@ -61,14 +61,14 @@ def test_evaluation_order_is_cache_order(store: Path) -> None:
 def test_streaming_holds_a_bounded_number_of_samples(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reader = CacheReader(store)
     read_rows = 0
-    real_read = reader.read_stored
+    real_read = reader.read_stored_into
 
-    def counting(start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
+    def counting(start: int, stop: int, rows: dict[str, np.ndarray]) -> None:
         nonlocal read_rows
         read_rows += stop - start
-        return real_read(start, stop, with_features)
+        real_read(start, stop, rows)
 
-    monkeypatch.setattr(reader, "read_stored", counting)
+    monkeypatch.setattr(reader, "read_stored_into", counting)
     batch_size, buffer = 3, 2
     yielded = 0
     for batch in SplitBatches(reader, "train", batch_size, shuffle=True, with_features=True, seed=0, buffer_shards=buffer):

@@ -51,3 +51,17 @@ def test_cli_verify_reports_ok_and_damage(tmp_path: Path) -> None:
     assert isinstance(damaged.exception, UserError)
     message = damaged.exception.paragraph()
     assert "shard 2 (keys) is damaged: samples sample_000008, sample_000009, sample_000010, sample_000011" in message
+
+
+def test_training_on_a_truncated_shard_stops_with_a_clear_message(tmp_path: Path) -> None:
+    from cache.reader import CacheReader
+    from stages.cache_batches import SplitBatches
+
+    store = _store(tmp_path, "float16")
+    damaged = shard_file(store, zarr.open_group(store, mode="r")["keys"], 1)
+    damaged.write_bytes(damaged.read_bytes()[:40])  # a shard cut short, as by a full disk or a failed copy
+    batches = SplitBatches(CacheReader(store), "train", batch_size=2, shuffle=True, with_features=True)
+    with pytest.raises(UserError) as error:
+        list(batches)
+    message = error.value.paragraph()
+    assert "Samples 4..5" in message and "cannot be decoded" in message and "fpt cache verify" in message

@@ -43,9 +43,9 @@ def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, monkeypa
     reads = []
     import cache.reader
 
-    original = cache.reader.CacheReader.read_stored
-    monkeypatch.setattr(cache.reader.CacheReader, "read_stored",
-                        lambda self, a, b, f=True: reads.append((a, b)) or original(self, a, b, f))
+    original = cache.reader.CacheReader.read_stored_into
+    monkeypatch.setattr(cache.reader.CacheReader, "read_stored_into",
+                        lambda self, a, b, rows: reads.append((a, b)) or original(self, a, b, rows))
     outcomes = train_pack(configs, isolate_failures=False)
     monkeypatch.undo()
 
