@@ -4,9 +4,12 @@
 
 The same side network (FPTPlus) is trained with the same optimizer step as `fpt train-side`
 (AdamW, half-cycle cosine per step, gradient clipping, cross-entropy) in three ways:
-  a  zarr cache: SplitBatches streams shards of stored keys/values and side images (stages/augment.py)
+  a  zarr cache: train-side's loop; SplitBatches streams shards of stored keys/values and side
+     images, the next batch read in a background thread while the step runs (stages/prefetch.py)
   b  the authors' preload layout: one float32 safetensors file per image with its keys/values,
-     and the original full-resolution image decoded every step for the side input
+     and the original full-resolution image decoded every step for the side input (a DataLoader
+     with --workers processes, 1 by default, so decoding overlaps the step like a's read);
+     with --original-size 2048 also on large JPEG originals, as real fundus photographs are
   c  no cache: the frozen LPM (TokenSelectingLPM) runs in every step on the decoded image
 Each variant runs in its own fresh process, so its peak RSS is its own. Variant a is also run
 on caches 4x and 16x larger (the extracted samples repeated) to show its memory stays flat.
@@ -62,21 +65,34 @@ class OriginalImages(torch.utils.data.Dataset):
         self.config = config
         self.norm = metadata.normalization
         self.with_lpm_input = with_lpm_input
-        self.generator = torch.Generator().manual_seed(config.train.seed)
+        self.transform = self.side_transform()
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def side_transform(self):
+        """The same augmentation as train-side, done the usual torchvision way on the PIL image:
+        cropping and resizing the full-resolution image in PIL is 2.4x faster than in tensors
+        (63 vs 150 ms for a 2048 px JPEG), so the baseline gets its fast path."""
+        from torchvision import transforms
+
+        augment, size = self.config.train.augment, self.config.side.input_size
+        return transforms.Compose([
+            transforms.RandomResizedCrop(size, scale=tuple(augment.crop_scale), ratio=tuple(augment.crop_ratio)),
+            transforms.RandomHorizontalFlip(augment.hflip),
+            transforms.ColorJitter(brightness=augment.brightness, contrast=augment.contrast),
+            transforms.ToTensor(),
+            transforms.Normalize(self.norm.mean, self.norm.std),
+        ])
+
     def __getitem__(self, position: int):
         from safetensors.torch import load_file
 
-        from stages.augment import train_images
         from stages.datasets.images import normalized_tensor, open_rgb, resize_square
 
         entry = self.entries[position]
         image = open_rgb(Path(entry["image"]))
-        side = train_images(np.asarray(image)[None], self.config.side.input_size, self.config.train.augment,
-                            self.norm.mean, self.norm.std, self.generator)[0]
+        side = self.transform(image)
         label = torch.tensor(entry["label"])
         if self.with_lpm_input:
             lpm_input = normalized_tensor(resize_square(image, self.config.extract.input_size), self.norm.mean, self.norm.std)
@@ -97,6 +113,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     if args.variant == "a":
         from stages.augment import train_images
         from stages.cache_batches import SplitBatches
+        from stages.train_side import ready_batches
 
         batches = SplitBatches(reader, "train", batch_size, shuffle=True, with_features=True, seed=config.train.seed,
                                buffer_shards=config.train.shuffle_buffer_shards, in_memory=config.train.in_memory)
@@ -106,11 +123,12 @@ def run_variant(args: argparse.Namespace) -> dict:
         samples = batches.num_samples
         for _ in range(args.epochs):
             began = time.perf_counter()
-            for batch in batches:
+            # train-side's loop: the next batch is read (and made float32) while this one trains
+            for ready in ready_batches(batches, torch.device("cpu")):
+                batch = ready.batch
                 images = train_images(batch.side_images, trainer.spec.side_input_size, config.train.augment,
                                       norm.mean, norm.std, generator)
-                trainer.step(images, torch.from_numpy(batch.keys), torch.from_numpy(batch.values),
-                             torch.from_numpy(batch.labels))
+                trainer.step(images, ready.keys, ready.values, torch.from_numpy(batch.labels))
             epoch_seconds.append(time.perf_counter() - began)
     else:
         entries = json.loads((Path(args.preload) / "index.json").read_text())
@@ -154,8 +172,16 @@ def run_variant(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------- parent side: data and comparisons
-def write_preload_layout(cache: Path, config, folder: Path) -> Path:
-    """One float32 safetensors file per train image, as the authors' code stores them, plus an index."""
+def write_preload_layout(cache: Path, config, folder: Path, original_size: int | None = None,
+                         original_format: str = "jpg") -> Path:
+    """One float32 safetensors file per train image, as the authors' code stores them, plus an index.
+
+    With `original_size`, the "original" each step decodes is the demo image resampled to that
+    size and saved as `original_format` (JPEG quality 95 by default): the size and format of real
+    fundus photographs (the demo's own are 512 px PNGs). A smooth upsampled image decodes faster
+    than a real photograph of that size, so this is a lower bound of that cost.
+    """
+    from PIL import Image
     from safetensors.numpy import save_file
 
     from cache.reader import CacheReader
@@ -174,7 +200,13 @@ def write_preload_layout(cache: Path, config, folder: Path) -> Path:
         assert samples[index].sample_id == ids[index]
         file = folder / f"{ids[index].replace('/', '_')}.safetensors"
         save_file({"keys": arrays["keys"][row].astype(np.float32), "values": arrays["values"][row].astype(np.float32)}, str(file))
-        entries.append({"file": str(file), "image": str(samples[index].path), "label": int(arrays["labels"][row])})
+        image = samples[index].path
+        if original_size:
+            image = folder / f"{ids[index].replace('/', '_')}.{original_format}"
+            with Image.open(samples[index].path) as source:
+                large = source.convert("RGB").resize((original_size, original_size), Image.LANCZOS)
+            large.save(image, quality=95) if original_format == "jpg" else large.save(image)
+        entries.append({"file": str(file), "image": str(image), "label": int(arrays["labels"][row])})
     (folder / "index.json").write_text(json.dumps(entries))
     return folder
 
@@ -219,6 +251,9 @@ def run_scenario(scenario: str, num_train: int, quick: bool, args: argparse.Name
     console.print(f"[bold]{scenario}[/bold]: extracting {num_train} train images ({config.lpm.name} at {config.extract.input_size} px)")
     cache = run_extract(config).path
     preload = write_preload_layout(cache, config, WORK / "preload" / cache.name)
+    large = args.original_size
+    large_preload = (write_preload_layout(cache, config, WORK / "preload" / f"{cache.name}-{large}{args.original_format}",
+                                          large, args.original_format) if large else None)
     common = ["--scenario", scenario, "--num-train", str(num_train), "--batch-size", str(args.batch_size),
               "--workers", str(args.workers), "--epochs", str(args.epochs)]
     if args.threads:
@@ -226,12 +261,16 @@ def run_scenario(scenario: str, num_train: int, quick: bool, args: argparse.Name
     runs = [("a", str(cache), num_train)]
     runs += [("a", str(grown_cache(cache, f)), num_train * f) for f in args.growth]
     runs += [("a-none", str(grown_cache(cache, 1, "none")), num_train)]
-    runs += [("b", str(cache), num_train), ("c", str(cache), num_train)]
+    runs += [("b", str(cache), num_train)]
+    if large_preload:
+        runs += [("b-large", str(cache), num_train)]
+    runs += [("c", str(cache), num_train)]
     results = []
     for variant, path, samples in runs:
         console.print(f"  variant {variant} on {samples} train samples ...")
         extra = ["--max-steps", str(args.max_steps_c), "--epochs", "1"] if variant == "c" else []
-        result = run_fresh(SCRIPT, [*common, "--variant", variant.split("-")[0], "--cache", path, "--preload", str(preload), *extra])
+        folder = large_preload if variant == "b-large" else preload
+        result = run_fresh(SCRIPT, [*common, "--variant", variant.split("-")[0], "--cache", path, "--preload", str(folder), *extra])
         result.update(scenario=scenario, variant=variant, samples=samples)
         if "self_mb" in result:
             result["above_bare_torch_mb"] = result["self_mb"] - bare_mb
@@ -239,7 +278,9 @@ def run_scenario(scenario: str, num_train: int, quick: bool, args: argparse.Name
     return results
 
 
-LABELS = {"a": "a zarr cache", "a-none": "a zarr cache, codec none (copy of a's cache)", "b": "b per-image f32 safetensors + decode", "c": "c no cache (LPM every step)"}
+LABELS = {"a": "a zarr cache", "a-none": "a zarr cache, codec none (copy of a's cache)",
+          "b": "b per-image f32 safetensors + decode of the demo's 512 px PNG",
+          "b-large": "b per-image f32 safetensors + decode of a large original", "c": "c no cache (LPM every step)"}
 
 
 def main() -> None:
@@ -249,7 +290,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs=2, default=None, metavar=("DEMO", "VITB"), help="train images per scenario")
     parser.add_argument("--num-train", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of variants b and c")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="DataLoader workers of variants b and c (1: decoding overlaps the step, as a's read does)")
+    parser.add_argument("--original-size", type=int, default=None,
+                        help="also run b on originals of this size (the demo images resampled), e.g. 2048")
+    parser.add_argument("--original-format", choices=["jpg", "png"], default="jpg")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of a and b; the last one is reported")
     parser.add_argument("--max-steps-c", type=int, default=None, help="timed steps of variant c (after one warm-up)")
     parser.add_argument("--growth", type=int, nargs="*", default=None, help="dataset growth factors for variant a")
@@ -285,11 +330,12 @@ def main() -> None:
         if "error" in r:
             note = r["error"]
         rows.append([r["scenario"], LABELS[r["variant"]], r["samples"], r.get("epoch_s"),
-                     ratio if r["variant"] in ("b", "c") else None, r.get("self_mb"), r.get("above_bare_torch_mb"), note])
+                     ratio if r["variant"] in ("b", "b-large", "c") else None, r.get("self_mb"), r.get("above_bare_torch_mb"), note])
     print_table(f"Stage-two epoch (batch {args.batch_size}); bare `import torch` peak RSS {bare_mb:.0f} MB",
                 ["LPM", "variant", "train samples", "epoch s", "x slower than a", "peak RSS MB", "RSS above torch MB", "note"], rows)
     write_results("stage_two_quick" if args.quick else "stage_two",
-                  {"bare_torch_rss_mb": bare_mb, "threads": args.threads, "sizes": sizes, "growth": args.growth, "batch_size": args.batch_size, "workers": args.workers, "results": results})
+                  {"bare_torch_rss_mb": bare_mb, "threads": args.threads, "sizes": sizes, "growth": args.growth, "batch_size": args.batch_size, "workers": args.workers,
+                   "original_size": args.original_size, "original_format": args.original_format, "results": results})
 
 
 if __name__ == "__main__":
