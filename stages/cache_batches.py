@@ -3,8 +3,8 @@
 Training streams the split: shard order is shuffled every epoch and samples are shuffled
 within a buffer of a few shards, so memory is bounded by the buffer, not the dataset.
 The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
-its scales): shards are read into it, batches are gathered from it and decoded to floats one
-batch at a time, and the leftover rows move to its front. `in_memory` loads the split once
+its scales): shards are read into it, batches are gathered from it and decoded to float32 one
+batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its front. `in_memory` loads the split once
 (as stored) and shuffles globally instead.
 """
 
@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from cache.encoding import decode_rows, scale_name
 from cache.reader import CacheReader
 
 
@@ -23,8 +25,8 @@ class Batch:
     indices: np.ndarray  # global sample indices in the cache
     side_images: np.ndarray  # (B, S, S, 3) uint8
     labels: np.ndarray  # (B,) int64
-    keys: np.ndarray | None  # (B, L, H, n, Dh)
-    values: np.ndarray | None
+    keys: torch.Tensor | None  # (B, L, H, n, Dh) float32, on the CPU
+    values: torch.Tensor | None
 
 
 def shard_blocks(reader: CacheReader, start: int, stop: int) -> list[tuple[int, int]]:
@@ -56,8 +58,8 @@ class _Rows:
         self.arrays["indices"][self.count : end] = np.arange(start, stop)
         self.count = end
 
-    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: np.take(value, rows, axis=0) for name, value in self.arrays.items()}
+    def take(self, rows: np.ndarray, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        return {name: np.take(value, rows, axis=0) for name, value in self.arrays.items() if names is None or name in names}
 
     def keep_only(self, rows: np.ndarray) -> None:
         """Move `rows` (fewer than a batch) to the front; the rest of the buffer is free again."""
@@ -96,10 +98,12 @@ class SplitBatches:
         return self.stop - self.start
 
     def _batch(self, rows: _Rows, selected: np.ndarray) -> Batch:
-        arrays = rows.take(selected)
+        arrays = rows.take(selected, ("indices", "side_images", "labels"))
         keys = values = None
         if self.with_features:
-            keys, values = self.reader.decode_features(arrays)
+            dtype = self.reader.metadata.storage.dtype
+            keys, values = (decode_rows(rows.arrays[name], rows.arrays.get(scale_name(name)), selected, dtype)
+                            for name in ("keys", "values"))
         return Batch(indices=arrays["indices"], side_images=arrays["side_images"], labels=arrays["labels"],
                      keys=keys, values=values)
 

@@ -91,9 +91,9 @@ def half_cycle_cosine(total_steps: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def feature_tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
-    """Cached keys or values of a batch as float32 on the device (None for the side network alone)."""
-    return None if array is None else torch.from_numpy(array).to(device).float()
+def feature_tensor(features: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """Cached keys or values of a batch (float32) on the device (None for the side network alone)."""
+    return None if features is None else features.to(device)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cache.metadata import StorageSettings
 from cache.reader import CacheReader
@@ -43,7 +44,7 @@ def test_each_train_sample_once_per_epoch_in_a_new_order(store: Path, in_memory:
 def test_batches_carry_the_samples_they_name(store: Path) -> None:
     reader = CacheReader(store)
     for batch in SplitBatches(reader, "train", batch_size=6, shuffle=True, with_features=True, seed=1, buffer_shards=2):
-        assert batch.keys is not None and batch.keys.dtype == np.float32  # int8 storage is decoded
+        assert batch.keys is not None and batch.keys.dtype == torch.float32  # int8 storage is decoded
         for row, index in enumerate(batch.indices):
             one = reader.read(int(index), int(index) + 1)
             np.testing.assert_array_equal(batch.keys[row], one["keys"][0])
@@ -75,3 +76,16 @@ def test_streaming_holds_a_bounded_number_of_samples(store: Path, monkeypatch: p
         assert read_rows - yielded <= buffer * SHARD + batch_size
         yielded += len(batch.indices)
     assert yielded == read_rows == 37
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
+def test_decode_rows_gathers_and_converts_like_decode(dtype: str) -> None:
+    from cache.encoding import decode, decode_rows, encode
+
+    features = np.random.default_rng(0).normal(size=(9, 2, 3, 5, 8)).astype(np.float32)
+    stored, scales = encode(features, dtype)
+    rows = np.array([7, 0, 7, 3])
+    expected = decode(stored[rows], None if scales is None else scales[rows], dtype).astype(np.float32)
+    got = decode_rows(stored, scales, rows, dtype)
+    assert got.dtype == torch.float32 and got.shape == (4, 2, 3, 5, 8)
+    np.testing.assert_array_equal(got.numpy(), expected)
