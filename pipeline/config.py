@@ -71,13 +71,18 @@ class ExtractConfig(StrictModel):
     token_ratio: float = Field(default=0.2, gt=0, le=1)
     importance: Literal["global", "class_token"] = "global"
     batch_size: int = Field(default=8, ge=1)
-    num_workers: int = Field(default=2, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        default="auto",
+        description="DataLoader processes decoding images. auto: none on the CPU (the LPM needs every core and "
+                    "decoding is a few % of it; workers made extraction slower, bench/README.md), "
+                    "cores - 1 (at most 8) on a GPU.",
+    )
     device: str = "auto"
     side_store_size: int = Field(
         default=144, description="Side images are stored at this size (uint8) for crop/flip."
     )
     query_chunk: int = Field(
-        default=256, ge=1, description="Queries per block when scoring tokens (bounds memory)."
+        default=128, ge=1, description="Queries per block when scoring tokens (bounds memory; 128 was fastest on CPU)."
     )
     on_decode_error: Literal["fatal", "skip"] = "fatal"
     overlap_writes: bool = Field(

@@ -28,20 +28,27 @@ def attention_with_importance(
     """Self-attention output (B, H, N, Dh) and per-key importance (B, H, N).
 
     q, k, v: (B, H, N, Dh). The importance is computed in float32 whatever the input dtype.
+    Per block of queries the logits are exponentiated in place (after subtracting the row max)
+    and never divided: the output is (E v) / rowsum and the column sums of A = E / rowsum come
+    from one matrix-vector product, (1 / rowsum)^T E. That is two passes over the block fewer
+    than softmax followed by a sum (bench/README.md).
     """
-    num_tokens = q.shape[2]
+    batch, heads, num_tokens, _ = q.shape
     output = torch.empty_like(q)
-    scores = torch.zeros(q.shape[:2] + (num_tokens,), dtype=torch.float32, device=q.device)
+    scores = torch.zeros((batch, heads, 1, num_tokens), dtype=torch.float32, device=q.device)
     k_t = k.transpose(-2, -1)
-    q = q * scale  # scaling the (N, Dh) queries, not each (chunk, N) block of logits: one pass less over them
+    q = q * scale  # scaling the (N, Dh) queries, not each (chunk, N) block of logits
     for start in range(0, num_tokens, query_chunk):
         stop = min(start + query_chunk, num_tokens)
-        attn = torch.softmax((q[:, :, start:stop] @ k_t).float(), dim=-1)
-        output[:, :, start:stop] = (attn.to(v.dtype) @ v)
+        weights = (q[:, :, start:stop] @ k_t).float()
+        weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()
+        inverse_sums = weights.sum(dim=-1, keepdim=True).reciprocal_()  # (B, H, chunk, 1)
+        output[:, :, start:stop] = (weights.to(v.dtype) @ v) * inverse_sums.to(v.dtype)
         if importance == "global":
-            scores += attn.sum(dim=2)
+            scores += inverse_sums.transpose(-2, -1) @ weights
         elif start == 0:
-            scores = attn[:, :, 0].clone()
+            scores = weights[:, :, :1] * inverse_sums[:, :, :1]
+    scores = scores.squeeze(2)
     if importance == "global":
         scores /= num_tokens
     return output, scores
@@ -67,7 +74,7 @@ class TokenSelectingLPM(nn.Module):
     """
 
     def __init__(
-        self, vit: nn.Module, layers: list[int], token_ratio: float, importance: Importance, query_chunk: int = 256
+        self, vit: nn.Module, layers: list[int], token_ratio: float, importance: Importance, query_chunk: int = 128
     ) -> None:
         super().__init__()
         depth = len(vit.blocks)
