@@ -8,6 +8,7 @@ is resumed from its unfinished shards; a complete one is reused without running 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,15 @@ from stages.lpm import LPMIdentity, build_lpm
 from stages.token_selection import TokenSelectingLPM, num_selected
 
 FPT_VERSION = "0.1.0"
+
+
+def decode_workers(setting: int | str, device: torch.device) -> int:
+    """extract.num_workers resolved: a number as given; auto is 0 on the CPU, cores - 1 (<= 8) on a GPU."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -222,7 +232,7 @@ def _extract_into(
     images = ExtractionImages(dataset.samples, indices, extract.input_size, extract.side_store_size,
                               metadata.normalization.mean, metadata.normalization.std)
     loader = DataLoader(
-        images, batch_size=extract.batch_size, shuffle=False, num_workers=extract.num_workers,
+        images, batch_size=extract.batch_size, shuffle=False, num_workers=decode_workers(extract.num_workers, device),
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     shard_of = {i: i // metadata.storage.shard_size for i in indices}

@@ -26,7 +26,7 @@ from pipeline.errors import UserError
 from stages.augment import eval_images
 from stages.datasets.layouts import is_image_file
 from stages.datasets.samples import Sample
-from stages.extract import ExtractionImages, resolve_device
+from stages.extract import ExtractionImages, decode_workers, resolve_device
 from stages.lpm import LPMIdentity, build_lpm
 from stages.token_selection import TokenSelectingLPM
 from stages.trained_run import Checkpoint, load_run_model, read_run, run_cache_metadata, run_config
@@ -118,7 +118,7 @@ def predict_images(
     images = ExtractionImages(samples, list(range(len(samples))), settings.input_size, settings.side_store_size,
                               norm.mean, norm.std)
     loader = DataLoader(images, batch_size=config.extract.batch_size, shuffle=False,
-                        num_workers=config.extract.num_workers)
+                        num_workers=decode_workers(config.extract.num_workers, device))
     results: list[Prediction] = []
     with _progress(show_progress) as progress, torch.inference_mode():
         task = progress.add_task("Predicting", total=len(files))

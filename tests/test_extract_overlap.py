@@ -34,3 +34,19 @@ def test_overlapped_writes_store_the_same_arrays_and_complete_every_shard(tmp_pa
         np.testing.assert_array_equal(a[name], b[name])
     assert np.abs(a["keys"].astype(np.float32)).sum() > 0  # every sample was written, none left at the fill value
     assert (np.abs(a["keys"].astype(np.float32)).reshape(count, -1).max(axis=1) > 0).all()
+
+
+def test_decode_workers_auto_is_none_on_cpu_and_some_on_a_gpu(monkeypatch) -> None:
+    import torch
+
+    from pipeline.config import load_config
+    from stages.extract import decode_workers
+
+    assert load_config(None, [], None).extract.num_workers == "auto"
+    assert load_config(None, ["extract.num_workers=3"], None).extract.num_workers == 3
+    assert decode_workers("auto", torch.device("cpu")) == 0
+    assert decode_workers(3, torch.device("cpu")) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert decode_workers("auto", torch.device("cuda")) == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert decode_workers("auto", torch.device("cuda")) == 1
