@@ -7,7 +7,7 @@ Over the same demo images in the same batch size, it times:
   extract   stages/extract.py's loop: DataLoader decode + TokenSelectingLPM + zarr shard writes
             (the LPM built beforehand, so one-time setup is reported apart)
 and the parts (decode alone, token selection alone, shard writes alone), plus the speed-ups:
-query_chunk sweep, channels-last input, decode workers 0 vs 2, overlapped shard writes on/off.
+query_chunk sweep, channels-last input, decode workers 0 vs 2 (default auto: 0 on CPU), overlapped shard writes on/off.
 With --autocast it runs the selection in bf16/fp16 and counts how many selected tokens differ
 from float32 on the same images (works on CPU with bf16, and on CUDA).
 """
@@ -165,7 +165,8 @@ def main() -> None:
     figures["selection_s"] = timed(default, batches, device, repeats)
     runs = {}
     for label, overrides in [("extract (defaults)", {}), ("extract, writes not overlapped", {"overlap_writes": False}),
-                             ("extract, decode in-process (0 workers)", {"num_workers": 0})]:
+                             ("extract, decode in-process (0 workers)", {"num_workers": 0}),
+                             ("extract, decode in 2 worker processes", {"num_workers": 2})]:
         run_config = config.model_copy(update={"extract": extract.model_copy(update=overrides)})
         runs[label] = time_extract(run_config, vit, lpm, repeats, sets)
     first = batches[:1]  # the selection-only comparisons run on one batch; ratios use the bare time of that batch

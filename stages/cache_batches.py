@@ -4,8 +4,8 @@ Training streams the split: shard order is shuffled every epoch and samples are 
 within a buffer of a few shards, so memory is bounded by the buffer, not the dataset.
 The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
 its scales): shards are read into it, batches are gathered from it and decoded to float32 one
-batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its front. `in_memory` loads the split once
-(as stored) and shuffles globally instead.
+batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
+front. `in_memory` loads the split once (as stored) and shuffles globally instead.
 """
 
 from __future__ import annotations
