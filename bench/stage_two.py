@@ -112,12 +112,11 @@ def run_variant(args: argparse.Namespace) -> dict:
     timed_steps, extrapolated = 0, False
     if args.variant == "a":
         from stages.augment import train_images
-        from stages.cache_batches import FeatureSlots, SplitBatches
+        from stages.cache_batches import SplitBatches
         from stages.train_side import ready_batches
 
         batches = SplitBatches(reader, "train", batch_size, shuffle=True, with_features=True, seed=config.train.seed,
-                               buffer_shards=config.train.shuffle_buffer_shards, in_memory=config.train.in_memory,
-                               slots=FeatureSlots(batch_size))
+                               buffer_shards=config.train.shuffle_buffer_shards, in_memory=config.train.in_memory)
         trainer = Trainer(config, metadata, len(batches), args.epochs)
         generator = torch.Generator().manual_seed(config.train.seed)
         norm = metadata.normalization

@@ -60,16 +60,13 @@ def decode(stored: np.ndarray, scales: np.ndarray | None, dtype: str) -> np.ndar
     raise ValueError(f"unknown storage dtype {dtype!r}")
 
 
-def decode_rows(stored: np.ndarray, scales: np.ndarray | None, rows: np.ndarray, dtype: str,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+def decode_rows(stored: np.ndarray, scales: np.ndarray | None, rows: np.ndarray, dtype: str) -> torch.Tensor:
     """Rows `rows` of stored features as one float32 tensor, gathered and converted in a single pass
-    (no float16 copy of the batch first): what stage two feeds the fusion modules. `out`, if given,
-    is filled instead of a new tensor (len(rows) x the sample shape, float32)."""
+    (no float16 copy of the batch first): what stage two feeds the fusion modules."""
     source = torch.from_numpy(stored)
     if dtype == "bfloat16":
         source = source.view(torch.bfloat16)  # the stored uint16 are bfloat16 bit patterns
-    if out is None:
-        out = torch.empty((len(rows), *stored.shape[1:]), dtype=torch.float32)
+    out = torch.empty((len(rows), *stored.shape[1:]), dtype=torch.float32)
     for position, row in enumerate(rows.tolist()):
         out[position].copy_(source[row])
     if dtype == "int8":

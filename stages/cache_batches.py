@@ -69,42 +69,14 @@ class _Rows:
         self.count = len(rows)
 
 
-class FeatureSlots:
-    """A few preallocated float32 (keys, values) batches, handed out in turn.
-
-    A fresh float32 batch per step (60 MB at ViT-B/512) cost about as much in page faults as
-    decoding into it. A slot is overwritten `count` batches after it was handed out, so a reader
-    must be done with a batch by then: the training loop holds one batch in its step, one ready
-    and one being read (train_side.ready_batches), hence 3. One set serves a pack's train, val
-    and test batches, which are never read at the same time.
-    """
-
-    def __init__(self, batch_size: int, count: int = 3) -> None:
-        self.batch_size = batch_size
-        self.count = count
-        self._slots: list[dict[str, torch.Tensor]] = []
-        self._turn = -1
-
-    def next(self, sample_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-        shape = (self.batch_size, *sample_shape)
-        if self._slots and tuple(self._slots[0]["keys"].shape) != shape:
-            self._slots = []  # another cache's shape: start over
-        while len(self._slots) < self.count:
-            self._slots.append({name: torch.empty(shape, dtype=torch.float32) for name in ("keys", "values")})
-        self._turn = (self._turn + 1) % self.count
-        return self._slots[self._turn]
-
-
 class SplitBatches:
     """Iterable over one split's batches; each iteration is one epoch."""
 
     def __init__(
         self, reader: CacheReader, split: str, batch_size: int, shuffle: bool, with_features: bool,
-        seed: int = 0, buffer_shards: int = 4, in_memory: bool = False, slots: FeatureSlots | None = None,
+        seed: int = 0, buffer_shards: int = 4, in_memory: bool = False,
     ) -> None:
-        """slots: decode keys/values into these reused float32 batches instead of new tensors."""
         self.reader = reader
-        self.slots = slots
         self.start, self.stop = reader.split_range(split)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -130,9 +102,7 @@ class SplitBatches:
         keys = values = None
         if self.with_features:
             dtype = self.reader.metadata.storage.dtype
-            slot = self.slots.next(rows.arrays["keys"].shape[1:]) if self.slots else None
-            keys, values = (decode_rows(rows.arrays[name], rows.arrays.get(scale_name(name)), selected, dtype,
-                                        out=None if slot is None else slot[name][: len(selected)])
+            keys, values = (decode_rows(rows.arrays[name], rows.arrays.get(scale_name(name)), selected, dtype)
                             for name in ("keys", "values"))
         return Batch(indices=arrays["indices"], side_images=arrays["side_images"], labels=arrays["labels"],
                      keys=keys, values=values)

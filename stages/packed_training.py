@@ -29,7 +29,7 @@ from cache.reader import CacheReader
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from stages.augment import train_images
-from stages.cache_batches import FeatureSlots, SplitBatches
+from stages.cache_batches import SplitBatches
 from stages.extract import resolve_device
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
@@ -164,7 +164,7 @@ class Pack:
         self.side_size = lead.side.input_size
         train = lead.train
         common = dict(with_features=lead.side.use_prompts, buffer_shards=train.shuffle_buffer_shards,
-                      in_memory=train.in_memory, slots=FeatureSlots(train.batch_size))
+                      in_memory=train.in_memory)
         self.train_batches = SplitBatches(self.reader, "train", train.batch_size, shuffle=True, seed=train.seed, **common)
         self.val_batches = SplitBatches(self.reader, "val", train.batch_size, shuffle=False, **common)
         self.test_batches = SplitBatches(self.reader, "test", train.batch_size, shuffle=False, **common)
