@@ -1,7 +1,8 @@
-"""Batches for stage two, read from the cache a shard at a time.
+"""Batches for stage two, streamed from the cache.
 
-Training streams the split: shard order is shuffled every epoch and samples are shuffled
-within a buffer of a few shards, so memory is bounded by the buffer, not the dataset.
+Training streams the split: every epoch its chunks (a few samples each) are read in a new
+random order into a buffer the size of a few shards, and samples are shuffled within it, so
+memory is bounded by the buffer, not the dataset. Evaluation reads a shard at a time in order.
 The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
 its scales): shards are read into it, batches are gathered from it and decoded to float32 one
 batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
@@ -29,9 +30,9 @@ class Batch:
     values: torch.Tensor | None
 
 
-def shard_blocks(reader: CacheReader, start: int, stop: int) -> list[tuple[int, int]]:
-    """[start, stop) cut at shard boundaries, so each block reads whole (or edge) shards."""
-    size = reader.metadata.storage.shard_size
+def aligned_blocks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) cut at multiples of `size` (shard or chunk boundaries), so each block reads
+    whole (or edge) shards or chunks."""
     blocks = []
     position = start
     while position < stop:
@@ -83,7 +84,14 @@ class SplitBatches:
         self.with_features = with_features
         self.rng = np.random.default_rng(seed)
         self.buffer_shards = buffer_shards
-        self.blocks = shard_blocks(reader, self.start, self.stop)
+        storage = reader.metadata.storage
+        self.blocks = aligned_blocks(self.start, self.stop, storage.shard_size)
+        # Shuffled reading goes by chunks (a few samples each) in random order: samples are stored
+        # sorted by id, which for class-per-folder data means by class, so a buffer of whole
+        # shards would hold a few long single-class runs; a buffer of the same size made of
+        # chunks drawn from the whole split mixes far better, at the same memory.
+        self.shuffle_blocks = aligned_blocks(self.start, self.stop, storage.chunk_size)
+        self.blocks_per_buffer = max(1, buffer_shards * storage.shard_size // storage.chunk_size)
         self._memory: _Rows | None = None
         if in_memory and self.blocks:
             self._memory = _Rows(reader, self.stop - self.start, with_features)
@@ -118,12 +126,12 @@ class SplitBatches:
             count = self._memory.count
             yield from self._batches(self._memory, self.rng.permutation(count) if self.shuffle else np.arange(count))
             return
-        blocks = list(self.blocks)
         if self.shuffle:
-            blocks = [blocks[i] for i in self.rng.permutation(len(blocks))]
-        group = self.buffer_shards if self.shuffle else 1
-        shard = self.reader.metadata.storage.shard_size
-        rows = _Rows(self.reader, group * shard + self.batch_size, self.with_features)
+            blocks = [self.shuffle_blocks[i] for i in self.rng.permutation(len(self.shuffle_blocks))]
+            group = self.blocks_per_buffer
+        else:
+            blocks, group = list(self.blocks), 1
+        rows = _Rows(self.reader, group * max(b - a for a, b in blocks) + self.batch_size, self.with_features)
         for begin in range(0, len(blocks), group):
             for a, b in blocks[begin : begin + group]:
                 rows.read(self.reader, a, b)

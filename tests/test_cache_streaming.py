@@ -89,3 +89,18 @@ def test_decode_rows_gathers_and_converts_like_decode(dtype: str) -> None:
     got = decode_rows(stored, scales, rows, dtype)
     assert got.dtype == torch.float32 and got.shape == (4, 2, 3, 5, 8)
     np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_a_shuffle_buffer_draws_chunks_from_across_the_split(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples are stored sorted (by class, for class-per-folder data): a buffer of whole shards
+    would hold a few long runs; the buffer is filled from chunks all over the split instead."""
+    reader = CacheReader(store)
+    reads: list[tuple[int, int]] = []
+    real_read = reader.read_stored_into
+    monkeypatch.setattr(reader, "read_stored_into", lambda a, b, rows: reads.append((a, b)) or real_read(a, b, rows))
+    batches = SplitBatches(reader, "train", batch_size=3, shuffle=True, with_features=False, seed=0, buffer_shards=2)
+    next(iter(batches))
+    first_fill = reads[: 2 * SHARD // 2]  # 2 shards of 4 samples = 4 chunks of 2
+    assert all(b - a <= 2 for a, b in first_fill)
+    shards_touched = {a // SHARD for a, _ in first_fill}
+    assert len(shards_touched) > 2  # more shards than the buffer could hold whole
