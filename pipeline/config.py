@@ -146,7 +146,10 @@ class TrainConfig(StrictModel):
     runs_root: Path = Path("outputs/runs")
     run_name: str | None = None
     in_memory: bool = Field(default=False, description="Load the whole cache split into RAM.")
-    shuffle_buffer_shards: int = Field(default=4, ge=1)
+    shuffle_buffer_shards: int = Field(
+        default=4, ge=1,
+        description="Training shuffles within a buffer of this many shards of samples, filled from chunks in random order.",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
