@@ -4,11 +4,11 @@
 
 The same side network (FPTPlus) is trained with the same optimizer step as `fpt train-side`
 (AdamW, half-cycle cosine per step, gradient clipping, cross-entropy) in three ways:
-  a  zarr cache: train-side's loop; SplitBatches streams shards of stored keys/values and side
-     images, the next batch read in a background thread while the step runs (stages/prefetch.py)
+  a  zarr cache: train-side's loop; SplitBatches streams chunks of stored keys/values and side
+     images (read ahead in a background thread only on a GPU: train.prefetch auto)
   b  the authors' preload layout: one float32 safetensors file per image with its keys/values,
      and the original full-resolution image decoded every step for the side input (a DataLoader
-     with --workers processes, 1 by default, so decoding overlaps the step like a's read);
+     with --workers processes, 1 by default: its decoding overlaps the step);
      with --original-size 2048 also on large JPEG originals, as real fundus photographs are
   c  no cache: the frozen LPM (TokenSelectingLPM) runs in every step on the decoded image
 Each variant runs in its own fresh process, so its peak RSS is its own. Variant a is also run
@@ -123,7 +123,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         samples = batches.num_samples
         for _ in range(args.epochs):
             began = time.perf_counter()
-            # train-side's loop: the next batch is read (and made float32) while this one trains
+            # train-side's loop (train.prefetch auto: no reading thread on the CPU)
             for ready in ready_batches(batches, torch.device("cpu")):
                 batch = ready.batch
                 images = train_images(batch.side_images, trainer.spec.side_input_size, config.train.augment,

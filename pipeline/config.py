@@ -146,6 +146,11 @@ class TrainConfig(StrictModel):
     runs_root: Path = Path("outputs/runs")
     run_name: str | None = None
     in_memory: bool = Field(default=False, description="Load the whole cache split into RAM.")
+    prefetch: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Read the next batch in a background thread while a step runs. auto: on a GPU only "
+                    "(on the CPU the thread competes with the step for the cores; bench/README.md).",
+    )
     shuffle_buffer_shards: int = Field(
         default=4, ge=1,
         description="Training shuffles within a buffer of this many shards of samples, filled from chunks in random order.",

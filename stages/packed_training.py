@@ -35,7 +35,7 @@ from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
 from stages.train_side import (
     EpochRecord, ReadyBatch, TrainResult, adamw, half_cycle_cosine, model_spec, optimization_step, predict_models,
-    ready_batches,
+    ready_batches, use_prefetch,
 )
 from stages.run_folder import (
     append_jsonl, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
@@ -161,6 +161,7 @@ class Pack:
         self.reader = CacheReader(self.path)
         self.metadata = self.reader.metadata
         self.device = resolve_device(lead.train.device)
+        self.prefetch = use_prefetch(lead.train.prefetch, self.device)
         self.side_size = lead.side.input_size
         train = lead.train
         common = dict(with_features=lead.side.use_prompts, buffer_shards=train.shuffle_buffer_shards,
@@ -276,11 +277,11 @@ class Pack:
         models = [t.model for t in trials]
         if self.isolate:
             try:
-                return predict_models(models, batches, self.metadata, self.side_size, self.device)
+                return predict_models(models, batches, self.metadata, self.side_size, self.device, self.prefetch)
             except Exception:  # find the failing model(s) one at a time
-                return [self._guard(t, lambda t=t: predict_models([t.model], batches, self.metadata,
-                                                                  self.side_size, self.device)[0]) for t in trials]
-        return predict_models(models, batches, self.metadata, self.side_size, self.device)
+                return [self._guard(t, lambda t=t: predict_models([t.model], batches, self.metadata, self.side_size,
+                                                                  self.device, self.prefetch)[0]) for t in trials]
+        return predict_models(models, batches, self.metadata, self.side_size, self.device, self.prefetch)
 
     def _shared_batch(self, ready: ReadyBatch, augment: Any) -> tuple:
         norm = self.metadata.normalization
@@ -300,7 +301,7 @@ class Pack:
             if not active:
                 break
             epoch_start = time.perf_counter()
-            for ready in ready_batches(self.train_batches, self.device):
+            for ready in ready_batches(self.train_batches, self.device, self.prefetch):
                 images, keys, values, labels = self._shared_batch(ready, augment)
                 for trial in active:
                     self._guard(trial, self._step, trial, images, keys, values, labels)
