@@ -83,7 +83,6 @@ class SplitBatches:
         self.shuffle = shuffle
         self.with_features = with_features
         self.rng = np.random.default_rng(seed)
-        self.buffer_shards = buffer_shards
         storage = reader.metadata.storage
         self.blocks = aligned_blocks(self.start, self.stop, storage.shard_size)
         # Shuffled reading goes by chunks (a few samples each) in random order: samples are stored
