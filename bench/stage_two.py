@@ -205,7 +205,7 @@ def write_preload_layout(cache: Path, config, folder: Path, original_size: int |
             image = folder / f"{ids[index].replace('/', '_')}.{original_format}"
             with Image.open(samples[index].path) as source:
                 large = source.convert("RGB").resize((original_size, original_size), Image.LANCZOS)
-            large.save(image, quality=95) if original_format == "jpg" else large.save(image)
+            large.save(image, **({"quality": 95} if original_format == "jpg" else {}))
         entries.append({"file": str(file), "image": str(image), "label": int(arrays["labels"][row])})
     (folder / "index.json").write_text(json.dumps(entries))
     return folder
