@@ -1,0 +1,190 @@
+"""K stage-two models of one architecture run as one, their parameters stacked on a leading axis.
+
+A pack (stages/packed_training.py) steps K models on the same batch. One by one, each model's
+step is some 500 small operations whose dispatch costs more than their arithmetic at demo size
+(bench/README.md). Stacked, every operation runs once for all K models on K times the data: the
+linear layers are batched matrix products, the shared side image is patch-embedded by one
+convolution with all K models' filters, and the K models' prompt queries attend to the shared
+cached keys in one product (K * M queries instead of M).
+
+The models stay ordinary `FPTPlus` modules for everything else (checkpoints, evaluation,
+optimisers, gradient clipping): each of their parameters is re-pointed at its slice of the
+stacked tensor, so an optimiser step on one model updates its slice of the stack in place, and
+the stack's gradient is handed back to the models slice by slice, without copies.
+
+The stacked forward computes the same function as `FPTPlus.forward` (tests/test_stacked_model.py
+compares them); the dropout of the fusion modules is applied with masks drawn by the caller, one
+per model from that model's own random stream, so a model's result does not depend on its pack.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.models.vision_transformer import Block
+
+from stages.fpt_model import FPTPlus, ModelSpec
+
+_BLOCK_PARAMETERS = {
+    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+    "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+}
+_BLOCK_IDENTITIES = ("attn.q_norm", "attn.k_norm", "attn.norm", "ls1", "ls2", "drop_path1", "drop_path2", "mlp.norm")
+
+
+def _is_plain_block(block: nn.Module) -> bool:
+    """A timm Block with exactly the pieces the stacked forward reproduces (pre-norm, GELU MLP, no extras)."""
+    if not isinstance(block, Block):
+        return False
+    names = {name for name, _ in block.named_parameters()}
+    if names != _BLOCK_PARAMETERS or getattr(block.attn, "gate", None) is not None:
+        return False
+    if any(not isinstance(block.get_submodule(name), nn.Identity) for name in _BLOCK_IDENTITIES):
+        return False
+    if not isinstance(block.mlp.act, nn.GELU) or block.mlp.act.approximate != "none":
+        return False
+    return block.attn.attn_drop.p == 0 and block.attn.proj_drop.p == 0 and block.mlp.drop1.p == 0 and block.mlp.drop2.p == 0
+
+
+def stackable(model: FPTPlus) -> bool:
+    """Whether `StackedModels` reproduces this model's forward (timm's plain ViT pieces only)."""
+    vit = model.side.vit
+    plain_vit = (
+        vit.cls_token is not None and vit.reg_token is None and vit.pos_embed is not None and not vit.no_embed_class
+        and not vit.dynamic_img_size and vit.global_pool == "token" and isinstance(vit.norm_pre, nn.Identity)
+        and isinstance(vit.fc_norm, nn.Identity) and isinstance(vit.patch_embed.norm, nn.Identity)
+        and vit.pos_drop.p == 0 and vit.head_drop.p == 0 and isinstance(vit.norm, nn.LayerNorm)
+    )
+    return plain_vit and all(_is_plain_block(block) for block in vit.blocks)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x (K, ..., in), weight (K, out, in), bias (K, out) -> (K, ..., out), one batched product."""
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    out = torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
+    return out.view(*x.shape[:-1], weight.shape[1])
+
+
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last axis with each model's own affine (weight, bias: (K, d))."""
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    return torch.addcmul(bias.view(shape), F.layer_norm(x, x.shape[-1:], eps=eps), weight.view(shape))
+
+
+class StackedModels:
+    """K `FPTPlus` models of one `ModelSpec` whose parameters live in stacked (K, ...) tensors."""
+
+    def __init__(self, models: list[FPTPlus]) -> None:
+        if not models:
+            raise ValueError("nothing to stack")
+        spec = models[0].spec
+        if any(m.spec != spec for m in models) or not all(stackable(m) for m in models):
+            raise ValueError("only models of one architecture built from timm's plain ViT pieces can be stacked")
+        self.models = models
+        self.spec: ModelSpec = spec
+        lead = models[0]
+        self.side_eps = lead.side.vit.norm.eps
+        self.block_eps = [(b.norm1.eps, b.norm2.eps) for b in lead.side.vit.blocks]
+        fusion = lead.fusion
+        self.fusion_eps = fusion.norm.eps if fusion is not None and isinstance(fusion.norm, nn.LayerNorm) else None
+        self.fusion_dropout = fusion.dropout.p if fusion is not None else 0.0
+        self.stack: dict[str, torch.Tensor] = {}
+        per_model = [dict(m.named_parameters()) for m in models]
+        for name in per_model[0]:
+            stacked = torch.stack([params[name].detach() for params in per_model])
+            for k, params in enumerate(per_model):
+                params[name].data = stacked[k]
+            self.stack[name] = stacked
+        self._per_model = per_model
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def leaves(self) -> dict[str, torch.Tensor]:
+        """Fresh autograd leaves over the stacked storage, for one forward and backward."""
+        return {name: tensor.detach().requires_grad_(True) for name, tensor in self.stack.items()}
+
+    def hand_back_gradients(self, leaves: dict[str, torch.Tensor]) -> None:
+        """Give each model its slice of the stacked gradients (views, no copies)."""
+        for name, leaf in leaves.items():
+            grad = leaf.grad
+            for k, params in enumerate(self._per_model):
+                params[name].grad = None if grad is None else grad[k]
+
+    def dropout_mask_shape(self, batch_size: int) -> tuple[int, ...]:
+        """Shape of one model's fusion dropout mask: (B, L, M, d)."""
+        spec = self.spec
+        return (batch_size, spec.num_layers, spec.num_prompts, spec.side_width)
+
+    # -- the forward ---------------------------------------------------------------------------
+    def forward(self, params: dict[str, torch.Tensor], images: torch.Tensor, keys: torch.Tensor | None,
+                values: torch.Tensor | None, dropout_masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (K, B, classes) of all K models on one batch.
+
+        images (B, 3, s, s), keys/values (B, L, H, n, Dh) or None; dropout_masks (K, B, L, M, d)
+        already scaled by 1 / (1 - p), or None for no dropout (evaluation).
+        """
+        prompts = None
+        if self.spec.use_prompts:
+            assert keys is not None and values is not None
+            prompts = self._fusion(params, keys, values)
+            if dropout_masks is not None:
+                prompts = prompts * dropout_masks
+        return self._side(params, images, prompts)
+
+    def _fusion(self, params: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Fine-grained prompts (K, B, L, M, d); the K models' queries share one product with the keys."""
+        spec, K = self.spec, len(self)
+        raw = params["fusion.prompts"]  # (K, L, M, Dp)
+        layers, prompts = raw.shape[1], raw.shape[2]
+        heads, head_dim = spec.num_heads, spec.lpm_dim // spec.num_heads
+        queries = raw
+        if self.fusion_eps is not None:
+            queries = _layer_norm(queries, params["fusion.norm.weight"], params["fusion.norm.bias"], self.fusion_eps)
+        if spec.prompt_projection:
+            queries = _linear(queries, params["fusion.projection.weight"], params["fusion.projection.bias"])
+        # (K, L, M, H, Dh) -> (L, H, K*M, Dh): every model's queries in one matrix per layer and head
+        queries = queries.view(K, layers, prompts, heads, head_dim).permute(1, 3, 0, 2, 4)
+        queries = queries.reshape(layers, heads, K * prompts, head_dim) / math.sqrt(head_dim)
+        batch = keys.shape[0]
+        logits = torch.matmul(queries.expand(batch, *queries.shape), keys.transpose(-1, -2))
+        context = torch.matmul(logits.softmax(dim=-1), values)  # (B, L, H, K*M, Dh)
+        context = context.view(batch, layers, heads, K, prompts, head_dim).permute(3, 0, 1, 4, 2, 5)
+        context = context.reshape(K, batch, layers, prompts, heads * head_dim)
+        weight, bias = params["fusion.output.weight"], params["fusion.output.bias"]
+        if spec.prompt_width == spec.lpm_dim:
+            return _linear(context + raw.unsqueeze(1), weight, bias)
+        return _linear(context, weight, bias) + raw.unsqueeze(1)
+
+    def _side(self, params: dict[str, torch.Tensor], images: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+        K, width, heads = len(self), self.spec.side_width, self.spec.num_heads
+        batch = images.shape[0]
+        p = "side.vit."
+        filters = params[p + "patch_embed.proj.weight"]  # (K, d, 3, P, P)
+        patches = F.conv2d(images, filters.flatten(0, 1), params[p + "patch_embed.proj.bias"].flatten(),
+                           stride=self.spec.patch_size)  # (B, K*d, g, g)
+        x = patches.view(batch, K, width, -1).permute(1, 0, 3, 2)  # (K, B, g*g, d)
+        cls = params[p + "cls_token"].expand(K, batch, 1, width)
+        x = torch.cat([cls, x], dim=2) + params[p + "pos_embed"]  # pos_embed (K, 1, T, d)
+        tokens = x.shape[2]
+        for index, (eps1, eps2) in enumerate(self.block_eps):
+            b = f"{p}blocks.{index}."
+            if prompts is not None:
+                x = torch.cat([x, prompts[:, :, index]], dim=2)
+            length = x.shape[2]
+            h = _layer_norm(x, params[b + "norm1.weight"], params[b + "norm1.bias"], eps1)
+            qkv = _linear(h, params[b + "attn.qkv.weight"], params[b + "attn.qkv.bias"])
+            qkv = qkv.view(K * batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(K, batch, length, width)
+            x = x + _linear(attended, params[b + "attn.proj.weight"], params[b + "attn.proj.bias"])
+            h = _layer_norm(x, params[b + "norm2.weight"], params[b + "norm2.bias"], eps2)
+            h = F.gelu(_linear(h, params[b + "mlp.fc1.weight"], params[b + "mlp.fc1.bias"]))
+            x = x + _linear(h, params[b + "mlp.fc2.weight"], params[b + "mlp.fc2.bias"])
+            if prompts is not None:
+                x = x[:, :, :tokens]
+        x = _layer_norm(x, params[p + "norm.weight"], params[p + "norm.bias"], self.side_eps)
+        return _linear(x[:, :, 0], params[p + "head.weight"], params[p + "head.bias"])

@@ -1,0 +1,153 @@
+"""Stacked models compute what each FPTPlus module computes alone, and train each model on its own.
+
+The reference is the plain module (timm's VisionTransformer with the fusion module), run one
+model at a time; the stacked forward is a separate implementation of the same function.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from timm.layers import LayerScale
+
+from pipeline.config import TrainConfig
+from stages.fpt_model import FPTPlus, ModelSpec
+from stages.rng_stream import RngStream
+from stages.stacked_model import StackedModels, stackable
+from stages.stacked_step import StepMember, dropout_masks, step_together
+from stages.train_side import adamw, half_cycle_cosine, optimization_step
+
+FPT_PLUS = dict(num_classes=3, lpm_dim=48, num_heads=3, patch_size=8, num_layers=2, side_input_size=32)
+SPECS = {
+    "fpt+": ModelSpec(**FPT_PLUS),
+    "fpt": ModelSpec(**FPT_PLUS, prompt_reduction=8, prompt_norm=False, prompt_projection=True),
+    "side-only": ModelSpec(**FPT_PLUS, use_prompts=False),
+}
+
+
+def models_of(spec: ModelSpec, count: int) -> list[FPTPlus]:
+    models = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        model = FPTPlus(spec)
+        with torch.no_grad():  # prompts start at 1e-6: make them matter
+            for name, parameter in model.named_parameters():
+                if "prompts" in name or "cls_token" in name:
+                    parameter.normal_()
+        models.append(model)
+    return models
+
+
+def batch(spec: ModelSpec, size: int = 4) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(7)
+    head_dim = spec.lpm_dim // spec.num_heads
+    images = torch.randn(size, 3, spec.side_input_size, spec.side_input_size, generator=generator)
+    keys = torch.randn(size, spec.num_layers, spec.num_heads, 6, head_dim, generator=generator)
+    values = torch.randn(size, spec.num_layers, spec.num_heads, 6, head_dim, generator=generator)
+    labels = torch.randint(0, spec.num_classes, (size,), generator=generator)
+    return images, keys, values, labels
+
+
+class GivenMask(nn.Module):
+    """Stands in for the fusion's dropout so the module applies the mask the stack was given."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_stacked_forward_and_gradients_equal_each_module(name: str) -> None:
+    spec = SPECS[name]
+    models = models_of(spec, 3)
+    images, keys, values, labels = batch(spec)
+    stack = StackedModels(models)
+    streams = [RngStream(seed, torch.device("cpu")) for seed in range(3)]
+    masks = dropout_masks(stack, streams, len(labels), torch.device("cpu"))
+    assert (masks is None) == (name == "side-only")
+
+    leaves = stack.leaves()
+    logits = stack.forward(leaves, images, keys, values, masks)
+    sum(nn.functional.cross_entropy(logits[k], labels) for k in range(3)).backward()
+    stack.hand_back_gradients(leaves)
+    stacked_grads = [{n: p.grad.clone() for n, p in m.named_parameters()} for m in models]
+
+    for k, model in enumerate(models):
+        model.zero_grad()
+        if masks is not None:
+            model.fusion.dropout = GivenMask(masks[k])
+        reference = model(images, keys, values)
+        nn.functional.cross_entropy(reference, labels).backward()
+        torch.testing.assert_close(logits[k].detach(), reference.detach(), rtol=1e-5, atol=1e-5)
+        for parameter_name, parameter in model.named_parameters():
+            torch.testing.assert_close(stacked_grads[k][parameter_name], parameter.grad, rtol=1e-4, atol=1e-6,
+                                       msg=f"gradient of {parameter_name}, model {k}")
+
+
+def test_dropout_masks_come_from_each_models_own_stream() -> None:
+    spec = SPECS["fpt+"]
+    stack = StackedModels(models_of(spec, 2))
+    masks = dropout_masks(stack, [RngStream(5, torch.device("cpu")), RngStream(9, torch.device("cpu"))], 4,
+                          torch.device("cpu"))
+    alone = dropout_masks(StackedModels(models_of(spec, 1)), [RngStream(9, torch.device("cpu"))], 4,
+                          torch.device("cpu"))
+    assert torch.equal(masks[1], alone[0]) and not torch.equal(masks[0], masks[1])
+    # inverted dropout: kept outputs are scaled by 1 / (1 - p), p = 0.5
+    assert set(masks.unique().tolist()) == {0.0, 2.0}
+    assert 0.4 < (masks == 0).float().mean().item() < 0.6
+
+
+def test_the_models_parameters_are_their_slices_of_the_stack() -> None:
+    models = models_of(SPECS["fpt+"], 3)
+    before = [m.state_dict()["fusion.output.weight"].clone() for m in models]
+    stack = StackedModels(models)
+    for k, model in enumerate(models):
+        assert torch.equal(stack.stack["fusion.output.weight"][k], before[k])
+    with torch.no_grad():
+        models[1].fusion.output.weight.add_(1.0)  # what an optimiser step does
+    assert torch.equal(stack.stack["fusion.output.weight"][1], before[1] + 1)
+    assert torch.equal(stack.stack["fusion.output.weight"][0], before[0])
+    models[2].load_state_dict(models[0].state_dict())  # what loading the best checkpoint does
+    assert torch.equal(stack.stack["fusion.output.weight"][2], before[0])
+
+
+def test_a_stacked_step_is_each_models_own_recipe_step() -> None:
+    """Each model's lr, weight decay and clipping; against train-side's module-by-module step."""
+    spec = SPECS["fpt+"]
+    settings = [TrainConfig(lr=1e-2, grad_clip=0.1), TrainConfig(lr=3e-3, weight_decay=0.0, grad_clip=1.0)]
+    stacked_models, reference_models = models_of(spec, 2), models_of(spec, 2)
+    images, keys, values, labels = batch(spec)
+
+    def pieces(model: FPTPlus, train: TrainConfig):
+        optimizer = adamw(model, train, train.lr)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, half_cycle_cosine(4))
+
+    members = [StepMember(m, *pieces(m, t), RngStream(k, torch.device("cpu")), t.grad_clip)
+               for k, (m, t) in enumerate(zip(stacked_models, settings))]
+    references = [pieces(m, t) for m, t in zip(reference_models, settings)]
+    stack = StackedModels(stacked_models)
+    reference_streams = [RngStream(k, torch.device("cpu")) for k in range(2)]  # the same seeds as the members'
+    for _ in range(3):
+        losses = step_together(stack, members, images, keys, values, labels)
+        for k, (model, (optimizer, scheduler)) in enumerate(zip(reference_models, references)):
+            mask = dropout_masks(stack, [reference_streams[k]], len(labels), torch.device("cpu"))[0]
+            model.fusion.dropout = GivenMask(mask)
+            loss = optimization_step(model, optimizer, scheduler, images, keys, values, labels, settings[k].grad_clip)
+            torch.testing.assert_close(losses[k], loss.detach(), rtol=1e-5, atol=1e-6)
+    for stacked, reference in zip(stacked_models, reference_models):
+        for (name, a), b in zip(stacked.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.equal(stacked_models[0].fusion.prompts, reference_models[1].fusion.prompts)
+
+
+def test_a_model_with_pieces_the_stack_does_not_know_is_not_stackable() -> None:
+    model = models_of(SPECS["fpt+"], 1)[0]
+    assert stackable(model)
+    model.side.vit.blocks[1].ls1 = LayerScale(model.spec.side_width, 0.1)
+    assert not stackable(model)
+    with pytest.raises(ValueError, match="plain ViT"):
+        StackedModels([model])
