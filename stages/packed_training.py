@@ -33,45 +33,16 @@ from stages.cache_batches import SplitBatches
 from stages.extract import resolve_device
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
+from stages.rng_stream import RngStream
+from stages.stacked_model import StackedModels, stackable
+from stages.stacked_step import StepMember, member_update, stacked_losses
 from stages.train_side import (
-    EpochRecord, ReadyBatch, TrainResult, adamw, half_cycle_cosine, model_spec, optimization_step, predict_models,
-    ready_batches, use_prefetch,
+    EpochRecord, ReadyBatch, TrainResult, adamw, half_cycle_cosine, model_spec, optimization_step, predict_many,
+    predict_models, ready_batches, use_prefetch,
 )
 from stages.run_folder import (
     append_jsonl, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
 )
-
-
-class RngStream:
-    """A private torch random stream (CPU, and the CUDA device if used), entered with `with`."""
-
-    def __init__(self, seed: int, device: torch.device) -> None:
-        self.device = device
-        outer = self._get()
-        torch.manual_seed(seed)
-        self.state = self._get()
-        self._set(outer)
-        self._outer: tuple | None = None
-
-    def _get(self) -> tuple:
-        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        return torch.get_rng_state(), cuda
-
-    def _set(self, state: tuple) -> None:
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state(state[1], self.device)
-
-    def __enter__(self) -> "RngStream":
-        self._outer = self._get()
-        self._set(self.state)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.state = self._get()
-        assert self._outer is not None
-        self._set(self._outer)
-        self._outer = None
 
 
 def pack_key(config: PipelineConfig) -> str:
@@ -114,6 +85,20 @@ class PackedTrial:
     @property
     def epochs(self) -> int:
         return self.config.train.epochs
+
+
+@dataclass
+class StackGroup:
+    """Trials of one architecture stepped together; `stack` is None for a model trained on its own
+    because the stacked forward cannot reproduce it (see `stackable`)."""
+
+    trials: list[PackedTrial]
+    stack: StackedModels | None
+
+
+def _member(trial: PackedTrial) -> StepMember:
+    assert trial.model is not None and trial.optimizer is not None and trial.stream is not None
+    return StepMember(trial.model, trial.optimizer, trial.scheduler, trial.stream, trial.config.train.grad_clip)
 
 
 class TrialOutcome:
@@ -172,6 +157,8 @@ class Pack:
         self.augment_stream = RngStream(train.seed, self.device)
         self.generator = torch.Generator().manual_seed(train.seed)
         self.trials = [PackedTrial(config=c, run_dir=(run_dirs[i] if run_dirs else None)) for i, c in enumerate(configs)]
+        self._groups: list[StackGroup] = []
+        self._grouped: list[int] = []
         for trial in self.trials:
             self._guard(trial, self._prepare, trial)
 
@@ -220,16 +207,76 @@ class Pack:
             "learnable_params": trial.learnable, "lr": lr,
         })
 
-    def _step(self, trial: PackedTrial, images: torch.Tensor, keys: torch.Tensor | None, values: torch.Tensor | None,
-              labels: torch.Tensor) -> None:
+    def _step_unstacked(self, trial: PackedTrial, images: torch.Tensor, keys: torch.Tensor | None,
+                        values: torch.Tensor | None, labels: torch.Tensor) -> None:
+        """The module's own forward, for a model the stacked forward cannot reproduce."""
         assert trial.model is not None and trial.optimizer is not None and trial.stream is not None
         with trial.stream:
             if not trial.model.training:  # after an evaluation; train() walks every module
                 trial.model.train()
             loss = optimization_step(trial.model, trial.optimizer, trial.scheduler, images, keys, values, labels,
                                      trial.config.train.grad_clip)
-        trial.loss_sum += loss.item() * len(labels)
-        trial.seen += len(labels)
+        self._count(trial, loss.item(), len(labels))
+
+    def _update(self, trial: PackedTrial, loss: float, count: int) -> None:
+        member_update(_member(trial))
+        self._count(trial, loss, count)
+
+    @staticmethod
+    def _count(trial: PackedTrial, loss: float, count: int) -> None:
+        trial.loss_sum += loss * count
+        trial.seen += count
+
+    def _step_alone(self, group: StackGroup, images: torch.Tensor, keys: torch.Tensor | None,
+                    values: torch.Tensor | None, labels: torch.Tensor) -> None:
+        (trial,) = group.trials
+        if group.stack is None:
+            self._step_unstacked(trial, images, keys, values, labels)
+            return
+        (loss,) = stacked_losses(group.stack, [_member(trial).stream], images, keys, values, labels).tolist()
+        self._update(trial, loss, len(labels))
+
+    # -- stacking ------------------------------------------------------------------------------
+    def _stack_groups(self, trials: list[PackedTrial]) -> list[StackGroup]:
+        """The trials grouped by architecture, each group's parameters stacked; rebuilt when the
+        trials in training change (a trial finished its epochs or failed)."""
+        if [id(t) for t in trials] != self._grouped:
+            by_spec: dict[str, list[PackedTrial]] = {}
+            alone: list[StackGroup] = []
+            for trial in trials:
+                assert trial.model is not None and trial.spec is not None
+                if stackable(trial.model):
+                    by_spec.setdefault(trial.spec.model_dump_json(), []).append(trial)
+                else:
+                    alone.append(StackGroup([trial], None))
+            self._groups = [StackGroup(g, StackedModels([t.model for t in g])) for g in by_spec.values()] + alone
+            self._grouped = [id(t) for t in trials]
+        return self._groups
+
+    def _split(self, group: StackGroup) -> list[StackGroup]:
+        """Stack each trial of a failing group on its own, so the failure can be pinned on its trial."""
+        singles = [StackGroup([t], StackedModels([t.model])) for t in group.trials if t.ok and t.model is not None]
+        position = self._groups.index(group)
+        self._groups[position:position + 1] = singles
+        return singles
+
+    def _train_step(self, group: StackGroup, images: torch.Tensor, keys: torch.Tensor | None,
+                    values: torch.Tensor | None, labels: torch.Tensor) -> None:
+        if len(group.trials) == 1:
+            self._guard(group.trials[0], self._step_alone, group, images, keys, values, labels)
+            return
+        if not any(t.ok for t in group.trials):
+            return
+        try:
+            losses = stacked_losses(group.stack, [_member(t).stream for t in group.trials], images, keys, values, labels)
+        except Exception:
+            if not self.isolate:
+                raise
+            for single in self._split(group):
+                self._train_step(single, images, keys, values, labels)
+            return
+        for trial, loss in zip(group.trials, losses.tolist()):
+            self._guard(trial, self._update, trial, loss, len(labels))
 
     def _end_epoch(self, trial: PackedTrial, epoch: int, seconds: float,
                    prediction: tuple[np.ndarray, np.ndarray, np.ndarray, float]) -> None:
@@ -274,14 +321,36 @@ class Pack:
 
     # -- the shared loop ---------------------------------------------------------------------
     def _evaluate(self, trials: list[PackedTrial], batches: SplitBatches) -> list[tuple]:
-        models = [t.model for t in trials]
+        """Predictions of the split for each trial, in the order given, on one read of it."""
+        if not trials:
+            return []
+        groups = self._stack_groups(trials)
+        order = [t for g in groups for t in g.trials]
+
+        def logits_of(images: torch.Tensor, keys: torch.Tensor | None, values: torch.Tensor | None) -> torch.Tensor:
+            out = []
+            for group in groups:
+                if group.stack is None:
+                    model = group.trials[0].model
+                    model.eval()
+                    out.append(model(images, keys, values).unsqueeze(0))
+                else:
+                    out.append(group.stack.forward(group.stack.stack, images, keys, values))
+            return torch.cat(out)
+
+        def predict() -> list[tuple]:
+            found = predict_many(logits_of, len(order), batches, self.metadata, self.side_size, self.device,
+                                 self.prefetch)
+            by_trial = {id(t): p for t, p in zip(order, found)}
+            return [by_trial[id(t)] for t in trials]
+
         if self.isolate:
             try:
-                return predict_models(models, batches, self.metadata, self.side_size, self.device, self.prefetch)
+                return predict()
             except Exception:  # find the failing model(s) one at a time
                 return [self._guard(t, lambda t=t: predict_models([t.model], batches, self.metadata, self.side_size,
                                                                   self.device, self.prefetch)[0]) for t in trials]
-        return predict_models(models, batches, self.metadata, self.side_size, self.device, self.prefetch)
+        return predict()
 
     def _shared_batch(self, ready: ReadyBatch, augment: Any) -> tuple:
         norm = self.metadata.normalization
@@ -303,8 +372,8 @@ class Pack:
             epoch_start = time.perf_counter()
             for ready in ready_batches(self.train_batches, self.device, self.prefetch):
                 images, keys, values, labels = self._shared_batch(ready, augment)
-                for trial in active:
-                    self._guard(trial, self._step, trial, images, keys, values, labels)
+                for group in self._stack_groups(active):
+                    self._train_step(group, images, keys, values, labels)
                 if progress is not None:
                     losses = [t.loss_sum / t.seen for t in active if t.ok and t.seen]
                     status = f"epoch {epoch} loss {losses[0]:.4f}" if len(active) == 1 and losses else f"epoch {epoch}"
@@ -319,15 +388,23 @@ class Pack:
         if progress is not None and task is not None:
             progress.update(task, completed=max_epochs * len(self.train_batches))
         self._sample_ids = self.reader.sample_ids()
-        for which in ("last", "best"):
-            finishing = [t for t in self.trials if t.ok]
-            if which == "best":
-                for trial in finishing:
-                    self._guard(trial, self._load_best, trial)
-                finishing = [t for t in finishing if t.ok]
-            for trial, prediction in zip(finishing, self._evaluate(finishing, self.test_batches)):
-                if prediction is not None:
-                    self._guard(trial, self._record_test, trial, which, prediction)
+        last: dict[int, tuple] = {}
+        finishing = [t for t in self.trials if t.ok]
+        for trial, prediction in zip(finishing, self._evaluate(finishing, self.test_batches)):
+            if prediction is not None:
+                last[id(trial)] = prediction
+                self._guard(trial, self._record_test, trial, "last", prediction)
+        # a trial whose best epoch is its last has one model: its test predictions are already made
+        for trial in finishing:
+            if trial.ok and trial.best_epoch == trial.epochs and id(trial) in last:
+                self._guard(trial, self._record_test, trial, "best", last[id(trial)])
+        finishing = [t for t in finishing if t.ok and "best" not in t.tests]
+        for trial in finishing:
+            self._guard(trial, self._load_best, trial)
+        finishing = [t for t in finishing if t.ok]
+        for trial, prediction in zip(finishing, self._evaluate(finishing, self.test_batches)):
+            if prediction is not None:
+                self._guard(trial, self._record_test, trial, "best", prediction)
         outcomes = []
         for trial in self.trials:
             result = self._guard(trial, self._finish, trial)

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages.packed_training import pack_key, train_pack
+from stages.stacked_model import StackedModels
 from stages.train_side import train_side
 from sweep_support import build_tiny_cache, tiny_config
 
@@ -32,8 +33,9 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
     settings = [
-        ["train.lr=0.002", "side.num_prompts=4"],
+        ["train.lr=0.002", "side.num_prompts=4"],  # an architecture of its own: stacked alone
         ["train.lr=0.0005", "train.weight_decay=0.01", "train.epochs=1"],  # stops an epoch earlier
+        ["train.lr=0.001", "train.grad_clip=0.5"],  # stacked with the one above for its first epoch
     ]
     alone = [train_side(tiny_config(tiny_root, s + [f"train.run_name=alone{i}"]), show_progress=False)
              for i, s in enumerate(settings)]
@@ -41,7 +43,7 @@ def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, monkeypa
     # where the batches are read must not change a single weight
     configs = [tiny_config(tiny_root, s + [f"train.run_name=packed{i}", "train.prefetch=true"])
                for i, s in enumerate(settings)]
-    assert pack_key(configs[0]) == pack_key(configs[1])
+    assert pack_key(configs[0]) == pack_key(configs[1]) == pack_key(configs[2])
 
     reads = []
     import cache.reader
@@ -49,8 +51,17 @@ def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, monkeypa
     original = cache.reader.CacheReader.read_stored_into
     monkeypatch.setattr(cache.reader.CacheReader, "read_stored_into",
                         lambda self, a, b, rows: reads.append((a, b)) or original(self, a, b, rows))
+    import stages.packed_training
+
+    stacked_sizes = []
+    monkeypatch.setattr(stages.packed_training, "StackedModels",
+                        lambda models: stacked_sizes.append(len(models)) or StackedModels(models))
     outcomes = train_pack(configs, isolate_failures=False)
     monkeypatch.undo()
+    # training epoch 1: the trial of its own architecture, then the two that share one; epoch 2: the two
+    # left, each alone; then the test split for all three last models (the best models' re-evaluation,
+    # for trials whose best epoch was not their last, follows)
+    assert stacked_sizes[:6] == [1, 2, 1, 1, 1, 2]
 
     for single, outcome in zip(alone, outcomes):
         packed = outcome.result
@@ -66,8 +77,8 @@ def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, monkeypa
         assert [(e["train_loss"], e["val"]) for e in epochs_alone] == [(e["train_loss"], e["val"]) for e in epochs_packed]
         for name in ("predictions_test_best.csv", "predictions_test_last.csv", "config.yaml", "final_metrics.json"):
             assert (packed.run_dir / name).is_file()
-    # the two models differ (different settings), so equality above is not trivial
-    assert not _same_weights(_checkpoint(alone[0].run_dir, "last"), _checkpoint(alone[1].run_dir, "last"))
+    # the models differ (different settings), so equality above is not trivial
+    assert not _same_weights(_checkpoint(alone[1].run_dir, "last"), _checkpoint(alone[2].run_dir, "last"))
 
     # the train split (12 samples) is read once per epoch for the pack, not once per trial
     meta = cache.reader.read_metadata(alone[0].cache)
@@ -82,3 +93,39 @@ def test_a_failing_trial_does_not_stop_its_pack(tiny_root: Path) -> None:
     outcomes = train_pack([bad, good])
     assert outcomes[0].result is None and "side.reduction 5" in outcomes[0].error
     assert outcomes[1].error is None and (outcomes[1].result.run_dir / "final_metrics.json").is_file()
+
+
+def test_a_stack_that_fails_is_split_so_its_trials_go_on_alone(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """E.g. out of memory for 16 stacked models: each trial then trains on its own stack of one."""
+    import stages.packed_training
+
+    original = stages.packed_training.stacked_losses
+
+    def fails_when_stacked(stack, *args, **kwargs):
+        if len(stack) > 1:
+            raise RuntimeError("out of memory (simulated)")
+        return original(stack, *args, **kwargs)
+
+    monkeypatch.setattr(stages.packed_training, "stacked_losses", fails_when_stacked)
+    configs = [tiny_config(tiny_root, [f"train.run_name=split{i}", "train.epochs=1", f"train.lr={lr}"])
+               for i, lr in enumerate((0.001, 0.002))]
+    outcomes = train_pack(configs)
+    assert all(o.error is None and o.result is not None for o in outcomes)
+    with pytest.raises(RuntimeError, match="simulated"):  # without isolation (train-side), the error stops it
+        train_pack(configs, isolate_failures=False)
+
+
+def test_a_model_the_stack_cannot_reproduce_trains_through_its_own_forward(
+        tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stages.packed_training
+
+    monkeypatch.setattr(stages.packed_training, "stackable", lambda model: False)
+    monkeypatch.setattr(stages.packed_training, "StackedModels", None)  # must not be used
+    settings = [["train.lr=0.002"], ["train.lr=0.0005"]]
+    alone = [train_side(tiny_config(tiny_root, s + [f"train.run_name=unstacked-alone{i}", "train.epochs=1"]),
+                        show_progress=False) for i, s in enumerate(settings)]
+    outcomes = train_pack([tiny_config(tiny_root, s + [f"train.run_name=unstacked-packed{i}", "train.epochs=1"])
+                           for i, s in enumerate(settings)], isolate_failures=False)
+    for single, outcome in zip(alone, outcomes):
+        assert _same_weights(_checkpoint(single.run_dir, "last"), _checkpoint(outcome.result.run_dir, "last"))
+        assert outcome.result.test_last == single.test_last
