@@ -9,7 +9,7 @@ the best and of the final model are reported.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,29 +122,42 @@ def ready_batches(batches: SplitBatches, device: torch.device, prefetch: bool | 
     return (ready(batch) for batch in batches)
 
 
+BatchLogits = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+
+
 @torch.no_grad()
-def predict_models(models: list[torch.nn.Module], batches: SplitBatches, metadata: CacheMetadata, side_size: int,
-                   device: torch.device, prefetch: bool | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-    """(sample indices, labels, probabilities, mean loss) of a split for each model, in cache order, one read of it."""
-    for model in models:
-        model.eval()
+def predict_many(logits_of: BatchLogits, count: int, batches: SplitBatches, metadata: CacheMetadata, side_size: int,
+                 device: torch.device, prefetch: bool | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """(sample indices, labels, probabilities, mean loss) of a split for each of `count` models, in
+    cache order, on one read of it; `logits_of(images, keys, values)` gives their logits (count, B, C)."""
     norm = metadata.normalization
     indices, labels = [], []
-    probabilities: list[list[np.ndarray]] = [[] for _ in models]
-    losses = [0.0 for _ in models]
+    probabilities: list[list[np.ndarray]] = [[] for _ in range(count)]
+    losses = [0.0] * count
     for ready in ready_batches(batches, device, prefetch):
-        batch, keys, values = ready.batch, ready.keys, ready.values
+        batch = ready.batch
         images = eval_images(batch.side_images, side_size, norm.mean, norm.std).to(device)
         target = torch.from_numpy(batch.labels).to(device)
-        for k, model in enumerate(models):
-            logits = model(images, keys, values)
-            losses[k] += F.cross_entropy(logits, target, reduction="sum").item()
-            probabilities[k].append(logits.float().softmax(-1).cpu().numpy())
+        logits = logits_of(images, ready.keys, ready.values).float()
+        batch_losses = F.cross_entropy(logits.flatten(0, 1), target.repeat(count), reduction="none")
+        for k, loss in enumerate(batch_losses.view(count, -1).sum(dim=1).tolist()):
+            losses[k] += loss
+        for k, batch_probabilities in enumerate(logits.softmax(-1).cpu().numpy()):
+            probabilities[k].append(batch_probabilities)
         labels.append(batch.labels)
         indices.append(batch.indices)
-    count = max(sum(len(x) for x in labels), 1)
+    total = max(sum(len(x) for x in labels), 1)
     all_indices, all_labels = np.concatenate(indices), np.concatenate(labels)
-    return [(all_indices, all_labels, np.concatenate(probabilities[k]), losses[k] / count) for k in range(len(models))]
+    return [(all_indices, all_labels, np.concatenate(probabilities[k]), losses[k] / total) for k in range(count)]
+
+
+def predict_models(models: list[torch.nn.Module], batches: SplitBatches, metadata: CacheMetadata, side_size: int,
+                   device: torch.device, prefetch: bool | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """`predict_many` for modules, each run on its own."""
+    for model in models:
+        model.eval()
+    return predict_many(lambda images, keys, values: torch.stack([m(images, keys, values) for m in models]),
+                        len(models), batches, metadata, side_size, device, prefetch)
 
 
 def predict_split(model: FPTPlus, batches: SplitBatches, metadata: CacheMetadata, side_size: int,

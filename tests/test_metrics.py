@@ -1,0 +1,24 @@
+"""The paper's metrics against values worked out by hand on a small confusion matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.metrics import classification_metrics
+
+
+def test_macro_scores_and_quadratic_kappa_match_hand_computation() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 1, 1, 2, 0])
+    probabilities = np.full((6, 3), 0.1)
+    probabilities[np.arange(6), predictions] = 0.8
+    metrics = classification_metrics(labels, probabilities, loss=0.5)
+    # per class (precision, recall): 0 -> (1/2, 1/2), 1 -> (2/3, 1), 2 -> (1, 1/2)
+    assert metrics.accuracy == pytest.approx(4 / 6)
+    assert metrics.precision == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert metrics.recall == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert metrics.macro_f1 == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+    # weights (i - j)^2 / 4: observed disagreement 1/4 + 1 = 5/4, expected by chance 7/4
+    assert metrics.kappa == pytest.approx(1 - (5 / 4) / (7 / 4))
+    assert metrics.loss == 0.5
