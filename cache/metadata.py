@@ -62,6 +62,9 @@ class CacheMetadata(BaseModel):
     storage: StorageSettings
     complete: bool = False
     skipped: list[SkippedImage] = Field(default_factory=list)
+    # splits stored in one seeded random order (cache/storage_order.py); stores written before
+    # this field existed are sorted by sample id throughout
+    shuffled_splits: list[str] = Field(default_factory=list)
 
     @property
     def split_counts(self) -> dict[str, int]:

@@ -153,7 +153,8 @@ class TrainConfig(StrictModel):
     )
     shuffle_buffer_shards: int = Field(
         default=4, ge=1,
-        description="Training shuffles within a buffer of this many shards of samples, filled from chunks in random order.",
+        description="Training shuffles within a buffer of this many shards of samples, filled from shards in random order "
+                    "(the train split is stored in random order; a store written sorted is read by chunks).",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 

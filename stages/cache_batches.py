@@ -1,8 +1,8 @@
 """Batches for stage two, streamed from the cache.
 
-Training streams the split: every epoch its chunks (a few samples each) are read in a new
-random order into a buffer the size of a few shards, and samples are shuffled within it, so
-memory is bounded by the buffer, not the dataset. Evaluation reads a shard at a time in order.
+Training streams the split: every epoch its shards (or, for a split stored sorted by id, its
+chunks of a few samples) are read in a new random order into a buffer the size of a few shards,
+and samples are shuffled within it, so memory is bounded by the buffer, not the dataset. Evaluation reads a shard at a time in order.
 The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
 its scales): shards are read into it, batches are gathered from it and decoded to float32 one
 batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
@@ -85,12 +85,14 @@ class SplitBatches:
         self.rng = np.random.default_rng(seed)
         storage = reader.metadata.storage
         self.blocks = aligned_blocks(self.start, self.stop, storage.shard_size)
-        # Shuffled reading goes by chunks (a few samples each) in random order: samples are stored
-        # sorted by id, which for class-per-folder data means by class, so a buffer of whole
-        # shards would hold a few long single-class runs; a buffer of the same size made of
-        # chunks drawn from the whole split mixes far better, at the same memory.
-        self.shuffle_blocks = aligned_blocks(self.start, self.stop, storage.chunk_size)
-        self.blocks_per_buffer = max(1, buffer_shards * storage.shard_size // storage.chunk_size)
+        # A split stored in random order (cache/storage_order.py) is read by whole shards in random
+        # order. A split stored sorted by id, which for class-per-folder data means by class (stores
+        # of earlier versions), is read by chunks (a few samples each) drawn from the whole split:
+        # a buffer of whole shards would hold a few long single-class runs. Same memory either way.
+        stored_shuffled = split in reader.metadata.shuffled_splits
+        self.shuffle_blocks = self.blocks if stored_shuffled else aligned_blocks(self.start, self.stop, storage.chunk_size)
+        block_size = storage.shard_size if stored_shuffled else storage.chunk_size
+        self.blocks_per_buffer = max(1, buffer_shards * storage.shard_size // block_size)
         self._memory: _Rows | None = None
         if in_memory and self.blocks:
             self._memory = _Rows(reader, self.stop - self.start, with_features)

@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from cache.identity import dataset_fingerprint, store_key
 from cache.layout import SPLIT_CODES, create_store, store_name
 from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, SkippedImage, StorageSettings
-from cache.reader import read_metadata
+from cache.reader import CacheReader, read_metadata
+from cache.storage_order import SHUFFLED_SPLITS, in_store_order, storage_order
 from cache.writer import ShardWriter
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
@@ -146,7 +147,13 @@ def build_metadata(config: PipelineConfig, dataset: ResolvedDataset, lpm: LPMIde
         normalization=normalization,
         storage=storage,
         skipped=[SkippedImage(path=path, reason=reason) for path, reason in dataset.skipped],
+        shuffled_splits=list(SHUFFLED_SPLITS),
     )
+
+
+def _in_store_order(dataset: ResolvedDataset, path: Path) -> ResolvedDataset:
+    """The dataset with its samples in the order the store at `path` holds them."""
+    return replace(dataset, samples=in_store_order(dataset.samples, CacheReader(path, require_complete=False).sample_ids()))
 
 
 def _progress(show: bool) -> Progress:
@@ -179,8 +186,10 @@ def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: s
         if existing.cache_key != metadata.cache_key:
             raise UserError(f"{path} holds a cache with another key.", "Move it away and run again.")
         metadata = existing
+        dataset = _in_store_order(dataset, path)
     else:
         config.cache.root.mkdir(parents=True, exist_ok=True)
+        dataset = replace(dataset, samples=storage_order(dataset.samples))
         labels = np.array([s.label for s in dataset.samples])
         splits = np.array([SPLIT_CODES[s.split] for s in dataset.samples])
         create_store(path, metadata, labels, splits, [s.sample_id for s in dataset.samples])
@@ -213,6 +222,7 @@ def extract_shards(config: PipelineConfig, path: Path, shards: list[int], show_p
             f"This worker's dataset or LPM weights give another cache key than the store {path}.",
             "Give every dask worker the same dataset files and LPM weights at the same paths.",
         )
+    dataset = _in_store_order(dataset, path)
     writer = ShardWriter(path, metadata)
     done = writer.completed_shards()
     todo = [shard for shard in shards if shard not in done]

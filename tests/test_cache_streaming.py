@@ -92,8 +92,9 @@ def test_decode_rows_gathers_and_converts_like_decode(dtype: str) -> None:
 
 
 def test_a_shuffle_buffer_draws_chunks_from_across_the_split(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Samples are stored sorted (by class, for class-per-folder data): a buffer of whole shards
-    would hold a few long runs; the buffer is filled from chunks all over the split instead."""
+    """In a store whose train split is sorted (by class, for class-per-folder data; stores of earlier
+    versions, and this synthetic one), a buffer of whole shards would hold a few long runs: it is
+    filled from chunks all over the split instead."""
     reader = CacheReader(store)
     reads: list[tuple[int, int]] = []
     real_read = reader.read_stored_into
