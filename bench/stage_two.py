@@ -35,10 +35,14 @@ SCRIPT = Path(__file__).resolve()
 
 # ---------------------------------------------------------------- child side: one variant
 class Trainer:
-    """The optimizer step of stages/train_side.py, on the model it would build."""
+    """The optimisation step of `fpt train-side` (a stack of one, stages/stacked_step.py), on the
+    model it would build."""
 
     def __init__(self, config, metadata, steps_per_epoch: int, epochs: int) -> None:
         from stages.fpt_model import FPTPlus
+        from stages.rng_stream import RngStream
+        from stages.stacked_model import StackedModels
+        from stages.stacked_step import StepMember
         from stages.train_side import adamw, half_cycle_cosine, model_spec
 
         self.config = config
@@ -46,15 +50,16 @@ class Trainer:
         self.spec = model_spec(config, metadata)
         self.model = FPTPlus(self.spec)
         train = config.train
-        self.optimizer = adamw(self.model, train, train.lr or metadata.default_lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, half_cycle_cosine(steps_per_epoch * epochs))
-        self.model.train()
+        optimizer = adamw(self.model, train, train.lr or metadata.default_lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, half_cycle_cosine(steps_per_epoch * epochs))
+        self.stack = StackedModels([self.model])
+        stream = RngStream(train.seed, torch.device("cpu"))
+        self.member = StepMember(self.model, optimizer, scheduler, stream, train.grad_clip)
 
     def step(self, images: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, labels: torch.Tensor) -> float:
-        from stages.train_side import optimization_step
+        from stages.stacked_step import step_together
 
-        return optimization_step(self.model, self.optimizer, self.scheduler, images, keys.float(), values.float(),
-                                 labels, self.config.train.grad_clip).item()
+        return float(step_together(self.stack, [self.member], images, keys.float(), values.float(), labels)[0])
 
 
 class OriginalImages(torch.utils.data.Dataset):
@@ -191,19 +196,19 @@ def write_preload_layout(cache: Path, config, folder: Path, original_size: int |
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     reader = CacheReader(cache)
-    samples = resolve_dataset(config, show_progress=False).samples
-    ids = reader.sample_ids()
+    samples = {s.sample_id: s for s in resolve_dataset(config, show_progress=False).samples}
+    ids = reader.sample_ids()  # in storage order (the train split is stored shuffled)
     start, stop = reader.split_range("train")
     arrays = reader.read(start, stop)
     entries = []
     for row, index in enumerate(range(start, stop)):
-        assert samples[index].sample_id == ids[index]
+        sample = samples[ids[index]]
         file = folder / f"{ids[index].replace('/', '_')}.safetensors"
         save_file({"keys": arrays["keys"][row].astype(np.float32), "values": arrays["values"][row].astype(np.float32)}, str(file))
-        image = samples[index].path
+        image = sample.path
         if original_size:
             image = folder / f"{ids[index].replace('/', '_')}.{original_format}"
-            with Image.open(samples[index].path) as source:
+            with Image.open(sample.path) as source:
                 large = source.convert("RGB").resize((original_size, original_size), Image.LANCZOS)
             large.save(image, **({"quality": 95} if original_format == "jpg" else {}))
         entries.append({"file": str(file), "image": str(image), "label": int(arrays["labels"][row])})

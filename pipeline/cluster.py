@@ -77,9 +77,25 @@ def task_resources(plan: ClusterPlan) -> dict[str, float] | None:
     return {"GPU": 1} if plan.use_gpu else None
 
 
+def worker_environment() -> dict[str, object]:
+    """What dask's nanny sets in a worker process before it starts, less MALLOC_TRIM_THRESHOLD_.
+
+    Set to any value, that variable switches off glibc's adaptive mmap threshold: every tensor of a
+    training step above 128 KiB is then mapped afresh and page-faulted in, step after step. A pack
+    of 8 demo trials took 19.0 s in a dask worker with it and 13.2 s without (12.1 s in-process).
+    """
+    import dask
+    import distributed  # noqa: F401  (loads distributed's defaults into dask.config first)
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
+
+
 @contextmanager
 def dask_client(scheduler: str | None, plan: ClusterPlan, processes: bool = True) -> Iterator[object]:
     """A distributed Client: to `scheduler` if given, else to a LocalCluster built from `plan`."""
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -96,10 +112,11 @@ def dask_client(scheduler: str | None, plan: ClusterPlan, processes: bool = True
             client.close()
         return
     resources = task_resources(plan)
-    cluster = LocalCluster(
-        n_workers=plan.workers, threads_per_worker=1, processes=processes, resources=resources,
-        dashboard_address=None, silence_logs=40,
-    )
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
+        cluster = LocalCluster(
+            n_workers=plan.workers, threads_per_worker=1, processes=processes, resources=resources,
+            dashboard_address=None, silence_logs=40,
+        )
     client = Client(cluster)
     try:
         yield client

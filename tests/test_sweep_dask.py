@@ -89,3 +89,21 @@ def test_sweep_on_two_worker_processes_then_resume_in_process(tmp_path: Path, mo
     assert sorted(status.values()) == ["failed", "failed", "failed", "finished", "finished", "resumed"]
     assert len(_read_csv(again.sweep_dir / "results.csv")) == 6
     assert (interrupted / "final_metrics.json").is_file()
+
+
+def _environment() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def test_local_cluster_workers_keep_glibcs_adaptive_malloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dask's nanny would set MALLOC_TRIM_THRESHOLD_ in its workers, which makes torch fault its
+    large tensors in afresh every step; fpt's LocalCluster keeps the rest of dask's environment."""
+    from pipeline.cluster import dask_client, plan_local, worker_environment
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with dask_client(None, plan_local(1, False, 1)) as client:
+        environ = client.submit(_environment, pure=False).result()
+    assert "MALLOC_TRIM_THRESHOLD_" not in environ
+    assert worker_environment() and all(environ.get(k) == str(v) for k, v in worker_environment().items())
