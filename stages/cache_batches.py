@@ -2,7 +2,8 @@
 
 Training streams the split: every epoch its shards (or, for a split stored sorted by id, its
 chunks of a few samples) are read in a new random order into a buffer the size of a few shards,
-and samples are shuffled within it, so memory is bounded by the buffer, not the dataset. Evaluation reads a shard at a time in order.
+and samples are shuffled within it, so memory is bounded by the buffer, not the dataset.
+Evaluation reads a shard at a time in order.
 The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
 its scales): shards are read into it, batches are gathered from it and decoded to float32 one
 batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
