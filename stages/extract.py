@@ -8,7 +8,6 @@ is resumed from its unfinished shards; a complete one is reused without running 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, Ski
 from cache.reader import CacheReader, read_metadata
 from cache.storage_order import SHUFFLED_SPLITS, in_store_order, storage_order
 from cache.writer import ShardWriter
+from pipeline.cluster import machine_cores
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from stages.datasets.images import ImageDecodeError, normalized_tensor, open_rgb, resize_square, side_image
@@ -37,12 +37,13 @@ FPT_VERSION = "0.1.0"
 
 
 def decode_workers(setting: int | str, device: torch.device) -> int:
-    """extract.num_workers resolved: a number as given; auto is 0 on the CPU, cores - 1 (<= 8) on a GPU."""
+    """extract.num_workers resolved: a number as given; auto is 0 on the CPU, cores - 1 (<= 8) on a GPU,
+    counting the cores this process may use (a SLURM job's share, not the whole node)."""
     if setting != "auto":
         return int(setting)
     if device.type != "cuda":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return max(1, min(8, machine_cores() - 1))
 
 
 def resolve_device(name: str) -> torch.device:

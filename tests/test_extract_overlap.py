@@ -46,7 +46,7 @@ def test_decode_workers_auto_is_none_on_cpu_and_some_on_a_gpu(monkeypatch) -> No
     assert load_config(None, ["extract.num_workers=3"], None).extract.num_workers == 3
     assert decode_workers("auto", torch.device("cpu")) == 0
     assert decode_workers(3, torch.device("cpu")) == 3
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("stages.extract.machine_cores", lambda: 16)
     assert decode_workers("auto", torch.device("cuda")) == 8
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("stages.extract.machine_cores", lambda: 2)
     assert decode_workers("auto", torch.device("cuda")) == 1
