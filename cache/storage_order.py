@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import UserError
-from stages.datasets.samples import Sample
+from stages.datasets.samples import SPLITS, Sample
 
 SHUFFLED_SPLITS = ("train",)
 ORDER_SEED = 0
@@ -25,7 +25,7 @@ ORDER_SEED = 0
 def storage_order(samples: list[Sample]) -> list[Sample]:
     """Split-ordered samples (train, val, test) with the train split in one seeded random order."""
     ordered: list[Sample] = []
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         part = [s for s in samples if s.split == split]
         if split in SHUFFLED_SPLITS:
             permutation = np.random.default_rng(ORDER_SEED).permutation(len(part))

@@ -227,15 +227,6 @@ class Pack:
         trial.loss_sum += loss * count
         trial.seen += count
 
-    def _step_alone(self, group: StackGroup, images: torch.Tensor, keys: torch.Tensor | None,
-                    values: torch.Tensor | None, labels: torch.Tensor) -> None:
-        (trial,) = group.trials
-        if group.stack is None:
-            self._step_unstacked(trial, images, keys, values, labels)
-            return
-        (loss,) = stacked_losses(group.stack, [_member(trial).stream], images, keys, values, labels).tolist()
-        self._update(trial, loss, len(labels))
-
     # -- stacking ------------------------------------------------------------------------------
     def _stack_groups(self, trials: list[PackedTrial]) -> list[StackGroup]:
         """The trials grouped by architecture, each group's parameters stacked; rebuilt when the
@@ -262,19 +253,26 @@ class Pack:
 
     def _train_step(self, group: StackGroup, images: torch.Tensor, keys: torch.Tensor | None,
                     values: torch.Tensor | None, labels: torch.Tensor) -> None:
-        if len(group.trials) == 1:
-            self._guard(group.trials[0], self._step_alone, group, images, keys, values, labels)
+        if group.stack is None:
+            (trial,) = group.trials
+            self._guard(trial, self._step_unstacked, trial, images, keys, values, labels)
             return
         if not any(t.ok for t in group.trials):
             return
-        try:
-            losses = stacked_losses(group.stack, [_member(t).stream for t in group.trials], images, keys, values, labels)
-        except Exception:
-            if not self.isolate:
-                raise
-            for single in self._split(group):
-                self._train_step(single, images, keys, values, labels)
-            return
+        streams = [_member(t).stream for t in group.trials]
+        if len(group.trials) == 1:  # a stack of one: its failure is its trial's own
+            losses = self._guard(group.trials[0], stacked_losses, group.stack, streams, images, keys, values, labels)
+            if losses is None:
+                return
+        else:
+            try:
+                losses = stacked_losses(group.stack, streams, images, keys, values, labels)
+            except Exception:
+                if not self.isolate:
+                    raise
+                for single in self._split(group):
+                    self._train_step(single, images, keys, values, labels)
+                return
         for trial, loss in zip(group.trials, losses.tolist()):
             self._guard(trial, self._update, trial, loss, len(labels))
 
@@ -326,17 +324,13 @@ class Pack:
             return []
         groups = self._stack_groups(trials)
         order = [t for g in groups for t in g.trials]
+        for group in groups:
+            if group.stack is None:  # its module's own forward, without dropout
+                group.trials[0].model.eval()
 
         def logits_of(images: torch.Tensor, keys: torch.Tensor | None, values: torch.Tensor | None) -> torch.Tensor:
-            out = []
-            for group in groups:
-                if group.stack is None:
-                    model = group.trials[0].model
-                    model.eval()
-                    out.append(model(images, keys, values).unsqueeze(0))
-                else:
-                    out.append(group.stack.forward(group.stack.stack, images, keys, values))
-            return torch.cat(out)
+            return torch.cat([group.trials[0].model(images, keys, values).unsqueeze(0) if group.stack is None
+                              else group.stack.forward(group.stack.stack, images, keys, values) for group in groups])
 
         def predict() -> list[tuple]:
             found = predict_many(logits_of, len(order), batches, self.metadata, self.side_size, self.device,
