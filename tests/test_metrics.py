@@ -22,3 +22,22 @@ def test_macro_scores_and_quadratic_kappa_match_hand_computation() -> None:
     # weights (i - j)^2 / 4: observed disagreement 1/4 + 1 = 5/4, expected by chance 7/4
     assert metrics.kappa == pytest.approx(1 - (5 / 4) / (7 / 4))
     assert metrics.loss == 0.5
+
+
+def test_auc_matches_a_hand_count_of_correctly_ordered_pairs() -> None:
+    # binary AUC = share of (positive, negative) pairs the scores order correctly (ties count 1/2)
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    positive = np.array([0.1, 0.6, 0.6, 0.9, 0.3, 0.2])
+    pairs = [(p, n) for p in positive[labels == 1] for n in positive[labels == 0]]
+    expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+    metrics = classification_metrics(labels, np.stack([1 - positive, positive], axis=1))
+    assert metrics.auc == pytest.approx(expected)
+
+
+def test_diverged_probabilities_are_a_clear_error_not_a_score() -> None:
+    from pipeline.errors import UserError
+
+    probabilities = np.full((4, 2), 0.5)
+    probabilities[2] = np.nan
+    with pytest.raises(UserError, match="diverged"):
+        classification_metrics(np.array([0, 1, 0, 1]), probabilities)
