@@ -194,10 +194,13 @@ class StackedModels:
             joined = x if prompts is None else torch.cat([x, prompts[:, :, index]], dim=2)
             length = joined.shape[2]
             h = _layer_norm(joined, params[b + "norm1.weight"], params[b + "norm1.bias"], eps1)
-            qkv = _linear(h, params[b + "attn.qkv.weight"], params[b + "attn.qkv.bias"])
-            qkv = qkv.view(K * batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
-            attended = F.scaled_dot_product_attention(q[:, :, :tokens], k, v)
+            # Queries for the tokens' rows only; keys and values for all rows. Projected apart, each
+            # lands in the layout attention reads, without the copies that splitting one qkv product costs.
+            w, bias, head_width = params[b + "attn.qkv.weight"], params[b + "attn.qkv.bias"], width // heads
+            q = _linear(h[:, :, :tokens], w[:, :width], bias[:, :width])
+            q = q.view(K * batch, tokens, heads, head_width).transpose(1, 2)
+            kv = _linear(h, w[:, width:], bias[:, width:]).view(K * batch, length, 2, heads, head_width)
+            attended = F.scaled_dot_product_attention(q, kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2))
             attended = attended.transpose(1, 2).reshape(K, batch, tokens, width)
             x = x + _linear(attended, params[b + "attn.proj.weight"], params[b + "attn.proj.bias"])
             h = _layer_norm(x, params[b + "norm2.weight"], params[b + "norm2.bias"], eps2)
