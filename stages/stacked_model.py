@@ -165,11 +165,13 @@ class StackedModels:
         queries = queries.view(K, layers, prompts, heads, head_dim).permute(1, 3, 0, 2, 4)
         queries = queries.reshape(layers, heads, K * prompts, head_dim) / math.sqrt(head_dim)
         batch = keys.shape[0]
-        context = torch.cat([_attend(queries, keys[start : start + FUSION_SAMPLES_PER_PRODUCT],
-                                     values[start : start + FUSION_SAMPLES_PER_PRODUCT])
-                             for start in range(0, batch, FUSION_SAMPLES_PER_PRODUCT)])  # (B, L, H, K*M, Dh)
-        context = context.view(batch, layers, heads, K, prompts, head_dim).permute(3, 0, 1, 4, 2, 5)
-        context = context.reshape(K, batch, layers, prompts, heads * head_dim)
+        groups = []
+        for start in range(0, batch, FUSION_SAMPLES_PER_PRODUCT):
+            stop = min(start + FUSION_SAMPLES_PER_PRODUCT, batch)
+            group = _attend(queries, keys[start:stop], values[start:stop])  # (g, L, H, K*M, Dh)
+            groups.append(group.view(stop - start, layers, heads, K, prompts, head_dim).permute(3, 0, 1, 4, 2, 5))
+        # one copy joins the groups and reorders them to (K, B, L, M, H, Dh)
+        context = torch.cat(groups, dim=1).view(K, batch, layers, prompts, heads * head_dim)
         weight, bias = params["fusion.output.weight"], params["fusion.output.bias"]
         if spec.prompt_width == spec.lpm_dim:
             return _linear(context + raw.unsqueeze(1), weight, bias)
