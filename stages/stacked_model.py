@@ -192,12 +192,12 @@ class StackedModels:
             b = f"{p}blocks.{index}."
             # The block runs on [tokens ; prompts] and the prompts' outputs are dropped after it. They
             # only serve as keys and values, so only the tokens' rows are queried and carried
-            # through the projection and the MLP: the same result with ~17 % less arithmetic.
+            # through the projection and the MLP: the same result with ~17 % less arithmetic. The
+            # queries and the keys/values are projected apart, each straight into attention's
+            # layout, without the copies that splitting one qkv product costs.
             joined = x if prompts is None else torch.cat([x, prompts[:, :, index]], dim=2)
             length = joined.shape[2]
             h = _layer_norm(joined, params[b + "norm1.weight"], params[b + "norm1.bias"], eps1)
-            # Queries for the tokens' rows only; keys and values for all rows. Projected apart, each
-            # lands in the layout attention reads, without the copies that splitting one qkv product costs.
             w, bias, head_width = params[b + "attn.qkv.weight"], params[b + "attn.qkv.bias"], width // heads
             q = _linear(h[:, :, :tokens], w[:, :width], bias[:, :width])
             q = q.view(K * batch, tokens, heads, head_width).transpose(1, 2)
