@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from stages.fpt_model import FPTPlus
 from stages.rng_stream import RngStream
 from stages.stacked_model import StackedModels
+from stages.train_side import recipe_update
 
 
 @dataclass
@@ -60,10 +61,8 @@ def stacked_losses(stack: StackedModels, streams: list[RngStream], images: torch
 
 def member_update(member: StepMember) -> None:
     """The model's own gradient clipping, AdamW step and schedule step, after `stacked_losses`."""
-    torch.nn.utils.clip_grad_norm_(member.model.parameters(), member.grad_clip)
-    member.optimizer.step()
+    recipe_update(member.model, member.optimizer, member.scheduler, member.grad_clip)
     member.optimizer.zero_grad(set_to_none=True)
-    member.scheduler.step()
 
 
 def step_together(stack: StackedModels, members: list[StepMember], images: torch.Tensor, keys: torch.Tensor | None,

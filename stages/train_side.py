@@ -75,10 +75,16 @@ def optimization_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     loss = F.cross_entropy(model(images, keys, values), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    recipe_update(model, optimizer, scheduler, grad_clip)
+    return loss
+
+
+def recipe_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float) -> None:
+    """The recipe's update once the model's gradients are in: clipping, AdamW step, schedule step."""
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
-    return loss
 
 
 def adamw(model: torch.nn.Module, train: TrainConfig, lr: float) -> torch.optim.AdamW:
