@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -56,7 +57,9 @@ class PromptFusion(nn.Module):
         context = torch.matmul(logits.softmax(dim=-1), values)
         context = context.transpose(2, 3).reshape(keys.shape[0], layers, prompts, -1)
         if self.residual_before_projection:
-            out = self.output(context + self.prompts)
+            # Linear(C + P) = W C + (W P + b): the prompts are projected once, not once per sample,
+            # and the (B, L, M, D) sum is never formed (bench/README.md)
+            out = F.linear(context, self.output.weight) + self.output(self.prompts)
         else:
             out = self.output(context) + self.prompts
         return self.dropout(out)

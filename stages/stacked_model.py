@@ -61,10 +61,13 @@ def stackable(model: FPTPlus) -> bool:
     return plain_vit and all(_is_plain_block(block) for block in vit.blocks)
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x (K, ..., in), weight (K, out, in), bias (K, out) -> (K, ..., out), one batched product."""
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (K, ..., in), weight (K, out, in), bias (K, out) or None -> (K, ..., out), one batched product."""
     rows = x.reshape(x.shape[0], -1, x.shape[-1])
-    out = torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
+    if bias is None:
+        out = torch.bmm(rows, weight.transpose(1, 2))
+    else:
+        out = torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
     return out.view(*x.shape[:-1], weight.shape[1])
 
 
@@ -174,7 +177,8 @@ class StackedModels:
         context = torch.cat(groups, dim=1).view(K, batch, layers, prompts, heads * head_dim)
         weight, bias = params["fusion.output.weight"], params["fusion.output.bias"]
         if spec.prompt_width == spec.lpm_dim:
-            return _linear(context + raw.unsqueeze(1), weight, bias)
+            # Linear(C + P) as Linear(C) + (W P + b), as PromptFusion computes it
+            return _linear(context, weight) + _linear(raw, weight, bias).unsqueeze(1)
         return _linear(context, weight, bias) + raw.unsqueeze(1)
 
     def _side(self, params: dict[str, torch.Tensor], images: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
@@ -194,15 +198,16 @@ class StackedModels:
             # only serve as keys and values, so only the tokens' rows are queried and carried
             # through the projection and the MLP: the same result with ~17 % less arithmetic. The
             # queries and the keys/values are projected apart, each straight into attention's
-            # layout, without the copies that splitting one qkv product costs.
+            # layout, without the copies that splitting one qkv product costs. unbind, not two
+            # selects: its backward stacks the two gradients instead of zero-filling and adding.
             joined = x if prompts is None else torch.cat([x, prompts[:, :, index]], dim=2)
             length = joined.shape[2]
             h = _layer_norm(joined, params[b + "norm1.weight"], params[b + "norm1.bias"], eps1)
             w, bias, head_width = params[b + "attn.qkv.weight"], params[b + "attn.qkv.bias"], width // heads
             q = _linear(h[:, :, :tokens], w[:, :width], bias[:, :width])
             q = q.view(K * batch, tokens, heads, head_width).transpose(1, 2)
-            kv = _linear(h, w[:, width:], bias[:, width:]).view(K * batch, length, 2, heads, head_width)
-            attended = F.scaled_dot_product_attention(q, kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2))
+            k, v = _linear(h, w[:, width:], bias[:, width:]).view(K * batch, length, 2, heads, head_width).unbind(2)
+            attended = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2))
             attended = attended.transpose(1, 2).reshape(K, batch, tokens, width)
             x = x + _linear(attended, params[b + "attn.proj.weight"], params[b + "attn.proj.bias"])
             h = _layer_norm(x, params[b + "norm2.weight"], params[b + "norm2.bias"], eps2)
