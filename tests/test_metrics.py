@@ -41,3 +41,22 @@ def test_diverged_probabilities_are_a_clear_error_not_a_score() -> None:
     probabilities[2] = np.nan
     with pytest.raises(UserError, match="diverged"):
         classification_metrics(np.array([0, 1, 0, 1]), probabilities)
+
+
+@pytest.mark.parametrize("missing_class", [None, 3])
+def test_multiclass_auc_is_sklearns_one_vs_rest_macro_average(missing_class: int | None) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    if missing_class is not None:
+        labels[labels == missing_class] = 0
+    probabilities = rng.random((200, 5)).round(1) + 0.01  # rounded: many tied scores
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    present = np.unique(labels)
+    if missing_class is None:
+        expected = roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")
+    else:  # sklearn's ovr needs every class: the mean of its one-vs-rest AUCs of the classes present
+        expected = np.mean([roc_auc_score(labels == c, probabilities[:, c]) for c in present])
+    assert classification_metrics(labels, probabilities).auc == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(classification_metrics(np.zeros(200, dtype=int), probabilities).auc)
