@@ -41,7 +41,7 @@ from stages.train_side import (
     predict_models, ready_batches, use_prefetch,
 )
 from stages.run_folder import (
-    append_jsonl, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
+    append_jsonl, copy_file, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
 )
 
 
@@ -285,11 +285,15 @@ class Pack:
                              lr=trial.scheduler.get_last_lr()[0], seconds=seconds, val=val)
         append_jsonl(trial.run_dir / "metrics.jsonl", record.model_dump())
         score = val.auc if not math.isnan(val.auc) else val.accuracy
+        checkpoints = trial.run_dir / "checkpoints"
         if score > trial.best_score:
             trial.best_score, trial.best_epoch, trial.best_val = score, epoch, val
-            save_checkpoint(trial.run_dir / "checkpoints" / "best.safetensors", trial.model, {"epoch": str(epoch)})
+            save_checkpoint(checkpoints / "best.safetensors", trial.model, {"epoch": str(epoch)})
         if epoch == trial.epochs:
-            save_checkpoint(trial.run_dir / "checkpoints" / "last.safetensors", trial.model, {"epoch": str(epoch)})
+            if trial.best_epoch == epoch:
+                copy_file(checkpoints / "best.safetensors", checkpoints / "last.safetensors")
+            else:
+                save_checkpoint(checkpoints / "last.safetensors", trial.model, {"epoch": str(epoch)})
         trial.loss_sum, trial.seen = 0.0, 0
 
     def _record_test(self, trial: PackedTrial, which: str,
@@ -299,6 +303,12 @@ class Pack:
         trial.tests[which] = classification_metrics(labels, probabilities, loss)
         write_predictions(trial.run_dir / f"predictions_test_{which}.csv", [self._sample_ids[i] for i in indices],
                           labels, probabilities, self.metadata.class_names)
+
+    def _best_is_last(self, trial: PackedTrial) -> None:
+        """The best epoch is the last one: the best model's test results are the last model's."""
+        assert trial.run_dir is not None
+        trial.tests["best"] = trial.tests["last"]
+        copy_file(trial.run_dir / "predictions_test_last.csv", trial.run_dir / "predictions_test_best.csv")
 
     def _load_best(self, trial: PackedTrial) -> None:
         assert trial.run_dir is not None and trial.model is not None
@@ -382,16 +392,14 @@ class Pack:
         if progress is not None and task is not None:
             progress.update(task, completed=max_epochs * len(self.train_batches))
         self._sample_ids = self.reader.sample_ids()
-        last: dict[int, tuple] = {}
         finishing = [t for t in self.trials if t.ok]
         for trial, prediction in zip(finishing, self._evaluate(finishing, self.test_batches)):
             if prediction is not None:
-                last[id(trial)] = prediction
                 self._guard(trial, self._record_test, trial, "last", prediction)
-        # a trial whose best epoch is its last has one model: its test predictions are already made
+        # a trial whose best epoch is its last has one model: its test results are already made
         for trial in finishing:
-            if trial.ok and trial.best_epoch == trial.epochs and id(trial) in last:
-                self._guard(trial, self._record_test, trial, "best", last[id(trial)])
+            if trial.ok and trial.best_epoch == trial.epochs and "last" in trial.tests:
+                self._guard(trial, self._best_is_last, trial)
         finishing = [t for t in finishing if t.ok and "best" not in t.tests]
         for trial in finishing:
             self._guard(trial, self._load_best, trial)

@@ -16,6 +16,7 @@ import csv
 import datetime as dt
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,13 @@ def append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """A second copy of a finished file (the same model's checkpoint or predictions), written atomically."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
