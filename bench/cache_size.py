@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import configure_process, bench_config, console, print_table, write_results  # noqa: E402
+from common import apply_threads, bench_config, console, print_table, write_results  # noqa: E402
 
 PAPER_F32_MB = 7.6  # 2 x 6 x 12 x 205 x 64 float32 numbers
 TARGETS_MB = {"float16": 3.8, "int8": 2.0}
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=None, help="train images (plus 2 val + 2 test)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
-    configure_process(args.threads)
+    apply_threads(args.threads)
 
     from cache.catalog import folder_bytes
     from cache.layout import create_store

@@ -49,12 +49,8 @@ def bench_config(scenario: str, num_train: int, extra: list[str] | None = None, 
     return load_config(ROOT / "pipeline.yaml", sets, "demo"), sets
 
 
-def configure_process(threads: int | None) -> None:
-    """As `fpt` sets up its process: glibc's malloc (pipeline/allocator.py); and torch's intra-op
-    threads pinned here and in child processes (which read OMP_NUM_THREADS)."""
-    from pipeline.allocator import keep_large_allocations_in_heap
-
-    keep_large_allocations_in_heap()
+def apply_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads here and in child processes (which read OMP_NUM_THREADS)."""
     if threads:
         import torch
 

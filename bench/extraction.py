@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import configure_process, bench_config, console, print_table, write_results  # noqa: E402
+from common import apply_threads, bench_config, console, print_table, write_results  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="*", default=None, help="query_chunk values to sweep")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
-    configure_process(args.threads)
+    apply_threads(args.threads)
 
     from stages.lpm import build_lpm
     from stages.token_selection import TokenSelectingLPM

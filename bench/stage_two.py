@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import configure_process, WORK, bare_torch_rss_mb, bench_config, console, peak_rss_mb, print_table, run_fresh, write_results  # noqa: E402
+from common import apply_threads, WORK, bare_torch_rss_mb, bench_config, console, peak_rss_mb, print_table, run_fresh, write_results  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -315,7 +315,7 @@ def main() -> None:
     parser.add_argument("--result-json")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
-    configure_process(args.threads)
+    apply_threads(args.threads)
 
     if args.variant:
         Path(args.result_json).write_text(json.dumps(run_variant(args)))

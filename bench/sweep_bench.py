@@ -58,14 +58,12 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.allocator import keep_large_allocations_in_heap
     from pipeline.cluster import machine_cores
     from pipeline.config import SweepConfig, load_config
     from pipeline.sweep import run_sweep
     from stages.extract import run_extract
     from stages.packed_training import train_pack
 
-    keep_large_allocations_in_heap()  # as `fpt` sets up its process; dask tasks do the same in their workers
     root = args.root.resolve()
     runs = root / "runs"
     shutil.rmtree(runs, ignore_errors=True)

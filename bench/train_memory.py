@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import configure_process, print_table, write_results  # noqa: E402
+from common import apply_threads, print_table, write_results  # noqa: E402
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
-    configure_process(args.threads)
+    apply_threads(args.threads)
 
     from stages.fpt_model import FPTPlus
     from stages.token_selection import num_selected

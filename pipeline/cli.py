@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.allocator import keep_large_allocations_in_heap
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import UserError
 
@@ -307,7 +306,6 @@ def _interrupted() -> None:
 
 
 def main() -> None:
-    keep_large_allocations_in_heap()
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
         # typer turns Ctrl-C inside a command into Exit(130), returned (not raised) in non-standalone mode.

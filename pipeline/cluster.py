@@ -17,7 +17,6 @@ import psutil
 import torch
 from pydantic import BaseModel
 
-from pipeline.allocator import keep_large_allocations_in_heap
 from pipeline.errors import UserError
 
 
@@ -127,11 +126,8 @@ def dask_client(scheduler: str | None, plan: ClusterPlan, processes: bool = True
 
 
 def worker_setup(plan: ClusterPlan, device_name: str) -> str:
-    """Inside a task: glibc's malloc as in fpt's own process, torch's threads bounded and, on a
-    multi-GPU worker host, this worker's GPU picked."""
+    """Inside a task: bound torch's threads and, on a multi-GPU worker host, pick this worker's GPU."""
     from distributed import get_worker
-
-    keep_large_allocations_in_heap()  # whatever environment the worker was started with
 
     try:
         worker = get_worker()
