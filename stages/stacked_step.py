@@ -61,7 +61,7 @@ def stacked_losses(stack: StackedModels, streams: list[RngStream], images: torch
 
 def member_update(member: StepMember) -> None:
     """The model's own gradient clipping, AdamW step and schedule step, after `stacked_losses`."""
-    recipe_update(member.model, member.optimizer, member.scheduler, member.grad_clip)
+    recipe_update(member.optimizer, member.scheduler, member.grad_clip)
     member.optimizer.zero_grad(set_to_none=True)
 
 
