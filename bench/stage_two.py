@@ -39,6 +39,7 @@ class Trainer:
     model it would build."""
 
     def __init__(self, config, metadata, steps_per_epoch: int, epochs: int) -> None:
+        from stages.flat_parameters import FlatParameters
         from stages.fpt_model import FPTPlus
         from stages.rng_stream import RngStream
         from stages.stacked_model import StackedModels
@@ -50,9 +51,10 @@ class Trainer:
         self.spec = model_spec(config, metadata)
         self.model = FPTPlus(self.spec)
         train = config.train
-        optimizer = adamw(self.model, train, train.lr or metadata.default_lr)
+        flat = FlatParameters(self.model)
+        optimizer = adamw([flat.buffer], train, train.lr or metadata.default_lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, half_cycle_cosine(steps_per_epoch * epochs))
-        self.stack = StackedModels([self.model])
+        self.stack = StackedModels([flat])
         stream = RngStream(train.seed, torch.device("cpu"))
         self.member = StepMember(self.model, optimizer, scheduler, stream, train.grad_clip)
 

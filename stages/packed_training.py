@@ -31,6 +31,7 @@ from pipeline.errors import UserError
 from stages.augment import train_images
 from stages.cache_batches import SplitBatches
 from stages.extract import resolve_device
+from stages.flat_parameters import FlatParameters
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
 from stages.rng_stream import RngStream
@@ -67,6 +68,7 @@ class PackedTrial:
     error: str | None = None
     spec: ModelSpec | None = None
     model: FPTPlus | None = None
+    flat: FlatParameters | None = None  # the model's parameters in one buffer, for a model that is stacked
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     stream: RngStream | None = None
@@ -193,7 +195,11 @@ class Pack:
         trial.learnable = sum(p.numel() for p in trial.model.parameters() if p.requires_grad)
         train = config.train
         lr = train.lr if train.lr is not None else self.metadata.default_lr
-        trial.optimizer = adamw(trial.model, train, lr)
+        if stackable(trial.model):
+            trial.flat = FlatParameters(trial.model)
+            trial.optimizer = adamw([trial.flat.buffer], train, lr)
+        else:
+            trial.optimizer = adamw(trial.model.parameters(), train, lr)
         total_steps = train.epochs * len(self.train_batches)
         trial.scheduler = torch.optim.lr_scheduler.LambdaLR(trial.optimizer, half_cycle_cosine(total_steps))
         if trial.run_dir is None:
@@ -236,17 +242,17 @@ class Pack:
             alone: list[StackGroup] = []
             for trial in trials:
                 assert trial.model is not None and trial.spec is not None
-                if stackable(trial.model):
+                if trial.flat is not None:
                     by_spec.setdefault(trial.spec.model_dump_json(), []).append(trial)
                 else:
                     alone.append(StackGroup([trial], None))
-            self._groups = [StackGroup(g, StackedModels([t.model for t in g])) for g in by_spec.values()] + alone
+            self._groups = [StackGroup(g, StackedModels([t.flat for t in g])) for g in by_spec.values()] + alone
             self._grouped = [id(t) for t in trials]
         return self._groups
 
     def _split(self, group: StackGroup) -> list[StackGroup]:
         """Stack each trial of a failing group on its own, so the failure can be pinned on its trial."""
-        singles = [StackGroup([t], StackedModels([t.model])) for t in group.trials if t.ok and t.model is not None]
+        singles = [StackGroup([t], StackedModels([t.flat])) for t in group.trials if t.ok and t.flat is not None]
         position = self._groups.index(group)
         self._groups[position:position + 1] = singles
         return singles
@@ -338,9 +344,13 @@ class Pack:
             if group.stack is None:  # its module's own forward, without dropout
                 group.trials[0].model.eval()
 
+        # the stacked parameters are gathered once: they do not change while evaluating
+        stacked = [None if group.stack is None else group.stack.parameters() for group in groups]
+
         def logits_of(images: torch.Tensor, keys: torch.Tensor | None, values: torch.Tensor | None) -> torch.Tensor:
             return torch.cat([group.trials[0].model(images, keys, values).unsqueeze(0) if group.stack is None
-                              else group.stack.forward(group.stack.stack, images, keys, values) for group in groups])
+                              else group.stack.forward(params, images, keys, values)
+                              for group, params in zip(groups, stacked)])
 
         def predict() -> list[tuple]:
             found = predict_many(logits_of, len(order), batches, self.metadata, self.side_size, self.device,

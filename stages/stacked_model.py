@@ -7,10 +7,12 @@ linear layers are batched matrix products, the shared side image is patch-embedd
 convolution with all K models' filters, and the K models' prompt queries attend to the shared
 cached keys in one product (K * M queries instead of M).
 
-The models stay ordinary `FPTPlus` modules for everything else (checkpoints, evaluation,
-optimisers, gradient clipping): each of their parameters is re-pointed at its slice of the
-stacked tensor, so an optimiser step on one model updates its slice of the stack in place, and
-the stack's gradient is handed back to the models slice by slice, without copies.
+The models stay ordinary `FPTPlus` modules for everything else (checkpoints, evaluation, loading
+weights); their parameters live in one buffer per model (`FlatParameters`), which is what each
+model's optimiser steps. A step gathers the K buffers into one (K, P) block, whose slices are the
+stacked parameters, and scatters the stacked gradients back into a (K, P) block whose rows are
+the buffers' gradients: two copies of K * P numbers, against 85 tensors per model for the
+optimiser and the clipping to walk otherwise.
 
 The stacked forward computes the same function as `FPTPlus.forward` (tests/test_stacked_model.py
 compares them); the dropout of the fusion modules is applied with masks drawn by the caller, one
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.models.vision_transformer import Block
 
+from stages.flat_parameters import FlatParameters
 from stages.fpt_model import FPTPlus, ModelSpec
 
 _BLOCK_PARAMETERS = {
@@ -93,14 +96,18 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
 
 
 class StackedModels:
-    """K `FPTPlus` models of one `ModelSpec` whose parameters live in stacked (K, ...) tensors."""
+    """K `FPTPlus` models of one `ModelSpec`, each with its parameters in a `FlatParameters` buffer."""
 
-    def __init__(self, models: list[FPTPlus]) -> None:
-        if not models:
+    def __init__(self, members: list[FlatParameters]) -> None:
+        if not members:
             raise ValueError("nothing to stack")
+        models = [m.model for m in members]
         spec = models[0].spec
         if any(m.spec != spec for m in models) or not all(stackable(m) for m in models):
             raise ValueError("only models of one architecture built from timm's plain ViT pieces can be stacked")
+        if any(m.layout != members[0].layout for m in members):
+            raise ValueError("the models' parameter buffers are laid out differently")
+        self.members = members
         self.models = models
         self.spec: ModelSpec = spec
         lead = models[0]
@@ -109,28 +116,34 @@ class StackedModels:
         fusion = lead.fusion
         self.fusion_eps = fusion.norm.eps if fusion is not None and isinstance(fusion.norm, nn.LayerNorm) else None
         self.fusion_dropout = fusion.dropout.p if fusion is not None else 0.0
-        self.stack: dict[str, torch.Tensor] = {}
-        per_model = [dict(m.named_parameters()) for m in models]
-        for name in per_model[0]:
-            stacked = torch.stack([params[name].detach() for params in per_model])
-            for k, params in enumerate(per_model):
-                params[name].data = stacked[k]
-            self.stack[name] = stacked
-        self._per_model = per_model
+        self.layout = members[0].layout
 
     def __len__(self) -> int:
-        return len(self.models)
+        return len(self.members)
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """The models' parameters as they are now, stacked: (K, ...) slices of one gathered block."""
+        block = torch.stack([m.buffer for m in self.members])
+        K = len(self)
+        return {name: block[:, offset:offset + shape.numel()].view(K, *shape) for name, offset, shape in self.layout}
 
     def leaves(self) -> dict[str, torch.Tensor]:
-        """Fresh autograd leaves over the stacked storage, for one forward and backward."""
-        return {name: tensor.detach().requires_grad_(True) for name, tensor in self.stack.items()}
+        """Fresh autograd leaves over the stacked parameters, for one forward and backward."""
+        return {name: tensor.requires_grad_(True) for name, tensor in self.parameters().items()}
 
     def hand_back_gradients(self, leaves: dict[str, torch.Tensor]) -> None:
-        """Give each model its slice of the stacked gradients (views, no copies)."""
-        for name, leaf in leaves.items():
-            grad = leaf.grad
-            for k, params in enumerate(self._per_model):
-                params[name].grad = None if grad is None else grad[k]
+        """Scatter the stacked gradients into one (K, P) block; row k becomes model k's buffer gradient."""
+        lead = self.members[0].buffer
+        block = torch.empty(len(self), lead.numel(), dtype=lead.dtype, device=lead.device)
+        for name, offset, shape in self.layout:
+            rows = block[:, offset:offset + shape.numel()]
+            grad = leaves[name].grad
+            if grad is None:
+                rows.zero_()
+            else:
+                rows.copy_(grad.view(len(self), -1))
+        for k, member in enumerate(self.members):
+            member.buffer.grad = block[k]
 
     def dropout_mask_shape(self, batch_size: int) -> tuple[int, ...]:
         """Shape of one model's fusion dropout mask: (B, L, M, d)."""

@@ -12,6 +12,7 @@ from torch import nn
 from timm.layers import LayerScale
 
 from pipeline.config import TrainConfig
+from stages.flat_parameters import FlatParameters
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.rng_stream import RngStream
 from stages.stacked_model import StackedModels, stackable
@@ -37,6 +38,10 @@ def models_of(spec: ModelSpec, count: int) -> list[FPTPlus]:
                     parameter.normal_()
         models.append(model)
     return models
+
+
+def stacked(models: list[FPTPlus]) -> StackedModels:
+    return StackedModels([FlatParameters(m) for m in models])
 
 
 def batch(spec: ModelSpec, size: int = 4) -> tuple[torch.Tensor, ...]:
@@ -65,7 +70,7 @@ def test_stacked_forward_and_gradients_equal_each_module(name: str) -> None:
     spec = SPECS[name]
     models = models_of(spec, 3)
     images, keys, values, labels = batch(spec)
-    stack = StackedModels(models)
+    stack = stacked(models)
     streams = [RngStream(seed, torch.device("cpu")) for seed in range(3)]
     masks = dropout_masks(stack, streams, len(labels), torch.device("cpu"))
     assert (masks is None) == (name == "side-only")
@@ -74,7 +79,8 @@ def test_stacked_forward_and_gradients_equal_each_module(name: str) -> None:
     logits = stack.forward(leaves, images, keys, values, masks)
     sum(nn.functional.cross_entropy(logits[k], labels) for k in range(3)).backward()
     stack.hand_back_gradients(leaves)
-    stacked_grads = [{n: p.grad.clone() for n, p in m.named_parameters()} for m in models]
+    stacked_grads = [{n: g.clone() for n, g in member.gradients().items()} for member in stack.members]
+    assert all(stacked_grads[k].keys() == dict(m.named_parameters()).keys() for k, m in enumerate(models))
 
     for k, model in enumerate(models):
         model.zero_grad()
@@ -90,10 +96,10 @@ def test_stacked_forward_and_gradients_equal_each_module(name: str) -> None:
 
 def test_dropout_masks_come_from_each_models_own_stream() -> None:
     spec = SPECS["fpt+"]
-    stack = StackedModels(models_of(spec, 2))
+    stack = stacked(models_of(spec, 2))
     masks = dropout_masks(stack, [RngStream(5, torch.device("cpu")), RngStream(9, torch.device("cpu"))], 4,
                           torch.device("cpu"))
-    alone = dropout_masks(StackedModels(models_of(spec, 1)), [RngStream(9, torch.device("cpu"))], 4,
+    alone = dropout_masks(stacked(models_of(spec, 1)), [RngStream(9, torch.device("cpu"))], 4,
                           torch.device("cpu"))
     assert torch.equal(masks[1], alone[0]) and not torch.equal(masks[0], masks[1])
     # inverted dropout: kept outputs are scaled by 1 / (1 - p), p = 0.5
@@ -101,18 +107,21 @@ def test_dropout_masks_come_from_each_models_own_stream() -> None:
     assert 0.4 < (masks == 0).float().mean().item() < 0.6
 
 
-def test_the_models_parameters_are_their_slices_of_the_stack() -> None:
+def test_each_models_parameters_live_in_its_buffer_and_the_stack_gathers_them() -> None:
     models = models_of(SPECS["fpt+"], 3)
     before = [m.state_dict()["fusion.output.weight"].clone() for m in models]
-    stack = StackedModels(models)
+    stack = stacked(models)
+    assert all(member.size == sum(p.numel() for p in m.parameters()) for member, m in zip(stack.members, models))
     for k, model in enumerate(models):
-        assert torch.equal(stack.stack["fusion.output.weight"][k], before[k])
+        assert torch.equal(stack.parameters()["fusion.output.weight"][k], before[k])
     with torch.no_grad():
-        models[1].fusion.output.weight.add_(1.0)  # what an optimiser step does
-    assert torch.equal(stack.stack["fusion.output.weight"][1], before[1] + 1)
-    assert torch.equal(stack.stack["fusion.output.weight"][0], before[0])
+        stack.members[1].buffer.add_(1.0)  # what an optimiser step on the buffer does
+    assert torch.equal(models[1].fusion.output.weight, before[1] + 1)
+    assert torch.equal(stack.parameters()["fusion.output.weight"][1], before[1] + 1)
+    assert torch.equal(stack.parameters()["fusion.output.weight"][0], before[0])
     models[2].load_state_dict(models[0].state_dict())  # what loading the best checkpoint does
-    assert torch.equal(stack.stack["fusion.output.weight"][2], before[0])
+    assert torch.equal(stack.parameters()["fusion.output.weight"][2], before[0])
+    assert torch.equal(stack.members[2].buffer, stack.members[0].buffer)
 
 
 def test_a_stacked_step_is_each_models_own_recipe_step() -> None:
@@ -122,14 +131,15 @@ def test_a_stacked_step_is_each_models_own_recipe_step() -> None:
     stacked_models, reference_models = models_of(spec, 2), models_of(spec, 2)
     images, keys, values, labels = batch(spec)
 
-    def pieces(model: FPTPlus, train: TrainConfig):
-        optimizer = adamw(model, train, train.lr)
+    def pieces(parameters, train: TrainConfig):
+        optimizer = adamw(parameters, train, train.lr)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, half_cycle_cosine(4))
 
-    members = [StepMember(m, *pieces(m, t), RngStream(k, torch.device("cpu")), t.grad_clip)
-               for k, (m, t) in enumerate(zip(stacked_models, settings))]
-    references = [pieces(m, t) for m, t in zip(reference_models, settings)]
-    stack = StackedModels(stacked_models)
+    # the stacked models' optimisers step their buffers; the references' step each parameter tensor
+    stack = stacked(stacked_models)
+    members = [StepMember(m.model, *pieces([m.buffer], t), RngStream(k, torch.device("cpu")), t.grad_clip)
+               for k, (m, t) in enumerate(zip(stack.members, settings))]
+    references = [pieces(m.parameters(), t) for m, t in zip(reference_models, settings)]
     reference_streams = [RngStream(k, torch.device("cpu")) for k in range(2)]  # the same seeds as the members'
     for _ in range(3):
         losses = step_together(stack, members, images, keys, values, labels)
@@ -138,8 +148,8 @@ def test_a_stacked_step_is_each_models_own_recipe_step() -> None:
             model.fusion.dropout = GivenMask(mask)
             loss = optimization_step(model, optimizer, scheduler, images, keys, values, labels, settings[k].grad_clip)
             torch.testing.assert_close(losses[k], loss.detach(), rtol=1e-5, atol=1e-6)
-    for stacked, reference in zip(stacked_models, reference_models):
-        for (name, a), b in zip(stacked.named_parameters(), reference.parameters()):
+    for trained, reference in zip(stacked_models, reference_models):
+        for (name, a), b in zip(trained.named_parameters(), reference.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
     assert not torch.equal(stacked_models[0].fusion.prompts, reference_models[1].fusion.prompts)
 
@@ -150,4 +160,4 @@ def test_a_model_with_pieces_the_stack_does_not_know_is_not_stackable() -> None:
     model.side.vit.blocks[1].ls1 = LayerScale(model.spec.side_width, 0.1)
     assert not stackable(model)
     with pytest.raises(ValueError, match="plain ViT"):
-        StackedModels([model])
+        stacked([model])
