@@ -24,6 +24,8 @@ class FlatParameters:
         first = named[0][1]
         if any(p.dtype != first.dtype or p.device != first.device for _, p in named):
             raise ValueError("one buffer needs all parameters on one device in one dtype")
+        if not all(p.requires_grad for _, p in named):
+            raise ValueError("a frozen parameter would be stepped with the buffer")
         self.model = model
         self.layout: list[tuple[str, int, torch.Size]] = []
         total = 0

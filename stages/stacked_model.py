@@ -108,7 +108,6 @@ class StackedModels:
         if any(m.layout != members[0].layout for m in members):
             raise ValueError("the models' parameter buffers are laid out differently")
         self.members = members
-        self.models = models
         self.spec: ModelSpec = spec
         lead = models[0]
         self.side_eps = lead.side.vit.norm.eps

@@ -161,3 +161,10 @@ def test_a_model_with_pieces_the_stack_does_not_know_is_not_stackable() -> None:
     assert not stackable(model)
     with pytest.raises(ValueError, match="plain ViT"):
         stacked([model])
+
+
+def test_a_model_with_a_frozen_parameter_gets_no_shared_buffer() -> None:
+    model = models_of(SPECS["fpt+"], 1)[0]
+    model.side.vit.pos_embed.requires_grad_(False)
+    with pytest.raises(ValueError, match="frozen"):
+        FlatParameters(model)
