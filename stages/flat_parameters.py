@@ -38,10 +38,6 @@ class FlatParameters:
             view.copy_(parameter.detach())
             parameter.data = view
 
-    @property
-    def size(self) -> int:
-        return self.buffer.numel()
-
     def gradients(self) -> dict[str, torch.Tensor]:
         """Each parameter's gradient as a view of the buffer's gradient (after a stacked backward)."""
         grad = self.buffer.grad

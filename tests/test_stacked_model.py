@@ -111,7 +111,7 @@ def test_each_models_parameters_live_in_its_buffer_and_the_stack_gathers_them() 
     models = models_of(SPECS["fpt+"], 3)
     before = [m.state_dict()["fusion.output.weight"].clone() for m in models]
     stack = stacked(models)
-    assert all(member.size == sum(p.numel() for p in m.parameters()) for member, m in zip(stack.members, models))
+    assert all(member.buffer.numel() == sum(p.numel() for p in m.parameters()) for member, m in zip(stack.members, models))
     for k, model in enumerate(models):
         assert torch.equal(stack.parameters()["fusion.output.weight"][k], before[k])
     with torch.no_grad():
