@@ -1,4 +1,4 @@
-"""The paper's metrics against values worked out by hand on a small confusion matrix."""
+"""The paper's metrics against values worked out by hand on a small confusion matrix, and against sklearn."""
 
 from __future__ import annotations
 
@@ -60,3 +60,37 @@ def test_multiclass_auc_is_sklearns_one_vs_rest_macro_average(missing_class: int
         expected = np.mean([roc_auc_score(labels == c, probabilities[:, c]) for c in present])
     assert classification_metrics(labels, probabilities).auc == pytest.approx(expected, abs=1e-12)
     assert np.isnan(classification_metrics(np.zeros(200, dtype=int), probabilities).auc)
+
+
+@pytest.mark.parametrize("case", ["random", "a class never predicted", "a class absent from both", "one class only"])
+def test_confusion_matrix_scores_equal_sklearns(case: str) -> None:
+    import warnings
+
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(len(case))
+    classes = 5
+    labels = rng.integers(0, classes, 150)
+    probabilities = rng.dirichlet(np.ones(classes), 150)
+    if case == "a class never predicted":
+        probabilities[:, 2] = 0.0
+    if case == "a class absent from both":
+        labels[labels == 4] = 1
+        probabilities[:, 4] = 0.0
+    if case == "one class only":
+        labels[:] = 3
+        probabilities[:, 3] = 1.0
+    predictions = probabilities.argmax(axis=1)
+    everything = list(range(classes))
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, labels=everything,
+                                                               average="macro", zero_division=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kappa = cohen_kappa_score(labels, predictions, labels=everything, weights="quadratic")
+    metrics = classification_metrics(labels, probabilities)
+    assert metrics.accuracy == pytest.approx(accuracy_score(labels, predictions), abs=1e-12)
+    assert metrics.precision == pytest.approx(precision, abs=1e-12)
+    assert metrics.recall == pytest.approx(recall, abs=1e-12)
+    assert metrics.macro_f1 == pytest.approx(f1, abs=1e-12)
+    # sklearn's kappa is NaN (0 / 0) when no disagreement is expected by chance; we report 0
+    assert metrics.kappa == pytest.approx(0.0 if np.isnan(kappa) else kappa, abs=1e-12)
