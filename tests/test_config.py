@@ -85,3 +85,16 @@ def test_missing_config_file(tmp_path: Path):
 def test_assignment_without_equals():
     with pytest.raises(UserError, match="no '='"):
         load_config(REPO / "pipeline.yaml", ["train.lr"])
+
+
+def test_a_written_config_reads_back_as_the_same_config(tmp_path: Path):
+    from pipeline.config import config_to_yaml
+
+    config = load_config(REPO / "pipeline.yaml", ["train.lr=3e-4", "extract.layers=[4,5]", "side.use_prompts=false"],
+                         dataset="demo")
+    text = config_to_yaml(config)
+    # the same text as PyYAML's pure-Python emitter (config_to_yaml uses libyaml's where it can)
+    assert text == yaml.dump(config.model_dump(mode="json"), Dumper=yaml.SafeDumper, sort_keys=False)
+    written = tmp_path / "config.yaml"
+    written.write_text(text)
+    assert load_config(written, []) == config
