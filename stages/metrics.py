@@ -57,6 +57,8 @@ def _share(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 def quadratic_kappa(counts: np.ndarray) -> float:
     """Cohen's kappa with weights (i - j)^2: 1 - observed / chance-expected weighted disagreement;
     0 where no disagreement is expected by chance (a single class, predicted and true)."""
+    if counts.sum() == 0:
+        return 0.0
     classes = np.arange(len(counts))
     weights = (classes[:, None] - classes[None, :]) ** 2
     expected = np.outer(counts.sum(axis=1), counts.sum(axis=0)) / counts.sum()
@@ -70,7 +72,8 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, loss: 
     Everything but the AUC comes from one confusion matrix; macro averages run over all classes of
     the model, a class absent from both labels and predictions counting 0, as sklearn's scores
     with `labels=` and `zero_division=0` do (tests/test_metrics.py compares them). sklearn's three
-    calls cost 6 ms per split in input checks, 16 trials x 4 splits per pack (bench/README.md).
+    calls cost 6 ms per split, nearly all of it handling their inputs, 16 trials x 4 splits per pack
+    (bench/README.md).
     """
     # A diverged model's NaN probabilities would otherwise become a meaningless score.
     if not np.isfinite(probabilities).all():
