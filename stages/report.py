@@ -21,8 +21,9 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 from sklearn.metrics import auc as area_under_curve
-from sklearn.metrics import confusion_matrix, roc_curve  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
 
+from stages.metrics import confusion_counts  # noqa: E402
 from stages.run_folder import atomic_write_text  # noqa: E402
 
 METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
@@ -118,7 +119,7 @@ def confusion_figure(predictions: SplitPredictions) -> Figure:
     labels = np.asarray(predictions.labels)
     predicted = np.asarray(predictions.probabilities).argmax(axis=1)
     count = len(predictions.class_names)
-    matrix = confusion_matrix(labels, predicted, labels=list(range(count)))
+    matrix = confusion_counts(labels, predicted, count)  # the matrix the scores are computed from
     figure, axis = plt.subplots(figsize=(1.2 * count + 3, 1.1 * count + 2.5))
     image = axis.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
