@@ -60,13 +60,19 @@ def decode(stored: np.ndarray, scales: np.ndarray | None, dtype: str) -> np.ndar
     raise ValueError(f"unknown storage dtype {dtype!r}")
 
 
-def decode_rows(stored: np.ndarray, scales: np.ndarray | None, rows: np.ndarray, dtype: str) -> torch.Tensor:
+def decode_rows(stored: np.ndarray, scales: np.ndarray | None, rows: np.ndarray, dtype: str,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """Rows `rows` of stored features as one float32 tensor, gathered and converted in a single pass
-    (no float16 copy of the batch first): what stage two feeds the fusion modules."""
+    (no float16 copy of the batch first): what stage two feeds the fusion modules. `out`: a float32
+    tensor of that shape to write into instead of a new one."""
     source = torch.from_numpy(stored)
     if dtype == "bfloat16":
         source = source.view(torch.bfloat16)  # the stored uint16 are bfloat16 bit patterns
-    out = torch.empty((len(rows), *stored.shape[1:]), dtype=torch.float32)
+    shape = (len(rows), *stored.shape[1:])
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32)
+    elif out.shape != shape or out.dtype != torch.float32:
+        raise ValueError(f"decode_rows writes float32 {shape}, not {out.dtype} {tuple(out.shape)}")
     for position, row in enumerate(rows.tolist()):
         out[position].copy_(source[row])
     if dtype == "int8":

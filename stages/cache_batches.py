@@ -8,6 +8,13 @@ The buffer is allocated once per epoch and holds the arrays as stored (float16, 
 its scales): shards are read into it, batches are gathered from it and decoded to float32 one
 batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
 front. `in_memory` loads the split once (as stored) and shuffles globally instead.
+
+With `reuse_buffers`, a pass decodes the batches' keys and values into two float32 buffers in
+turn instead of a new tensor per batch. A new batch tensor is large (121 MB at ViT-B/512, batch
+16): the allocator maps it fresh every time and its pages fault in as they are written, which cost
+about as much as the conversion itself. A batch's keys/values are then valid until the batch after
+next is made: right for a loop that uses one batch at a time, even with a reading thread one batch
+ahead (stages/prefetch.py), but not for keeping batches.
 """
 
 from __future__ import annotations
@@ -71,18 +78,37 @@ class _Rows:
         self.count = len(rows)
 
 
+class _FeatureRing:
+    """Two float32 buffers per feature array, each a batch large, handed out in turn (one pass)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], batch_size: int) -> None:
+        self.shapes = shapes
+        self.batch_size = batch_size
+        self.slots: list[dict[str, torch.Tensor]] = []
+        self.turn = 0
+
+    def next_slot(self) -> dict[str, torch.Tensor]:
+        index = self.turn % 2
+        self.turn += 1
+        if index == len(self.slots):  # made when first needed: a split of one batch needs one
+            self.slots.append({name: torch.empty((self.batch_size, *shape), dtype=torch.float32)
+                               for name, shape in self.shapes.items()})
+        return self.slots[index]
+
+
 class SplitBatches:
     """Iterable over one split's batches; each iteration is one epoch."""
 
     def __init__(
         self, reader: CacheReader, split: str, batch_size: int, shuffle: bool, with_features: bool,
-        seed: int = 0, buffer_shards: int = 4, in_memory: bool = False,
+        seed: int = 0, buffer_shards: int = 4, in_memory: bool = False, reuse_buffers: bool = False,
     ) -> None:
         self.reader = reader
         self.start, self.stop = reader.split_range(split)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.with_features = with_features
+        self.reuse_buffers = reuse_buffers
         self.rng = np.random.default_rng(seed)
         storage = reader.metadata.storage
         self.blocks = aligned_blocks(self.start, self.stop, storage.shard_size)
@@ -107,26 +133,34 @@ class SplitBatches:
     def num_samples(self) -> int:
         return self.stop - self.start
 
-    def _batch(self, rows: _Rows, selected: np.ndarray) -> Batch:
+    def _batch(self, rows: _Rows, selected: np.ndarray, ring: _FeatureRing | None = None) -> Batch:
         arrays = rows.take(selected, ("indices", "side_images", "labels"))
         keys = values = None
         if self.with_features:
             dtype = self.reader.metadata.storage.dtype
-            keys, values = (decode_rows(rows.arrays[name], rows.arrays.get(scale_name(name)), selected, dtype)
+            slot = ring.next_slot() if ring is not None else None
+            keys, values = (decode_rows(rows.arrays[name], rows.arrays.get(scale_name(name)), selected, dtype,
+                                        None if slot is None else slot[name][: len(selected)])
                             for name in ("keys", "values"))
         return Batch(indices=arrays["indices"], side_images=arrays["side_images"], labels=arrays["labels"],
                      keys=keys, values=values)
 
-    def _batches(self, rows: _Rows, order: np.ndarray) -> Iterator[Batch]:
+    def _batches(self, rows: _Rows, order: np.ndarray, ring: _FeatureRing | None) -> Iterator[Batch]:
         for begin in range(0, len(order), self.batch_size):
-            yield self._batch(rows, order[begin : begin + self.batch_size])
+            yield self._batch(rows, order[begin : begin + self.batch_size], ring)
+
+    def _ring(self, rows: _Rows) -> _FeatureRing | None:
+        if not (self.reuse_buffers and self.with_features):
+            return None
+        return _FeatureRing({name: rows.arrays[name].shape[1:] for name in ("keys", "values")}, self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.blocks:
             return
         if self._memory is not None:
             count = self._memory.count
-            yield from self._batches(self._memory, self.rng.permutation(count) if self.shuffle else np.arange(count))
+            order = self.rng.permutation(count) if self.shuffle else np.arange(count)
+            yield from self._batches(self._memory, order, self._ring(self._memory))
             return
         if self.shuffle:
             blocks = [self.shuffle_blocks[i] for i in self.rng.permutation(len(self.shuffle_blocks))]
@@ -134,6 +168,7 @@ class SplitBatches:
         else:
             blocks, group = list(self.blocks), 1
         rows = _Rows(self.reader, group * max(b - a for a, b in blocks) + self.batch_size, self.with_features)
+        ring = self._ring(rows)
         for begin in range(0, len(blocks), group):
             for a, b in blocks[begin : begin + group]:
                 rows.read(self.reader, a, b)
@@ -141,5 +176,5 @@ class SplitBatches:
             order = self.rng.permutation(count) if self.shuffle else np.arange(count)
             is_last = begin + group >= len(blocks)
             usable = count if is_last else count - count % self.batch_size
-            yield from self._batches(rows, order[:usable])
+            yield from self._batches(rows, order[:usable], ring)
             rows.keep_only(order[usable:])

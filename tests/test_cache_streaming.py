@@ -91,6 +91,56 @@ def test_decode_rows_gathers_and_converts_like_decode(dtype: str) -> None:
     np.testing.assert_array_equal(got.numpy(), expected)
 
 
+def test_decode_rows_writes_into_a_given_tensor() -> None:
+    from cache.encoding import decode_rows, encode
+
+    stored, scales = encode(np.random.default_rng(1).normal(size=(6, 2, 4)).astype(np.float32), "int8")
+    rows = np.array([5, 1])
+    out = torch.full((2, 2, 4), float("nan"))
+    assert decode_rows(stored, scales, rows, "int8", out) is out
+    torch.testing.assert_close(out, decode_rows(stored, scales, rows, "int8"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="float32"):
+        decode_rows(stored, scales, rows, "int8", torch.empty(3, 2, 4))
+
+
+def _copies(batches) -> list[tuple]:
+    """Each batch copied as soon as it is handed out (reused buffers are overwritten later)."""
+    return [(b.indices.copy(), b.labels.copy(), b.side_images.copy(), b.keys.clone(), b.values.clone())
+            for b in batches]
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+@pytest.mark.parametrize("split,shuffle", [("train", True), ("val", False)])
+def test_reused_buffers_give_the_same_batches(store: Path, in_memory: bool, split: str, shuffle: bool) -> None:
+    from stages.train_side import ready_batches
+
+    reader = CacheReader(store)
+
+    def batches(reuse: bool) -> SplitBatches:  # 37 train and 9 val samples: a short last batch
+        return SplitBatches(reader, split, batch_size=5, shuffle=shuffle, with_features=True, seed=4,
+                            buffer_shards=2, in_memory=in_memory, reuse_buffers=reuse)
+
+    expected = _copies(batches(False))
+    reading_ahead = _copies(r.batch for r in ready_batches(batches(True), torch.device("cpu"), prefetch=True))
+    for got in (_copies(batches(True)), reading_ahead):
+        assert len(got) == len(expected) > 1
+        for mine, theirs in zip(got, expected):
+            for a, b in zip(mine, theirs):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_reused_buffers_alternate_between_two_per_pass(store: Path) -> None:
+    reader = CacheReader(store)
+    held = list(SplitBatches(reader, "train", batch_size=5, shuffle=True, with_features=True, seed=0,
+                             buffer_shards=2, reuse_buffers=True))
+    keys = [b.keys.untyped_storage().data_ptr() for b in held]
+    values = [b.values.untyped_storage().data_ptr() for b in held]
+    assert len(set(keys)) == len(set(values)) == 2 and not set(keys) & set(values)
+    assert keys[0::2] == [keys[0]] * len(keys[0::2]) and keys[1::2] == [keys[1]] * len(keys[1::2])
+    fresh = list(SplitBatches(reader, "train", batch_size=5, shuffle=True, with_features=True, seed=0, buffer_shards=2))
+    assert len({b.keys.untyped_storage().data_ptr() for b in fresh}) == len(fresh)  # the default: a tensor per batch
+
+
 def test_a_shuffle_buffer_draws_chunks_from_across_the_split(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In a store whose train split is sorted (by class, for class-per-folder data; stores of earlier
     versions, and this synthetic one), a buffer of whole shards would hold a few long runs: it is
