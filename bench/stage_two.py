@@ -123,8 +123,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         from stages.train_side import ready_batches
 
         batches = SplitBatches(reader, "train", batch_size, shuffle=True, with_features=True, seed=config.train.seed,
-                               buffer_shards=config.train.shuffle_buffer_shards, in_memory=config.train.in_memory,
-                               reuse_buffers=True)
+                               buffer_shards=config.train.shuffle_buffer_shards, in_memory=config.train.in_memory)
         trainer = Trainer(config, metadata, len(batches), args.epochs)
         generator = torch.Generator().manual_seed(config.train.seed)
         norm = metadata.normalization

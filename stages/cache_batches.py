@@ -9,12 +9,12 @@ its scales): shards are read into it, batches are gathered from it and decoded t
 batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
 front. `in_memory` loads the split once (as stored) and shuffles globally instead.
 
-With `reuse_buffers`, a pass decodes the batches' keys and values into two float32 buffers in
-turn instead of a new tensor per batch. A new batch tensor is large (121 MB at ViT-B/512, batch
-16): the allocator maps it fresh every time and its pages fault in as they are written, which cost
-about as much as the conversion itself. A batch's keys/values are then valid until the batch after
-next is made: right for a loop that uses one batch at a time, even with a reading thread one batch
-ahead (stages/prefetch.py), but not for keeping batches.
+Iterating gives each batch new keys/values tensors. `batches(reuse=n)` decodes them into n
+float32 buffers in turn instead, so a batch's keys/values are overwritten n batches later: one
+buffer for a loop that finishes with a batch before it asks for the next, two when a thread reads
+one batch ahead (stages/train_side.ready_batches chooses). A new batch tensor is large (121 MB at
+ViT-B/512, batch 16): the allocator maps it afresh every time and its pages fault in as they are
+written, which cost about as much as the float16 to float32 conversion itself.
 """
 
 from __future__ import annotations
@@ -79,16 +79,17 @@ class _Rows:
 
 
 class _FeatureRing:
-    """Two float32 buffers per feature array, each a batch large, handed out in turn (one pass)."""
+    """`size` float32 buffers per feature array, each a batch large, handed out in turn (one pass)."""
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]], batch_size: int) -> None:
+    def __init__(self, shapes: dict[str, tuple[int, ...]], batch_size: int, size: int) -> None:
         self.shapes = shapes
         self.batch_size = batch_size
+        self.size = size
         self.slots: list[dict[str, torch.Tensor]] = []
         self.turn = 0
 
     def next_slot(self) -> dict[str, torch.Tensor]:
-        index = self.turn % 2
+        index = self.turn % self.size
         self.turn += 1
         if index == len(self.slots):  # made when first needed: a split of one batch needs one
             self.slots.append({name: torch.empty((self.batch_size, *shape), dtype=torch.float32)
@@ -101,14 +102,13 @@ class SplitBatches:
 
     def __init__(
         self, reader: CacheReader, split: str, batch_size: int, shuffle: bool, with_features: bool,
-        seed: int = 0, buffer_shards: int = 4, in_memory: bool = False, reuse_buffers: bool = False,
+        seed: int = 0, buffer_shards: int = 4, in_memory: bool = False,
     ) -> None:
         self.reader = reader
         self.start, self.stop = reader.split_range(split)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.with_features = with_features
-        self.reuse_buffers = reuse_buffers
         self.rng = np.random.default_rng(seed)
         storage = reader.metadata.storage
         self.blocks = aligned_blocks(self.start, self.stop, storage.shard_size)
@@ -149,18 +149,22 @@ class SplitBatches:
         for begin in range(0, len(order), self.batch_size):
             yield self._batch(rows, order[begin : begin + self.batch_size], ring)
 
-    def _ring(self, rows: _Rows) -> _FeatureRing | None:
-        if not (self.reuse_buffers and self.with_features):
+    def _ring(self, rows: _Rows, reuse: int) -> _FeatureRing | None:
+        if not (reuse and self.with_features):
             return None
-        return _FeatureRing({name: rows.arrays[name].shape[1:] for name in ("keys", "values")}, self.batch_size)
+        return _FeatureRing({name: rows.arrays[name].shape[1:] for name in ("keys", "values")}, self.batch_size, reuse)
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, reuse: int = 0) -> Iterator[Batch]:
+        """One epoch; with `reuse` = n > 0, keys/values live in n buffers used in turn (module docstring)."""
         if not self.blocks:
             return
         if self._memory is not None:
             count = self._memory.count
             order = self.rng.permutation(count) if self.shuffle else np.arange(count)
-            yield from self._batches(self._memory, order, self._ring(self._memory))
+            yield from self._batches(self._memory, order, self._ring(self._memory, reuse))
             return
         if self.shuffle:
             blocks = [self.shuffle_blocks[i] for i in self.rng.permutation(len(self.shuffle_blocks))]
@@ -168,7 +172,7 @@ class SplitBatches:
         else:
             blocks, group = list(self.blocks), 1
         rows = _Rows(self.reader, group * max(b - a for a, b in blocks) + self.batch_size, self.with_features)
-        ring = self._ring(rows)
+        ring = self._ring(rows, reuse)
         for begin in range(0, len(blocks), group):
             for a, b in blocks[begin : begin + group]:
                 rows.read(self.reader, a, b)

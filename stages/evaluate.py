@@ -42,7 +42,7 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: Checkpoint = "b
     device = resolve_device(config.train.device)
     model = load_run_model(run_dir, run, checkpoint, device)
     batches = SplitBatches(reader, split, config.train.batch_size, shuffle=False,
-                           with_features=run.model_spec.use_prompts, reuse_buffers=True)
+                           with_features=run.model_spec.use_prompts)
     indices, labels, probabilities, loss = predict_split(model, batches, reader.metadata,
                                                          run.model_spec.side_input_size, device)
     metrics = classification_metrics(labels, probabilities, loss)

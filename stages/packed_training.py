@@ -152,7 +152,7 @@ class Pack:
         self.side_size = lead.side.input_size
         train = lead.train
         common = dict(with_features=lead.side.use_prompts, buffer_shards=train.shuffle_buffer_shards,
-                      in_memory=train.in_memory, reuse_buffers=True)  # the loops below hold one batch at a time
+                      in_memory=train.in_memory)
         self.train_batches = SplitBatches(self.reader, "train", train.batch_size, shuffle=True, seed=train.seed, **common)
         self.val_batches = SplitBatches(self.reader, "val", train.batch_size, shuffle=False, **common)
         self.test_batches = SplitBatches(self.reader, "test", train.batch_size, shuffle=False, **common)

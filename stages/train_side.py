@@ -122,14 +122,16 @@ def use_prefetch(setting: bool | str, device: torch.device) -> bool:
 
 
 def ready_batches(batches: SplitBatches, device: torch.device, prefetch: bool | None = None) -> Iterator[ReadyBatch]:
-    """One epoch of the split with keys/values on the device; with prefetch, each batch is read in a
-    background thread while the previous one trains. None: as `use_prefetch("auto", device)`."""
+    """One epoch of the split with keys/values on the device, for a loop done with each batch before
+    it asks for the next: the batches' float32 keys/values are decoded into reused buffers, one, or
+    two with prefetch, where each batch is read in a background thread while the previous one
+    trains. None: as `use_prefetch("auto", device)`."""
     def ready(batch: Batch) -> ReadyBatch:
         return ReadyBatch(batch, feature_tensor(batch.keys, device), feature_tensor(batch.values, device))
 
     if use_prefetch("auto", device) if prefetch is None else prefetch:
-        return prefetched(batches, ready)
-    return (ready(batch) for batch in batches)
+        return prefetched(batches.batches(reuse=2), ready)
+    return (ready(batch) for batch in batches.batches(reuse=1))
 
 
 BatchLogits = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]

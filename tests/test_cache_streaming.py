@@ -116,29 +116,32 @@ def test_reused_buffers_give_the_same_batches(store: Path, in_memory: bool, spli
 
     reader = CacheReader(store)
 
-    def batches(reuse: bool) -> SplitBatches:  # 37 train and 9 val samples: a short last batch
+    def batches() -> SplitBatches:  # 37 train and 9 val samples: a short last batch
         return SplitBatches(reader, split, batch_size=5, shuffle=shuffle, with_features=True, seed=4,
-                            buffer_shards=2, in_memory=in_memory, reuse_buffers=reuse)
+                            buffer_shards=2, in_memory=in_memory)
 
-    expected = _copies(batches(False))
-    reading_ahead = _copies(r.batch for r in ready_batches(batches(True), torch.device("cpu"), prefetch=True))
-    for got in (_copies(batches(True)), reading_ahead):
+    expected = _copies(batches())
+    cpu = torch.device("cpu")
+    for got in (_copies(batches().batches(reuse=1)), _copies(batches().batches(reuse=3)),
+                _copies(r.batch for r in ready_batches(batches(), cpu, prefetch=False)),
+                _copies(r.batch for r in ready_batches(batches(), cpu, prefetch=True))):  # one batch ahead
         assert len(got) == len(expected) > 1
         for mine, theirs in zip(got, expected):
             for a, b in zip(mine, theirs):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_reused_buffers_alternate_between_two_per_pass(store: Path) -> None:
+@pytest.mark.parametrize("reuse", [1, 2])
+def test_reused_buffers_are_used_in_turn(store: Path, reuse: int) -> None:
     reader = CacheReader(store)
-    held = list(SplitBatches(reader, "train", batch_size=5, shuffle=True, with_features=True, seed=0,
-                             buffer_shards=2, reuse_buffers=True))
+    batches = SplitBatches(reader, "train", batch_size=5, shuffle=True, with_features=True, seed=0, buffer_shards=2)
+    held = list(batches.batches(reuse=reuse))
     keys = [b.keys.untyped_storage().data_ptr() for b in held]
     values = [b.values.untyped_storage().data_ptr() for b in held]
-    assert len(set(keys)) == len(set(values)) == 2 and not set(keys) & set(values)
-    assert keys[0::2] == [keys[0]] * len(keys[0::2]) and keys[1::2] == [keys[1]] * len(keys[1::2])
-    fresh = list(SplitBatches(reader, "train", batch_size=5, shuffle=True, with_features=True, seed=0, buffer_shards=2))
-    assert len({b.keys.untyped_storage().data_ptr() for b in fresh}) == len(fresh)  # the default: a tensor per batch
+    assert len(held) == 8 and len(set(keys)) == len(set(values)) == reuse and not set(keys) & set(values)
+    assert all(keys[i] == keys[i % reuse] and values[i] == values[i % reuse] for i in range(len(held)))
+    fresh = list(batches)  # iterating: a new tensor per batch
+    assert len({b.keys.untyped_storage().data_ptr() for b in fresh}) == len(fresh)
 
 
 def test_a_shuffle_buffer_draws_chunks_from_across_the_split(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
