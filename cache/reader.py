@@ -50,6 +50,28 @@ def as_nd_buffer(array: np.ndarray):
     return default_buffer_prototype().nd_buffer.from_numpy_array(array)
 
 
+# glibc's malloc maps every block above 32 MiB (its largest mmap threshold) afresh and unmaps it when
+# freed. Asked for a whole shard, zarr reads the shard file into one buffer (a partial read fetches
+# chunk by chunk), so reading a whole ViT-B/512 shard (32 samples, 56 MB of compressed keys) faulted
+# in every page of that buffer on every read. Reads of at most this many stored bytes per array
+# stay under the limit, so their buffers come from memory the heap reuses: ViT-B/512 shards are read
+# in two halves, 10.1 -> 7.7 ms per image (CPU 12.1 -> 9.6 ms, page faults 875 -> 13); the demo's
+# shards (15 MB) are read whole as before.
+READ_PIECE_BYTES = 30 * 2**20
+
+
+def read_pieces(start: int, stop: int, chunk_size: int, sample_bytes: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into reads of at most READ_PIECE_BYTES (stored size, whole chunks; at least
+    one chunk each), at chunk boundaries."""
+    most = max(1, READ_PIECE_BYTES // max(sample_bytes, 1) // chunk_size) * chunk_size
+    pieces, position = [], start
+    while position < stop:
+        end = min((position // chunk_size) * chunk_size + most, stop)
+        pieces.append((position, end))
+        position = end
+    return pieces
+
+
 class CacheReader:
     def __init__(self, path: Path, require_complete: bool = True) -> None:
         self.path = path
@@ -106,13 +128,16 @@ class CacheReader:
 
     def read_stored_into(self, start: int, stop: int, rows: dict[str, np.ndarray]) -> None:
         """Fill `rows` (name -> array of stop - start rows, dtype as stored: see `stored_row_layout`)
-        with samples [start, stop) in place: no temporary copy of a shard. Labels become int64."""
+        with samples [start, stop) in place: no temporary copy of a shard. Labels become int64.
+        Large arrays are read in pieces of whole chunks (`read_pieces`)."""
         with self._decoding(start, stop):
             for name, destination in rows.items():
                 if name == "labels":
                     destination[:] = self.array("labels")[start:stop]
-                else:
-                    self.array(name).get_basic_selection(slice(start, stop), out=as_nd_buffer(destination))
+                    continue
+                array = self.array(name)
+                for a, b in read_pieces(start, stop, self.metadata.storage.chunk_size, destination[:1].nbytes):
+                    array.get_basic_selection(slice(a, b), out=as_nd_buffer(destination[a - start : b - start]))
 
     def stored_row_layout(self, with_features: bool = True) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """(shape of one sample, dtype) of each array `read_stored_into` fills, from the store's metadata."""

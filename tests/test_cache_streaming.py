@@ -144,6 +144,48 @@ def test_reused_buffers_are_used_in_turn(store: Path, reuse: int) -> None:
     assert len({b.keys.untyped_storage().data_ptr() for b in fresh}) == len(fresh)
 
 
+@pytest.mark.parametrize("start,stop", [(0, 37), (5, 30), (8, 9)])
+def test_large_reads_come_in_pieces_of_whole_chunks_with_the_same_data(
+        store: Path, monkeypatch: pytest.MonkeyPatch, start: int, stop: int) -> None:
+    import zarr
+
+    import cache.reader
+
+    reader = CacheReader(store)
+    layout = reader.stored_row_layout(True)
+
+    def read_all() -> dict[str, np.ndarray]:
+        rows = {name: np.zeros((stop - start, *shape), dtype) for name, (shape, dtype) in layout.items()}
+        reader.read_stored_into(start, stop, rows)
+        return rows
+
+    whole = read_all()
+
+    def sample_bytes(name: str) -> int:
+        shape, dtype = layout[name]
+        return int(np.prod(shape)) * dtype.itemsize
+
+    budget = 3 * sample_bytes("keys")  # keys: one chunk (2 samples) per read
+    monkeypatch.setattr(cache.reader, "READ_PIECE_BYTES", budget)
+    selections: dict[str, list[tuple[int, int]]] = {}
+    real = zarr.Array.get_basic_selection
+
+    def spy(self, selection, *args, **kwargs):
+        selections.setdefault(self.basename, []).append((selection.start, selection.stop))
+        return real(self, selection, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.Array, "get_basic_selection", spy)
+    pieces = read_all()
+    for name in whole:
+        np.testing.assert_array_equal(pieces[name], whole[name])
+    assert selections.keys() == {"keys", "values", "keys_scale", "values_scale", "side_images"}
+    for name, reads in selections.items():
+        most = max(2, budget // sample_bytes(name) // 2 * 2)  # whole chunks of 2 within the budget
+        assert reads[0][0] == start and reads[-1][1] == stop and all(b == c for (_, b), (c, _) in zip(reads, reads[1:]))
+        assert all(b - a <= most and (b % 2 == 0 or b == stop) for a, b in reads), name
+    assert len(selections["keys"]) == len(range(start - start % 2, stop, 2))
+
+
 def test_a_shuffle_buffer_draws_chunks_from_across_the_split(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In a store whose train split is sorted (by class, for class-per-folder data; stores of earlier
     versions, and this synthetic one), a buffer of whole shards would hold a few long runs: it is
