@@ -265,8 +265,6 @@ def run_scenario(scenario: str, num_train: int, quick: bool, args: argparse.Name
                                           large, args.original_format) if large else None)
     common = ["--scenario", scenario, "--num-train", str(num_train), "--batch-size", str(args.batch_size),
               "--workers", str(args.workers), "--epochs", str(args.epochs)]
-    if args.threads:
-        common += ["--threads", str(args.threads)]
     runs = [("a", str(cache), num_train)]
     runs += [("a", str(grown_cache(cache, f)), num_train * f) for f in args.growth]
     runs += [("a-none", str(grown_cache(cache, 1, "none")), num_train)]
@@ -279,6 +277,8 @@ def run_scenario(scenario: str, num_train: int, quick: bool, args: argparse.Name
         console.print(f"  variant {variant} on {samples} train samples ...")
         extra = ["--max-steps", str(args.max_steps_c), "--epochs", "1"] if variant == "c" else []
         folder = large_preload if variant == "b-large" else preload
+        threads = args.threads_b if variant.startswith("b") and args.threads_b else args.threads
+        extra += ["--threads", str(threads)] if threads else []
         result = run_fresh(SCRIPT, [*common, "--variant", variant.split("-")[0], "--cache", path, "--preload", str(folder), *extra])
         result.update(scenario=scenario, variant=variant, samples=samples)
         if "self_mb" in result:
@@ -316,6 +316,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--result-json")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--threads-b", type=int, default=None,
+                        help="torch threads of variant b alone (default: --threads), to time each variant at its "
+                             "own best setting: b's decoding worker process needs a core of its own")
     args = parser.parse_args()
     apply_threads(args.threads)
 
@@ -344,7 +347,7 @@ def main() -> None:
     print_table(f"Stage-two epoch (batch {args.batch_size}); bare `import torch` peak RSS {bare_mb:.0f} MB",
                 ["LPM", "variant", "train samples", "epoch s", "x slower than a", "peak RSS MB", "RSS above torch MB", "note"], rows)
     write_results("stage_two_quick" if args.quick else "stage_two",
-                  {"bare_torch_rss_mb": bare_mb, "threads": args.threads, "sizes": sizes, "growth": args.growth, "batch_size": args.batch_size, "workers": args.workers,
+                  {"bare_torch_rss_mb": bare_mb, "threads": args.threads, "threads_b": args.threads_b, "sizes": sizes, "growth": args.growth, "batch_size": args.batch_size, "workers": args.workers,
                    "original_size": args.original_size, "original_format": args.original_format, "results": results})
 
 
