@@ -31,6 +31,18 @@ SAMPLE_ARRAYS = FEATURE_ARRAYS + ("side_images",)
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
+def aligned_blocks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) cut at multiples of `size` (shard or chunk boundaries, or a multiple of
+    the chunk size), so each block reads whole (or edge) shards or chunks."""
+    blocks = []
+    position = start
+    while position < stop:
+        end = min((position // size + 1) * size, stop)
+        blocks.append((position, end))
+        position = end
+    return blocks
+
+
 def store_name(dataset: str, cache_key: str) -> str:
     return f"{dataset}-{cache_key[:16]}.zarr"
 

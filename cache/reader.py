@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from zarr.core.buffer import default_buffer_prototype
 
 from cache.encoding import decode, has_scales, scale_name
+from cache.layout import aligned_blocks
 from cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, CacheMetadata
 from pipeline.errors import UserError
 
@@ -62,14 +63,9 @@ READ_PIECE_BYTES = 30 * 2**20
 
 def read_pieces(start: int, stop: int, chunk_size: int, sample_bytes: int) -> list[tuple[int, int]]:
     """[start, stop) cut into reads of at most READ_PIECE_BYTES (stored size, whole chunks; at least
-    one chunk each), at chunk boundaries."""
+    one chunk each), at multiples of that many samples, which are chunk boundaries."""
     most = max(1, READ_PIECE_BYTES // max(sample_bytes, 1) // chunk_size) * chunk_size
-    pieces, position = [], start
-    while position < stop:
-        end = min((position // chunk_size) * chunk_size + most, stop)
-        pieces.append((position, end))
-        position = end
-    return pieces
+    return aligned_blocks(start, stop, most)
 
 
 class CacheReader:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cache.encoding import decode_rows, scale_name
+from cache.layout import aligned_blocks
 from cache.reader import CacheReader
 
 
@@ -36,18 +37,6 @@ class Batch:
     labels: np.ndarray  # (B,) int64
     keys: torch.Tensor | None  # (B, L, H, n, Dh) float32, on the CPU
     values: torch.Tensor | None
-
-
-def aligned_blocks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
-    """[start, stop) cut at multiples of `size` (shard or chunk boundaries), so each block reads
-    whole (or edge) shards or chunks."""
-    blocks = []
-    position = start
-    while position < stop:
-        end = min((position // size + 1) * size, stop)
-        blocks.append((position, end))
-        position = end
-    return blocks
 
 
 class _Rows:
