@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cache.io_thread import stop_zarr_io_thread
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import UserError
 
@@ -306,6 +307,13 @@ def _interrupted() -> None:
 
 
 def main() -> None:
+    try:
+        _run_app()
+    finally:
+        stop_zarr_io_thread()
+
+
+def _run_app() -> None:
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
         # typer turns Ctrl-C inside a command into Exit(130), returned (not raised) in non-standalone mode.
