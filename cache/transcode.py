@@ -1,7 +1,9 @@
 """Re-writing a complete cache with other storage settings (dtype, codec, shards) without the LPM.
 
 The new store gets the key `fpt extract` would give those settings, so it is found and reused
-exactly as if it had been extracted with them.
+exactly as if it had been extracted with them. It is written shard by shard through the same
+`ShardWriter` as an extraction: an interrupted transcode keeps its finished shards, and running it
+again continues from them.
 """
 
 from __future__ import annotations
@@ -9,28 +11,65 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cache.catalog import list_caches
 from cache.identity import store_key
 from cache.layout import create_store, store_name
-from cache.metadata import StorageSettings
-from cache.reader import CacheReader
+from cache.metadata import CacheMetadata, StorageSettings
+from cache.reader import CacheReader, read_metadata
 from cache.writer import ShardWriter
+from pipeline.errors import UserError
 
 
-def transcode(source: Path, root: Path, storage: StorageSettings) -> Path:
+def transcoded_key(source: CacheMetadata, storage: StorageSettings) -> str:
+    return store_key(source.dataset, source.dataset_fingerprint, source.lpm, source.extraction, source.normalization,
+                     storage)
+
+
+def transcode(source: Path, root: Path, storage: StorageSettings, show_progress: bool = False) -> Path:
+    """The store of `source`'s samples in `storage`'s settings under `root` (written, resumed, or reused)."""
     reader = CacheReader(source)
     old = reader.metadata
-    key = store_key(old.dataset, old.dataset_fingerprint, old.lpm, old.extraction, old.normalization, storage)
+    key = transcoded_key(old, storage)
     metadata = old.model_copy(update={"storage": storage, "cache_key": key, "complete": False})
     path = root / store_name(old.dataset, key)
-    root.mkdir(parents=True, exist_ok=True)
-    group = reader.group
-    create_store(path, metadata, group["labels"][:], group["splits"][:], reader.sample_ids())
+    if path.resolve() == source.resolve():
+        return path  # already in these settings
+    if path.exists():
+        existing = read_metadata(path)
+        if existing.cache_key != key:
+            raise UserError(f"{path} holds a cache with another key.", "Move it away and run again.")
+        if existing.complete:
+            return path
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        group = reader.group
+        create_store(path, metadata, group["labels"][:], group["splits"][:], reader.sample_ids())
     writer = ShardWriter(path, metadata)
-    for shard in range(metadata.num_shards):
-        start, stop = metadata.shard_range(shard)
-        arrays = reader.read(start, stop)
-        writer.write_shard(shard, arrays["keys"].astype(np.float32), arrays["values"].astype(np.float32),
-                           arrays["side_images"])
+    pending = [shard for shard in range(metadata.num_shards) if shard not in writer.completed_shards()]
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, disable=not show_progress) as progress:
+        task = progress.add_task(f"Transcoding to {storage.dtype}/{storage.codec}", total=len(pending))
+        for shard in pending:
+            start, stop = metadata.shard_range(shard)
+            arrays = reader.read(start, stop)
+            writer.write_shard(shard, arrays["keys"].astype(np.float32, copy=False),
+                               arrays["values"].astype(np.float32, copy=False), arrays["side_images"])
+            progress.advance(task)
     writer.finish(skipped=old.skipped)
     return path
+
+
+def equivalent_store(root: Path, wanted: CacheMetadata) -> Path | None:
+    """A complete store under `root` with exactly the samples `wanted` describes, stored in another
+    codec or shard layout but the same dtype: transcoding it gives the same store as running the LPM."""
+    for path, metadata, _ in list_caches(root):
+        if metadata is None or not metadata.complete or metadata.cache_key == wanted.cache_key:
+            continue
+        if metadata.storage.dtype != wanted.storage.dtype:
+            continue
+        if transcoded_key(wanted, metadata.storage) == metadata.cache_key:
+            return path
+    return None

@@ -15,7 +15,7 @@ from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="FPT+ as a two-stage pipeline: extract once, train the side network many times.")
-cache_app = typer.Typer(no_args_is_help=True, help="Inspect the feature caches.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect, check and re-encode the feature caches.")
 app.add_typer(cache_app, name="cache")
 console = Console()
 error_console = Console(stderr=True, soft_wrap=True)
@@ -64,6 +64,9 @@ def extract(
     size = folder_bytes(result.path)
     if result.reused:
         console.print(f"[green]Cache is up to date[/green]: {result.path} (reused, nothing recomputed).")
+    elif result.transcoded_from is not None:
+        console.print(f"[green]Cache written[/green]: {result.path}, re-encoded from {result.transcoded_from}, "
+                      "which holds the same features in other storage settings (the LPM was not run).")
     else:
         console.print(f"[green]Cache written[/green]: {result.path}")
     console.print(
@@ -262,6 +265,35 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
             str(meta.num_samples), f"{size / 1e6:.1f} MB", "complete" if meta.complete else "INCOMPLETE",
         )
     console.print(table)
+
+
+@cache_app.command("transcode")
+def cache_transcode(
+    path: Annotated[Path, typer.Argument(help="A complete cache store.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Re-write a cache in the storage settings of the configuration (cache.dtype, codec, shards), without the LPM."""
+    from cache.catalog import folder_bytes
+    from cache.metadata import StorageSettings
+    from cache.reader import read_metadata
+    from cache.transcode import transcode
+
+    cfg = _load(config, set_, None)
+    source = read_metadata(path)
+    if not source.complete:
+        raise UserError(f"{path} is an incomplete cache.", "Finish it first: run the `fpt extract` command that built it again.")
+    c = cfg.cache
+    storage = StorageSettings(dtype=c.dtype, codec=c.codec, codec_level=c.codec_level, shard_size=c.shard_size,
+                              chunk_size=c.chunk_size)
+    if storage == source.storage and path.parent.resolve() == c.root.resolve():
+        console.print(f"{path} is already stored as {storage.dtype}/{storage.codec}: nothing to do.")
+        return
+    written = transcode(path, c.root, storage, show_progress=not quiet)
+    before, after = folder_bytes(path), folder_bytes(written)
+    console.print(f"[green]Cache written[/green]: {written} ({storage.dtype}/{storage.codec}, {after / 1e6:.1f} MB; "
+                  f"the source, {source.storage.dtype}/{source.storage.codec}, is {before / 1e6:.1f} MB and is kept).")
 
 
 @cache_app.command("verify")

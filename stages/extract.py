@@ -23,6 +23,7 @@ from cache.layout import SPLIT_CODES, create_store, store_name
 from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, SkippedImage, StorageSettings
 from cache.reader import CacheReader, read_metadata
 from cache.storage_order import SHUFFLED_SPLITS, in_store_order, storage_order
+from cache.transcode import equivalent_store, transcode
 from cache.writer import ShardWriter
 from pipeline.cluster import machine_cores
 from pipeline.config import PipelineConfig
@@ -92,6 +93,7 @@ class ExtractResult:
     computed_samples: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    transcoded_from: Path | None = None  # written from this store of the same features, without the LPM
 
 
 def extraction_settings(config: PipelineConfig, lpm: LPMIdentity) -> ExtractionSettings:
@@ -184,6 +186,11 @@ def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: s
         existing = read_metadata(path)
         if existing.cache_key == metadata.cache_key and existing.complete:
             return ExtractResult(path, existing, True, 0, time.perf_counter() - began, dataset.notes)
+    source = equivalent_store(config.cache.root, metadata)
+    if source is not None:  # the same features in another codec or shard layout: no need for the LPM
+        transcode(source, config.cache.root, metadata.storage, show_progress=show_progress)
+        return ExtractResult(path, read_metadata(path), False, 0, time.perf_counter() - began, dataset.notes, source)
+    if path.exists():
         if existing.cache_key != metadata.cache_key:
             raise UserError(f"{path} holds a cache with another key.", "Move it away and run again.")
         metadata = existing

@@ -1,8 +1,8 @@
 """Reading the next batch while the current one trains.
 
-Stage two alternates reading a batch from the cache (zarr, zstd, gathering rows, float16 to
+Stage two alternates reading a batch from the cache (zarr, decompressing, gathering rows, float16 to
 float32) and a training step on it. A background thread prepares batch i+1 while the step of
-batch i runs, so an epoch takes about max(read, step) instead of their sum. zstd, numpy copies
+batch i runs, so an epoch takes about max(read, step) instead of their sum. The codecs, numpy copies
 and torch release the GIL, so the thread runs on another core.
 """
 

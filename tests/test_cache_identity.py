@@ -58,7 +58,7 @@ def test_changed_setting_or_image_builds_a_new_cache_beside_the_old(tmp_path: Pa
     assert "0.5" in ratio_column[other_ratio.path.stem] and "0.5" not in ratio_column[base.path.stem]
     for line, path in ((ratio_column[p.stem], p) for p in (base.path, other_ratio.path, changed_image.path)):
         size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
-        assert f"{size_mb:.1f} MB" in line and "complete" in line and "float16/zstd" in line
+        assert f"{size_mb:.1f} MB" in line and "complete" in line and "float16/blosc-lz4" in line
 
 
 def test_fingerprint_hashes_content_not_paths(tmp_path: Path) -> None:
