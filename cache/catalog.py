@@ -54,6 +54,12 @@ def contradictions(config: PipelineConfig, metadata: CacheMetadata) -> list[str]
     return problems
 
 
+def _in_configured_storage(config: PipelineConfig, metadata: CacheMetadata) -> bool:
+    storage, wanted = metadata.storage, config.cache
+    return (storage.dtype, storage.codec, storage.codec_level, storage.shard_size, storage.chunk_size) == (
+        wanted.dtype, wanted.codec, wanted.codec_level, wanted.shard_size, wanted.chunk_size)
+
+
 def find_cache(config: PipelineConfig, explicit: Path | None = None) -> Path:
     """The cache to train from: the explicit one if given, else the newest compatible one."""
     if explicit is not None:
@@ -73,7 +79,9 @@ def find_cache(config: PipelineConfig, explicit: Path | None = None) -> Path:
     candidates = [(p, m) for p, m, _ in list_caches(config.cache.root) if m is not None and m.dataset == config.dataset.name]
     usable = [(p, m) for p, m in candidates if m.complete and not contradictions(config, m)]
     if usable:
-        return max(usable, key=lambda item: item[1].created_at)[0]
+        # Stores of the same features in several storage settings (`fpt cache transcode`) are all
+        # usable; the one in the configured settings wins, then the newest.
+        return max(usable, key=lambda item: (_in_configured_storage(config, item[1]), item[1].created_at))[0]
     if candidates:
         details = "; ".join(
             f"{p.name}: " + ("incomplete" if not m.complete else ", ".join(contradictions(config, m)))

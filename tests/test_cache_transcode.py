@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import stages.extract as extract_module
+from cache.catalog import find_cache
 from cache.reader import read_metadata
 from cache.writer import ShardWriter
 from cache_testing import cli_args, stored_arrays, tiny_assignments, tiny_config
@@ -58,6 +59,11 @@ def test_extract_in_another_codec_reencodes_the_same_features_without_the_lpm(tm
 
     again = run_extract(tiny_config(tmp_path, *OTHER_STORAGE), show_progress=False)
     assert again.reused and again.path == result.path
+    # both stores hold the same features and carry the same creation time; train-side takes the
+    # one in the configured storage settings
+    assert read_metadata(result.path).created_at == read_metadata(zstd.path).created_at
+    assert find_cache(tiny_config(tmp_path, *OTHER_STORAGE)) == result.path
+    assert find_cache(tiny_config(tmp_path, "cache.codec=zstd")) == zstd.path
 
 
 def test_an_interrupted_reencoding_continues_from_its_finished_shards(tmp_path: Path, monkeypatch):
