@@ -9,9 +9,11 @@ the handler nothing to do. zarr starts a new thread the next time it is used.
 
 from __future__ import annotations
 
+import atexit
 import sys
 
 STOP_TIMEOUT_S = 10.0
+_stopping_at_exit = False
 
 
 def stop_zarr_io_thread(timeout_s: float = STOP_TIMEOUT_S) -> bool:
@@ -34,3 +36,15 @@ def stop_zarr_io_thread(timeout_s: float = STOP_TIMEOUT_S) -> bool:
         return False
     sync.cleanup_resources()  # the thread has ended: this only closes the loop and forgets both
     return True
+
+
+def stop_zarr_io_thread_at_exit() -> None:
+    """Have this process run `stop_zarr_io_thread` when it exits, before zarr's own handler (for
+    processes that end without going through the CLI, such as dask workers)."""
+    global _stopping_at_exit
+    if _stopping_at_exit:
+        return
+    import zarr.core.sync  # noqa: F401  zarr registers its handler on import; atexit runs the last registered first
+
+    atexit.register(stop_zarr_io_thread)
+    _stopping_at_exit = True

@@ -17,6 +17,7 @@ import psutil
 import torch
 from pydantic import BaseModel
 
+from cache.io_thread import stop_zarr_io_thread_at_exit
 from pipeline.errors import UserError
 
 
@@ -126,8 +127,11 @@ def dask_client(scheduler: str | None, plan: ClusterPlan, processes: bool = True
 
 
 def worker_setup(plan: ClusterPlan, device_name: str) -> str:
-    """Inside a task: bound torch's threads and, on a multi-GPU worker host, pick this worker's GPU."""
+    """Inside a task: bound torch's threads and, on a multi-GPU worker host, pick this worker's GPU.
+    The worker process will also stop zarr's IO thread cleanly when it exits (cache/io_thread.py)."""
     from distributed import get_worker
+
+    stop_zarr_io_thread_at_exit()
 
     try:
         worker = get_worker()

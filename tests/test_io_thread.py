@@ -54,6 +54,33 @@ def test_stopping_the_thread_first_leaves_a_clean_exit_and_zarr_usable(tmp_path:
     assert ZARR_WARNING not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_process_that_asked_for_it_stops_the_thread_at_exit(tmp_path: Path):
+    """As a dask worker does (pipeline/cluster.py worker_setup): no CLI around it, only atexit."""
+    result = _run("""
+        from cache.io_thread import stop_zarr_io_thread_at_exit
+        stop_zarr_io_thread_at_exit()
+        stop_zarr_io_thread_at_exit()  # a second task on the same worker: registered once
+        keep_loop_busy()
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ZARR_WARNING not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_worker_setup_asks_for_it(monkeypatch):
+    import pipeline.cluster as cluster
+
+    calls: list[int] = []
+    monkeypatch.setattr(cluster, "stop_zarr_io_thread_at_exit", lambda: calls.append(1))
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert cluster.worker_setup(cluster.plan_local(num_tasks=1, use_gpu=False), "cpu") == "cpu"
+    finally:
+        torch.set_num_threads(threads)  # worker_setup bounds this process's threads
+    assert calls == [1]
+
+
 def test_a_thread_that_does_not_stop_in_time_is_reported(tmp_path: Path):
     result = _run("""
         from cache.io_thread import stop_zarr_io_thread
