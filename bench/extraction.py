@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -138,6 +139,10 @@ def main() -> None:
                         help="also time the selection under autocast and count changed tokens vs float32")
     parser.add_argument("--chunks", type=int, nargs="*", default=None, help="query_chunk values to sweep")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="only time the bare forward and `fpt extract`'s loop (defaults) alternately, N times, "
+                             "and report each pair's ratio and their median: on a noisy machine, the figure to judge "
+                             "the 1.25x target by")
     args = parser.parse_args()
     apply_threads(args.threads)
 
@@ -159,6 +164,9 @@ def main() -> None:
     def selector(chunk: int) -> TokenSelectingLPM:
         return TokenSelectingLPM(vit, extract.layers, extract.token_ratio, extract.importance, chunk).to(device)
 
+    if args.pairs:
+        time_pairs(args, config, sets, vit, lpm, batches, device, count)
+        return
     default = selector(extract.query_chunk)
     figures: dict[str, float] = {"decode_s": decode_s}
     figures["bare_forward_s"] = timed(vit.forward_features, batches, device, repeats)
@@ -206,6 +214,27 @@ def main() -> None:
         "images": count, "batch_size": args.batch_size, "device": str(device), "lpm": lpm.model_dump(),
         "repeats_best_of": repeats, "threads": args.threads, "figures": figures, "extract_runs": runs, "query_chunk_sweep": sweep,
         "autocast_agreement": agreement,
+    })
+
+
+def time_pairs(args, config, sets: list[str], vit: torch.nn.Module, lpm, batches: list[torch.Tensor],
+               device: torch.device, count: int) -> None:
+    """The bare forward and the extract loop with fpt's defaults, one after the other, `args.pairs` times."""
+    pairs = []
+    for _ in range(args.pairs):
+        bare = timed(vit.forward_features, batches, device, 1)
+        loop = time_extract(config, vit, lpm, 1, sets)["loop_s"]
+        pairs.append((bare, loop))
+    ratios = [loop / bare for bare, loop in pairs]
+    rows = [[i + 1, bare, loop, loop / bare] for i, (bare, loop) in enumerate(pairs)]
+    rows.append(["median", statistics.median(b for b, _ in pairs), statistics.median(x for _, x in pairs),
+                 statistics.median(ratios)])
+    print_table(f"Extraction, {count} images, {lpm.name} @ {config.extract.input_size}px, batch {args.batch_size}, "
+                f"{device}: bare forward and `fpt extract` loop (defaults) in alternation; target <= 1.25x",
+                ["pair", "bare forward s", "extract loop s", "x bare forward"], rows)
+    write_results(f"extraction_pairs_{args.scenario}_{device.type}", {
+        "images": count, "batch_size": args.batch_size, "device": str(device), "threads": args.threads,
+        "pairs_s": pairs, "ratios": ratios, "median_ratio": statistics.median(ratios),
     })
 
 
