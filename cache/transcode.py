@@ -27,8 +27,10 @@ def transcoded_key(source: CacheMetadata, storage: StorageSettings) -> str:
                      storage)
 
 
-def transcode(source: Path, root: Path, storage: StorageSettings, show_progress: bool = False) -> Path:
-    """The store of `source`'s samples in `storage`'s settings under `root` (written, resumed, or reused)."""
+def transcode(source: Path, root: Path, storage: StorageSettings, show_progress: bool = False,
+              resume_command: str = "the same `fpt extract` command") -> Path:
+    """The store of `source`'s samples in `storage`'s settings under `root` (written, resumed, or reused).
+    `resume_command` is what the full-disk message tells the user to run again."""
     reader = CacheReader(source)
     old = reader.metadata
     key = transcoded_key(old, storage)
@@ -46,7 +48,7 @@ def transcode(source: Path, root: Path, storage: StorageSettings, show_progress:
         root.mkdir(parents=True, exist_ok=True)
         group = reader.group
         create_store(path, metadata, group["labels"][:], group["splits"][:], reader.sample_ids())
-    writer = ShardWriter(path, metadata)
+    writer = ShardWriter(path, metadata, resume_command)
     pending = [shard for shard in range(metadata.num_shards) if shard not in writer.completed_shards()]
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())

@@ -23,9 +23,10 @@ from pipeline.errors import UserError
 
 
 class ShardWriter:
-    def __init__(self, path: Path, metadata: CacheMetadata) -> None:
+    def __init__(self, path: Path, metadata: CacheMetadata, resume_command: str = "the same `fpt extract` command") -> None:
         self.path = path
         self.metadata = metadata
+        self.resume_command = resume_command  # what the user runs again to continue, for the full-disk message
         self.group = zarr.open_group(path, mode="r+", zarr_format=3)
         self.array_names = list(sharded_arrays(metadata.storage))
 
@@ -49,7 +50,7 @@ class ShardWriter:
                 f"the {done} of {self.metadata.num_shards} shards finished before it are complete and kept, "
                 "the unfinished one is not marked and will be written again.",
                 "Free some space (or set cache.root to a larger disk and move the store there), "
-                "then run the same `fpt extract` command again to continue.",
+                f"then run {self.resume_command} again to continue.",
             ) from None
 
     def _write(self, shard: int, start: int, stop: int, features: dict[str, np.ndarray], side_images: np.ndarray) -> None:

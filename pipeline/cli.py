@@ -290,7 +290,8 @@ def cache_transcode(
     if storage == source.storage and path.parent.resolve() == c.root.resolve():
         console.print(f"{path} is already stored as {storage.dtype}/{storage.codec}: nothing to do.")
         return
-    written = transcode(path, c.root, storage, show_progress=not quiet)
+    written = transcode(path, c.root, storage, show_progress=not quiet,
+                        resume_command="the same `fpt cache transcode` command")
     before, after = folder_bytes(path), folder_bytes(written)
     console.print(f"[green]Cache written[/green]: {written} ({storage.dtype}/{storage.codec}, {after / 1e6:.1f} MB; "
                   f"the source, {source.storage.dtype}/{source.storage.codec}, is {before / 1e6:.1f} MB and is kept).")

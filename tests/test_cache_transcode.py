@@ -4,7 +4,9 @@ Each result is compared with a store extracted directly with the LPM in the same
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +126,29 @@ def test_cache_transcode_refuses_an_incomplete_store(tmp_path: Path):
     result = CliRunner().invoke(app, ["cache", "transcode", str(built.path), *cli_args(tiny_assignments(tmp_path))])
     assert result.exit_code != 0
     assert isinstance(result.exception, UserError) and "incomplete" in result.exception.paragraph()
+
+
+def test_a_full_disk_during_cache_transcode_keeps_the_finished_shards_and_says_what_to_run(tmp_path: Path, monkeypatch):
+    zstd = run_extract(tiny_config(tmp_path, "cache.codec=zstd"), show_progress=False)
+    direct = run_extract(tiny_config(tmp_path / "direct", *OTHER_STORAGE), show_progress=False)
+    write = ShardWriter._write
+
+    def disk_fills_at_shard_1(self, shard, *args):
+        if shard == 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(self, shard, *args)
+
+    monkeypatch.setattr(ShardWriter, "_write", disk_fills_at_shard_1)
+    command = ["cache", "transcode", str(zstd.path), "--quiet", *cli_args(tiny_assignments(tmp_path, *OTHER_STORAGE))]
+    failed = CliRunner().invoke(app, command)
+    assert isinstance(failed.exception, UserError)
+    message = failed.exception.paragraph()
+    assert "is full" in message and "the 1 of 3 shards" in message
+    assert "run the same `fpt cache transcode` command again" in message
+    partial = tmp_path / "cache" / direct.path.name
+    assert not read_metadata(partial).complete
+
+    monkeypatch.setattr(ShardWriter, "_write", write)
+    done = CliRunner().invoke(app, command)
+    assert done.exit_code == 0, done.output
+    _assert_same_store(partial, direct.path)
