@@ -61,7 +61,8 @@ def _in_configured_storage(config: PipelineConfig, metadata: CacheMetadata) -> b
 
 
 def find_cache(config: PipelineConfig, explicit: Path | None = None) -> Path:
-    """The cache to train from: the explicit one if given, else the newest compatible one."""
+    """The cache to train from: the explicit one if given, else the compatible one in the configured
+    storage settings, else the newest compatible one."""
     if explicit is not None:
         metadata = read_metadata(explicit)
         if not metadata.complete:
