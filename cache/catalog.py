@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cache.metadata import CacheMetadata
+from cache.metadata import CacheMetadata, StorageSettings
 from cache.reader import read_metadata
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
@@ -54,12 +54,6 @@ def contradictions(config: PipelineConfig, metadata: CacheMetadata) -> list[str]
     return problems
 
 
-def _in_configured_storage(config: PipelineConfig, metadata: CacheMetadata) -> bool:
-    storage, wanted = metadata.storage, config.cache
-    return (storage.dtype, storage.codec, storage.codec_level, storage.shard_size, storage.chunk_size) == (
-        wanted.dtype, wanted.codec, wanted.codec_level, wanted.shard_size, wanted.chunk_size)
-
-
 def find_cache(config: PipelineConfig, explicit: Path | None = None) -> Path:
     """The cache to train from: the explicit one if given, else the compatible one in the configured
     storage settings, else the newest compatible one."""
@@ -82,7 +76,8 @@ def find_cache(config: PipelineConfig, explicit: Path | None = None) -> Path:
     if usable:
         # Stores of the same features in several storage settings (`fpt cache transcode`) are all
         # usable; the one in the configured settings wins, then the newest.
-        return max(usable, key=lambda item: (_in_configured_storage(config, item[1]), item[1].created_at))[0]
+        configured = StorageSettings.of(config.cache)
+        return max(usable, key=lambda item: (item[1].storage == configured, item[1].created_at))[0]
     if candidates:
         details = "; ".join(
             f"{p.name}: " + ("incomplete" if not m.complete else ", ".join(contradictions(config, m)))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from stages.lpm import LPMIdentity
+
+if TYPE_CHECKING:
+    from pipeline.config import CacheConfig
 
 FORMAT_VERSION = 2  # 2: shard_sha256 checksums, bfloat16 and int8 storage
 ATTRIBUTE_KEY = "fpt"
@@ -37,6 +40,12 @@ class StorageSettings(BaseModel):
     codec_level: int
     shard_size: int
     chunk_size: int
+
+    @classmethod
+    def of(cls, cache: CacheConfig) -> StorageSettings:
+        """The storage settings of a store built with this `cache:` configuration."""
+        return cls(dtype=cache.dtype, codec=cache.codec, codec_level=cache.codec_level, shard_size=cache.shard_size,
+                   chunk_size=cache.chunk_size)
 
 
 class SkippedImage(BaseModel):

@@ -281,17 +281,14 @@ def cache_transcode(
     from cache.transcode import transcode
 
     cfg = _load(config, set_, None)
-    source = read_metadata(path)
-    if not source.complete:
-        raise UserError(f"{path} is an incomplete cache.", "Finish it first: run the `fpt extract` command that built it again.")
-    c = cfg.cache
-    storage = StorageSettings(dtype=c.dtype, codec=c.codec, codec_level=c.codec_level, shard_size=c.shard_size,
-                              chunk_size=c.chunk_size)
-    if storage == source.storage and path.parent.resolve() == c.root.resolve():
+    storage = StorageSettings.of(cfg.cache)
+    # an incomplete source is refused by the reader inside transcode, with its own message
+    written = transcode(path, cfg.cache.root, storage, show_progress=not quiet,
+                        resume_command="the same `fpt cache transcode` command")
+    if written.resolve() == path.resolve():
         console.print(f"{path} is already stored as {storage.dtype}/{storage.codec}: nothing to do.")
         return
-    written = transcode(path, c.root, storage, show_progress=not quiet,
-                        resume_command="the same `fpt cache transcode` command")
+    source = read_metadata(path)
     before, after = folder_bytes(path), folder_bytes(written)
     console.print(f"[green]Cache written[/green]: {written} ({storage.dtype}/{storage.codec}, {after / 1e6:.1f} MB; "
                   f"the source, {source.storage.dtype}/{source.storage.codec}, is {before / 1e6:.1f} MB and is kept).")

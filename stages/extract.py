@@ -124,10 +124,7 @@ def build_metadata(config: PipelineConfig, dataset: ResolvedDataset, lpm: LPMIde
     settings = extraction_settings(config, lpm)
     assert dataset.mean is not None and dataset.std is not None
     normalization = Normalization(mean=dataset.mean, std=dataset.std, source=normalization_source(config))
-    storage = StorageSettings(
-        dtype=config.cache.dtype, codec=config.cache.codec, codec_level=config.cache.codec_level,
-        shard_size=config.cache.shard_size, chunk_size=config.cache.chunk_size,
-    )
+    storage = StorageSettings.of(config.cache)
     key = store_key(dataset.name, fingerprint, lpm, settings, normalization, storage)
     ranges: dict[str, tuple[int, int]] = {}
     start = 0
