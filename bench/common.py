@@ -36,6 +36,30 @@ SCENARIOS: dict[str, list[str]] = {
 }
 
 
+# The scenarios' LPMs as stage two sees them: (width, heads), patch 16 at 512 px (1025 tokens).
+SCENARIO_LPM_SHAPES: dict[str, tuple[int, int]] = {"demo": (192, 3), "vitb512": (768, 12)}
+
+
+def stage_two_shapes(scenario: str, num_classes: int):
+    """A scenario's stage-two model at fpt's defaults (6 chosen layers, 128 px side input), and the
+    tokens kept per head at the default token ratio (205 of 1025)."""
+    from stages.fpt_model import ModelSpec
+    from stages.token_selection import num_selected
+
+    width, heads = SCENARIO_LPM_SHAPES[scenario]
+    spec = ModelSpec(num_classes=num_classes, lpm_dim=width, num_heads=heads, patch_size=16, num_layers=6,
+                     side_input_size=128)
+    return spec, num_selected(1 + (512 // 16) ** 2, 0.2)
+
+
+def sync(device) -> None:
+    """Wait for the GPU's queued work, so a timer read next measures it (nothing to wait for on the CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bench_config(scenario: str, num_train: int, extra: list[str] | None = None, num_val: int = 4, num_test: int = 4):
     """The pipeline configuration of a scenario, with the benchmark's own data and cache folders."""
     from pipeline.config import load_config

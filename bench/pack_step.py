@@ -21,35 +21,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_threads, print_table, write_results  # noqa: E402
+from common import apply_threads, print_table, stage_two_shapes, sync, write_results  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-# (LPM width, heads, tokens per side at the LPM's input size) of the two benchmark scenarios
-LPM_SHAPES = {"demo": (192, 3, 1 + (512 // 16) ** 2), "vitb512": (768, 12, 1 + (512 // 16) ** 2)}
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(action: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Mean milliseconds of `repeats` calls after one warm-up call."""
     action()
-    _synchronize(device)
+    sync(device)
     began = time.perf_counter()
     for _ in range(repeats):
         action()
-    _synchronize(device)
+    sync(device)
     return (time.perf_counter() - began) / repeats * 1e3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=16, help="Models in the larger stack.")
-    parser.add_argument("--scenario", choices=sorted(LPM_SHAPES), default="demo")
+    parser.add_argument("--scenario", choices=["demo", "vitb512"], default="demo")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of the two stacks.")
@@ -62,14 +53,12 @@ def main() -> None:
         args.models, args.rounds, args.repeats = 2, 1, 1
 
     from stages.flat_parameters import FlatParameters
-    from stages.fpt_model import FPTPlus, ModelSpec
+    from stages.fpt_model import FPTPlus
     from stages.stacked_model import StackedModels
-    from stages.token_selection import num_selected
 
     device = torch.device(args.device)
-    width, heads, tokens = LPM_SHAPES[args.scenario]
-    spec = ModelSpec(num_classes=3, lpm_dim=width, num_heads=heads, patch_size=16, num_layers=6, side_input_size=128)
-    kept = num_selected(tokens, 0.2)
+    spec, kept = stage_two_shapes(args.scenario, num_classes=3)
+    heads, width = spec.num_heads, spec.lpm_dim
     batch = args.batch_size
     generator = torch.Generator().manual_seed(0)
     feature_shape = (batch, spec.num_layers, heads, kept, width // heads)

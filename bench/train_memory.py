@@ -17,19 +17,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_threads, print_table, write_results  # noqa: E402
+from common import apply_threads, print_table, stage_two_shapes, write_results  # noqa: E402
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 PAPER_MB = 736
-
-
-def vitb_spec(num_classes: int):
-    from stages.fpt_model import ModelSpec
-
-    return ModelSpec(num_classes=num_classes, lpm_dim=768, num_heads=12, patch_size=16, num_layers=6, side_input_size=128)
 
 
 def main() -> None:
@@ -43,13 +37,11 @@ def main() -> None:
     apply_threads(args.threads)
 
     from stages.fpt_model import FPTPlus
-    from stages.token_selection import num_selected
 
     rss_start = psutil.Process().memory_info().rss
     device = torch.device(args.device)
     steps = args.steps or (1 if args.quick else 3)
-    spec = vitb_spec(5)
-    selected = num_selected(1 + (512 // 16) ** 2, 0.2)
+    spec, selected = stage_two_shapes("vitb512", 5)
     shape = (args.batch_size, spec.num_layers, spec.num_heads, selected, spec.lpm_dim // spec.num_heads)
     torch.manual_seed(0)
     model = FPTPlus(spec).to(device).train()
