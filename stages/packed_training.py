@@ -5,10 +5,11 @@ same order (same batch size, seed and data settings) share them: each batch is r
 augmented once, and every model of the pack steps on it. A pack of one is an ordinary
 `train_side` run; the same code serves both.
 
-A packed trial gives exactly the result it gives alone: its model is initialised from its own
-seed, and its dropout draws from its own random stream (`RngStream`), swapped into torch's
-global generators only while that model runs. Augmentation has a stream of its own, seeded
-by train.seed, and is computed once per batch for the whole pack.
+A packed trial gives exactly the result it gives alone on one torch thread: its model is
+initialised from its own seed, and its dropout draws from its own random stream (`RngStream`),
+swapped into torch's global generators only while that model runs. Augmentation has a stream of
+its own, seeded by train.seed, and is computed once per batch for the whole pack. On more threads
+the two agree to float32 rounding only (docs/sweeps.md, "Packed trials").
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 # freed heap memory, so every step mapped fresh pages and faulted them in: that doubled the fusion's
 # time. Two samples keep them under the limit up to 16 stacked ViT-B/512 models (30 MB). The number is
 # fixed, not chosen from K, so that a model's gradient is summed over the same sample groups in the
-# same order in a pack of 16 as alone: packed trials equal lone ones bit for bit.
+# same order in a pack of 16 as alone: on one torch thread packed trials equal lone ones bit for bit
+# (tests/test_stacked_model.py checks it at the demo's sizes).
 FUSION_SAMPLES_PER_PRODUCT = 2
 
 

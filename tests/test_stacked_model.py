@@ -16,7 +16,7 @@ from stages.flat_parameters import FlatParameters
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.rng_stream import RngStream
 from stages.stacked_model import StackedModels, stackable
-from stages.stacked_step import StepMember, dropout_masks, step_together
+from stages.stacked_step import StepMember, dropout_masks, stacked_losses, step_together
 from stages.train_side import adamw, half_cycle_cosine, optimization_step
 
 FPT_PLUS = dict(num_classes=3, lpm_dim=48, num_heads=3, patch_size=8, num_layers=2, side_input_size=32)
@@ -92,6 +92,38 @@ def test_stacked_forward_and_gradients_equal_each_module(name: str) -> None:
         for parameter_name, parameter in model.named_parameters():
             torch.testing.assert_close(stacked_grads[k][parameter_name], parameter.grad, rtol=1e-4, atol=1e-6,
                                        msg=f"gradient of {parameter_name}, model {k}")
+
+
+def test_at_the_demos_sizes_a_stack_of_one_is_bit_for_bit_a_row_of_a_larger_stack() -> None:
+    """What makes packed trials equal lone ones, checked at the sizes a real pack has (the tiny specs
+    above stay under the sizes where torch's kernels change strategy): the default demo's model,
+    205 cached tokens per head and layer, a batch of 16. On one torch thread the stack's every
+    operation computes row k of a stack of 3 exactly as a stack of model k alone computes it. With
+    more threads the matrix-product library may split a lone model's weight-gradient sums across
+    them (it does on this project's 2-core machine), which is why the guarantee is stated for one
+    thread (docs/sweeps.md, "Packed trials")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = ModelSpec(num_classes=5, lpm_dim=192, num_heads=3, patch_size=16, num_layers=6, side_input_size=128)
+        models = models_of(spec, 3)
+        generator = torch.Generator().manual_seed(11)
+        images = torch.randn(16, 3, 128, 128, generator=generator)
+        keys, values = torch.randn(2, 16, 6, 3, 205, 64, generator=generator)
+        labels = torch.randint(0, 5, (16,), generator=generator)
+        streams = lambda: [RngStream(seed, torch.device("cpu")) for seed in range(3)]  # noqa: E731
+
+        together = stacked(models)
+        together_losses = stacked_losses(together, streams(), images, keys, values, labels)
+        together_grads = [member.buffer.grad.clone() for member in together.members]
+        for k, model in enumerate(models):
+            alone = stacked([model])
+            loss = stacked_losses(alone, streams()[k:k + 1], images, keys, values, labels)
+            assert torch.equal(loss[0], together_losses[k])
+            assert torch.equal(alone.members[0].buffer.grad, together_grads[k]), f"model {k}"
+        assert not torch.equal(together_grads[0], together_grads[1])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_dropout_masks_come_from_each_models_own_stream() -> None:
