@@ -299,8 +299,13 @@ def load_config(
     config_file: Path | None = None,
     assignments: list[str] | None = None,
     dataset: str | None = None,
+    apply_overrides: bool = True,
 ) -> PipelineConfig:
-    """Load defaults, the YAML file, the dataset's overrides and the CLI assignments."""
+    """Load defaults, the YAML file, the dataset's overrides and the CLI assignments.
+
+    apply_overrides=False reads a resolved configuration (a run folder's config.yaml) as it is:
+    its values already hold its dataset's overrides, and applying them again would undo any
+    --set that the run was started with on an overridden key (train.epochs on the demo, say)."""
     if config_file is None:
         tree = read_yaml_file(DEFAULT_CONFIG_FILE) if DEFAULT_CONFIG_FILE.exists() else {}
         source = str(DEFAULT_CONFIG_FILE) if DEFAULT_CONFIG_FILE.exists() else "the built-in defaults"
@@ -314,7 +319,7 @@ def load_config(
         if path == ["dataset", "name"]:
             set_in(tree, path, value)
     name = (tree.get("dataset") or {}).get("name", DatasetConfig().name)
-    dataset_overrides = (tree.get("overrides") or {}).get(name)
+    dataset_overrides = (tree.get("overrides") or {}).get(name) if apply_overrides else None
     if isinstance(dataset_overrides, dict):
         tree = deep_merge(tree, dataset_overrides)
     for path, value in parsed:
@@ -331,4 +336,7 @@ _SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def config_to_yaml(config: PipelineConfig) -> str:
-    return yaml.dump(config.model_dump(mode="json"), Dumper=_SAFE_DUMPER, sort_keys=False)
+    """The configuration as resolved, for a run folder: without the `overrides` section, whose
+    settings are already in the values, so that `--config <run>/config.yaml` gives this very
+    configuration back."""
+    return yaml.dump(config.model_dump(mode="json", exclude={"overrides"}), Dumper=_SAFE_DUMPER, sort_keys=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -131,6 +132,26 @@ def split_into_packs(trials: list[Trial], pack_size: int, workers: int) -> list[
         size = math.ceil(len(group) / count)
         packs.extend(group[i : i + size] for i in range(0, len(group), size))
     return packs
+
+
+def repeat_lines(run_dir: Path) -> list[str]:
+    """How to train a sweep's trial again on its own, and how exactly that repeats it: bit for bit
+    only where the trial ran on one CPU thread (docs/sweeps.md, "Packed trials")."""
+    from stages.trained_run import read_run
+
+    try:
+        run = read_run(run_dir)
+    except UserError:
+        return []
+    command = f"fpt train-side --config {shlex.quote(str(run_dir.resolve() / 'config.yaml'))} --cache {shlex.quote(str(run.cache))}"
+    if run.device == "cpu" and run.torch_threads == 1:
+        return [f"repeat it bit for bit: OMP_NUM_THREADS=1 {command}"]
+    lines = [f"repeat it: {command}"]
+    if run.device is not None:
+        threads = f", {run.torch_threads} torch threads" if run.device == "cpu" else ""
+        lines.append(f"(it trained on {run.device}{threads} in a pack; alone it agrees to float rounding, "
+                     "which training amplifies: docs/sweeps.md, \"Packed trials\")")
+    return lines
 
 
 def _first_line(text: str | None) -> str:
@@ -254,6 +275,7 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
     best_yaml = ""
     if best is not None:
         best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, val AUC {best.val_auc:.4f}\n"
+                     + "".join(f"# {line}\n" for line in repeat_lines(best.run_dir))
                      + yaml.safe_dump(nested_settings(best.settings), sort_keys=True))
         (root / "best.yaml").write_text(best_yaml)
         if best.run_dir is not None and not (best.run_dir / "training_curves.png").is_file():

@@ -212,6 +212,8 @@ class Pack:
             "cache": str(self.path.resolve()), "cache_key": self.metadata.cache_key, "model_spec": spec.model_dump(),
             "class_names": self.metadata.class_names, "normalization": self.metadata.normalization.model_dump(),
             "learnable_params": trial.learnable, "lr": lr,
+            # bit-for-bit repeatability depends on these (docs/sweeps.md, "Packed trials")
+            "device": str(self.device), "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
         })
 
     def _step_unstacked(self, trial: PackedTrial, images: torch.Tensor, keys: torch.Tensor | None,

@@ -1,8 +1,8 @@
 """A training run's folder: resolved config, per-epoch metrics, final metrics, checkpoints.
 
     <runs_root>/<run name>/
-        config.yaml              the resolved configuration of the run
-        run.json                 the cache it trained from and the model spec
+        config.yaml              the resolved configuration of the run (`--config` it to repeat the run)
+        run.json                 the cache it trained from, the model spec, the device and torch threads
         metrics.jsonl            one JSON line per epoch
         final_metrics.json       test metrics of the best-validation and the final model
         predictions_<split>_<which>.csv  per-sample class probabilities

@@ -29,6 +29,9 @@ class RunRecord(BaseModel):
     normalization: Normalization
     learnable_params: int | None = None
     lr: float | None = None
+    device: str | None = None  # absent in runs written before they were recorded
+    torch_threads: int | None = None
+    torch_version: str | None = None
 
 
 def read_run(run_dir: Path) -> RunRecord:
@@ -49,7 +52,8 @@ def run_config(run_dir: Path, assignments: list[str] | None = None) -> PipelineC
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"The run folder {run_dir} has no config.yaml.", "Train the run again with `fpt train-side`.")
-    return load_config(path, assignments)
+    # run folders written before config.yaml dropped its overrides section still carry it
+    return load_config(path, assignments, apply_overrides=False)
 
 
 def run_cache_metadata(run: RunRecord, cache_override: Path | None = None) -> tuple[Path, CacheMetadata]:

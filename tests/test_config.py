@@ -89,12 +89,22 @@ def test_assignment_without_equals():
 
 def test_a_written_config_reads_back_as_the_same_config(tmp_path: Path):
     from pipeline.config import config_to_yaml
+    from stages.trained_run import run_config
 
-    config = load_config(REPO / "pipeline.yaml", ["train.lr=3e-4", "extract.layers=[4,5]", "side.use_prompts=false"],
-                         dataset="demo")
+    # train.epochs and lpm.name are keys the demo's overrides set: the --set values must survive
+    config = load_config(REPO / "pipeline.yaml", ["train.lr=3e-4", "extract.layers=[4,5]", "side.use_prompts=false",
+                                                  "train.epochs=2", "lpm.name=vit_small_patch16_224"], dataset="demo")
+    assert config.train.epochs == 2 and config.lpm.name == "vit_small_patch16_224" and config.overrides["demo"]
     text = config_to_yaml(config)
     # the same text as PyYAML's pure-Python emitter (config_to_yaml uses libyaml's where it can)
-    assert text == yaml.dump(config.model_dump(mode="json"), Dumper=yaml.SafeDumper, sort_keys=False)
+    assert text == yaml.dump(config.model_dump(mode="json", exclude={"overrides"}), Dumper=yaml.SafeDumper,
+                             sort_keys=False)
     written = tmp_path / "config.yaml"
     written.write_text(text)
-    assert load_config(written, []) == config
+    resolved = config.model_copy(update={"overrides": {}})
+    assert load_config(written, []) == resolved  # what `fpt train-side --config <run>/config.yaml` reads
+    assert run_config(tmp_path) == resolved
+
+    # a run folder written before config.yaml dropped its overrides: they are not applied a second time
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    assert run_config(tmp_path).model_copy(update={"overrides": {}}) == resolved

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import csv
+import shlex
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from pipeline.cli import app
 
 from pipeline.config import SweepConfig
 from pipeline.sweep import run_sweep
@@ -68,8 +74,27 @@ def test_sweep_on_two_worker_processes_then_resume_in_process(tmp_path: Path, mo
     assert (finished[0].run_dir / "training_curves.png").is_file()
     assert not list(finished[1].run_dir.glob("*.png"))
     assert "fpt report" in (finished[1].run_dir / "report.md").read_text()
-    best = yaml.safe_load((result.sweep_dir / "best.yaml").read_text())
+    best_text = (result.sweep_dir / "best.yaml").read_text()
+    best = yaml.safe_load(best_text)
     assert best == {"side": {"reduction": 8}, "train": {"lr": finished[0].settings["train.lr"]}}
+    # the workers ran one thread each, so best.yaml says how to repeat the trial bit for bit; do it
+    (repeat,) = [line for line in best_text.splitlines() if "repeat it" in line]
+    command = shlex.split(repeat.split("bit for bit: ", 1)[1])
+    assert command[:3] == ["OMP_NUM_THREADS=1", "fpt", "train-side"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        repeated = CliRunner().invoke(app, command[2:] + ["--quiet"])
+    finally:
+        torch.set_num_threads(threads)
+    assert repeated.exit_code == 0, repeated.output
+    (again_dir,) = [d for d in finished[0].run_dir.parents[2].iterdir() if d.name.startswith("demo-")]
+    for which in ("best", "last"):
+        original = load_file(str(finished[0].run_dir / "checkpoints" / f"{which}.safetensors"))
+        repeated_weights = load_file(str(again_dir / "checkpoints" / f"{which}.safetensors"))
+        assert original.keys() == repeated_weights.keys()
+        assert all(torch.equal(original[k], repeated_weights[k]) for k in original)
+    assert (again_dir / "final_metrics.json").read_text() != ""
 
     # Second run, in-process (processes=False) with timm disabled here too: finished trials are
     # skipped, an interrupted one (no final_metrics.json) and a new grid point are trained.
