@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cache.io_thread import stop_zarr_io_thread
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="FPT+ as a two-stage pipeline: extract once, train the side network many times.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect, check and re-encode the feature caches.")
@@ -84,6 +84,7 @@ def train_side_command(
     no_prompts: Annotated[bool, typer.Option("--no-prompts", help="Train the side network alone (baseline).")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Go on with an interrupted run: its folder (its own settings are used).")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Stage two: train the fusion modules and side network from the cache."""
@@ -91,11 +92,22 @@ def train_side_command(
 
     if not from_cache:
         raise UserError("train-side only trains from a cache.", "Run `fpt extract` first, then `fpt train-side --from-cache`.")
-    extra = list(set_ or [])
-    if no_prompts:
-        extra.append("side.use_prompts=false")
-    cfg = _load(config, extra, dataset)
-    result = train_side(cfg, cache, show_progress=not quiet)
+    if resume is not None:
+        from stages.trained_run import read_run, run_cache_metadata, run_config
+
+        if set_ or no_prompts or config is not None or dataset is not None:
+            raise UserError("--resume goes on with a run exactly as it was started, so it takes no --set, "
+                            "--no-prompts, --config or --dataset.",
+                            "Leave them out (the run's own config.yaml is used), or start a new run with them.")
+        cfg = run_config(resume)
+        cache, _ = run_cache_metadata(read_run(resume), cache)
+        result = train_side(cfg, cache, show_progress=not quiet, resume_run=resume)
+    else:
+        extra = list(set_ or [])
+        if no_prompts:
+            extra.append("side.use_prompts=false")
+        cfg = _load(config, extra, dataset)
+        result = train_side(cfg, cache, show_progress=not quiet)
     table = Table(title=f"Test metrics ({result.run_dir})")
     table.add_column("model")
     fields = ["accuracy", "macro_f1", "auc", "precision", "recall", "kappa"]
@@ -356,6 +368,9 @@ def _run_app() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()
+    except Interrupted as interruption:
+        error_console.print(f"[bold yellow]Interrupted.[/bold yellow] {interruption.hint}", highlight=False)
+        sys.exit(130)
     except typer.Abort:
         sys.exit(130)
     except Exception as error:  # click usage errors arrive here in non-standalone mode

@@ -13,3 +13,11 @@ class UserError(Exception):
 
     def paragraph(self) -> str:
         return f"{self.what} {self.fix}".strip()
+
+
+class Interrupted(Exception):
+    """Ctrl-C in a command that knows how its work goes on; `hint` says how."""
+
+    def __init__(self, hint: str) -> None:
+        self.hint = hint
+        super().__init__(hint)

@@ -42,8 +42,10 @@ from stages.train_side import (
     EpochRecord, ReadyBatch, TrainResult, adamw, half_cycle_cosine, model_spec, optimization_step, predict_many,
     predict_models, ready_batches, use_prefetch,
 )
+from stages.resume_state import keep_epoch_lines, metrics_from_state, metrics_to_state, resume_path, save_resume_state
 from stages.run_folder import (
-    append_jsonl, copy_file, load_checkpoint, new_run_dir, save_checkpoint, write_config, write_json, write_predictions,
+    append_jsonl, copy_file, load_checkpoint, new_run_dir, save_checkpoint, save_tensors, write_config, write_json,
+    write_predictions,
 )
 
 
@@ -80,6 +82,7 @@ class PackedTrial:
     loss_sum: float = 0.0
     seen: int = 0
     tests: dict[str, Metrics] = field(default_factory=dict)
+    best_weights: dict[str, torch.Tensor] | None = None  # kept for the resume state only
 
     @property
     def ok(self) -> bool:
@@ -132,9 +135,14 @@ class Pack:
 
     def __init__(self, configs: list[PipelineConfig], cache_path: Path | None = None,
                  run_dirs: list[Path] | None = None, isolate_failures: bool = False,
-                 progress: Any = None, description: str = "Training", draw_pictures: bool = True) -> None:
+                 progress: Any = None, description: str = "Training", draw_pictures: bool = True,
+                 resumable: bool = False, resume: dict[str, Any] | None = None) -> None:
+        """resumable: keep a resume state after every epoch (a pack of one: `fpt train-side`);
+        resume: such a state (stages/resume_state.py) to go on from, with run_dirs its run folder."""
         if not configs:
             raise ValueError("a pack needs at least one trial")
+        if (resumable or resume is not None) and len(configs) != 1:
+            raise ValueError("only a pack of one keeps or resumes an epoch-by-epoch state")
         keys = {pack_key(c) for c in configs}
         if len(keys) > 1:
             raise ValueError("trials of a pack must share batch size, seed and data settings")
@@ -162,8 +170,12 @@ class Pack:
         self.trials = [PackedTrial(config=c, run_dir=(run_dirs[i] if run_dirs else None)) for i, c in enumerate(configs)]
         self._groups: list[StackGroup] = []
         self._grouped: list[int] = []
+        self.resumable = resumable or resume is not None
+        self.epochs_done = 0
         for trial in self.trials:
             self._guard(trial, self._prepare, trial)
+        if resume is not None:
+            self._restore(self.trials[0], resume)
 
     # -- failure isolation -------------------------------------------------------------------
     def _guard(self, trial: PackedTrial, action: Callable[..., Any], *args: Any) -> Any:
@@ -178,6 +190,42 @@ class Pack:
         except Exception as error:  # one trial's failure must not stop the others
             trial.error = f"{type(error).__name__}: {error}\n" + traceback.format_exc(limit=6)
         return None
+
+    # -- resuming an interrupted run (a pack of one) ---------------------------------------------
+    def _save_resume_state(self, trial: PackedTrial, epoch: int) -> None:
+        assert trial.run_dir is not None and trial.model is not None and trial.stream is not None
+        save_resume_state(trial.run_dir, {
+            "epoch": epoch,
+            "model": {name: tensor.detach().cpu() for name, tensor in trial.model.state_dict().items()},
+            "optimizer": trial.optimizer.state_dict() if trial.optimizer is not None else {},
+            "scheduler": trial.scheduler.state_dict(),
+            "dropout_stream": trial.stream.state,
+            "augment_stream": self.augment_stream.state,
+            "augment_generator": self.generator.get_state(),
+            "shuffle": self.train_batches.rng.bit_generator.state,
+            "best_score": trial.best_score, "best_epoch": trial.best_epoch,
+            "best_val": metrics_to_state(trial.best_val), "best_weights": trial.best_weights,
+        })
+        self.epochs_done = epoch
+
+    def _restore(self, trial: PackedTrial, state: dict[str, Any]) -> None:
+        """Put the run back as it was at the end of the state's epoch."""
+        assert trial.run_dir is not None and trial.model is not None and trial.stream is not None
+        assert trial.optimizer is not None
+        trial.model.load_state_dict(state["model"])
+        trial.optimizer.load_state_dict(state["optimizer"])
+        trial.scheduler.load_state_dict(state["scheduler"])
+        trial.stream.state = state["dropout_stream"]
+        self.augment_stream.state = state["augment_stream"]
+        self.generator.set_state(state["augment_generator"])
+        self.train_batches.rng.bit_generator.state = state["shuffle"]
+        trial.best_score, trial.best_epoch = state["best_score"], state["best_epoch"]
+        trial.best_val, trial.best_weights = metrics_from_state(state["best_val"]), state["best_weights"]
+        if trial.best_weights is not None:
+            save_tensors(trial.run_dir / "checkpoints" / "best.safetensors", trial.best_weights,
+                         {"epoch": str(trial.best_epoch)})
+        keep_epoch_lines(trial.run_dir, state["epoch"])
+        self.epochs_done = state["epoch"]
 
     # -- per-trial pieces --------------------------------------------------------------------
     def _prepare(self, trial: PackedTrial) -> None:
@@ -298,6 +346,8 @@ class Pack:
         if score > trial.best_score:
             trial.best_score, trial.best_epoch, trial.best_val = score, epoch, val
             save_checkpoint(checkpoints / "best.safetensors", trial.model, {"epoch": str(epoch)})
+            if self.resumable:
+                trial.best_weights = {k: v.detach().cpu().clone() for k, v in trial.model.state_dict().items()}
         if epoch == trial.epochs:
             if trial.best_epoch == epoch:
                 copy_file(checkpoints / "best.safetensors", checkpoints / "last.safetensors")
@@ -331,6 +381,7 @@ class Pack:
             seconds=time.perf_counter() - self.began,
         )
         write_json(trial.run_dir / "final_metrics.json", result.model_dump(mode="json"))
+        resume_path(trial.run_dir).unlink(missing_ok=True)  # finished: nothing left to resume
         from stages.run_summary import summarize_run
 
         summarize_run(trial.run_dir, self.draw_pictures)
@@ -381,8 +432,9 @@ class Pack:
         max_epochs = max(t.epochs for t in self.trials)
         progress, task = self.progress, None
         if progress is not None:
-            task = progress.add_task(self.description, total=max_epochs * len(self.train_batches), status="")
-        for epoch in range(1, max_epochs + 1):
+            task = progress.add_task(self.description, total=max_epochs * len(self.train_batches), status="",
+                                     completed=min(self.epochs_done, max_epochs) * len(self.train_batches))
+        for epoch in range(self.epochs_done + 1, max_epochs + 1):
             active = [t for t in self.trials if t.ok and epoch <= t.epochs]
             if not active:
                 break
@@ -400,6 +452,8 @@ class Pack:
             for trial, prediction in zip(active, self._evaluate(active, self.val_batches)):
                 if prediction is not None:
                     self._guard(trial, self._end_epoch, trial, epoch, seconds, prediction)
+            if self.resumable and self.trials[0].ok:
+                self._save_resume_state(self.trials[0], epoch)
             if progress is not None and len(active) == 1 and active[0].best_val is not None:
                 progress.update(task, status=f"epoch {epoch} val AUC (best) {active[0].best_val.auc:.4f}")
         if progress is not None and task is not None:

@@ -66,8 +66,12 @@ def copy_file(source: Path, target: Path) -> None:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 

@@ -185,11 +185,29 @@ def _progress(show: bool) -> Progress:
     )
 
 
-def train_side(config: PipelineConfig, cache_path: Path | None = None, show_progress: bool = True) -> TrainResult:
-    """One trial: a pack of one (stages/packed_training.py), so sweeps and single runs share one code path."""
-    from stages.packed_training import Pack
+def train_side(config: PipelineConfig, cache_path: Path | None = None, show_progress: bool = True,
+               resume_run: Path | None = None) -> TrainResult:
+    """One trial: a pack of one (stages/packed_training.py), so sweeps and single runs share one code path.
 
+    The run keeps a resume state after every epoch; `resume_run` goes on with an interrupted run
+    (its own resolved `config`, from its folder) from the end of its last finished epoch."""
+    from pipeline.errors import Interrupted
+    from stages.packed_training import Pack
+    from stages.resume_state import load_resume_state
+
+    state = load_resume_state(resume_run) if resume_run is not None else None
     with _progress(show_progress) as progress:
-        (outcome,) = Pack([config], cache_path, isolate_failures=False, progress=progress).run()
+        pack = Pack([config], cache_path, run_dirs=[resume_run] if resume_run is not None else None,
+                    isolate_failures=False, progress=progress, resumable=True, resume=state)
+        try:
+            (outcome,) = pack.run()
+        except KeyboardInterrupt:
+            run_dir = pack.trials[0].run_dir
+            if pack.epochs_done == 0:
+                raise Interrupted(f"The run {run_dir} stopped before its first epoch ended; start it again.") from None
+            raise Interrupted(
+                f"The run {run_dir} keeps its {pack.epochs_done} finished epoch(s) of {config.train.epochs}. "
+                f"Go on with `fpt train-side --resume {run_dir}`."
+            ) from None
     assert outcome.result is not None
     return outcome.result

@@ -1,0 +1,108 @@
+"""An interrupted `fpt train-side` run goes on with `--resume` and ends exactly as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import stages.packed_training
+from pipeline.cli import app
+from pipeline.errors import Interrupted, UserError
+from stages.resume_state import resume_path
+from stages.train_side import train_side
+from sweep_support import build_tiny_cache, tiny_config
+
+
+def _epochs(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def _weights(run_dir: Path, which: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"{which}.safetensors"))
+
+
+def _refused(args: list[str], reason: str) -> bool:
+    """The CLI stops with a UserError (printed by `fpt`'s main as a one-paragraph message) that says `reason`."""
+    result = CliRunner().invoke(app, args)
+    return result.exit_code != 0 and isinstance(result.exception, UserError) and reason in result.exception.paragraph()
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture()
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path, one_thread: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    build_tiny_cache(tmp_path)
+    settings = ["train.epochs=4", "train.lr=0.002"]
+    full = train_side(tiny_config(tmp_path, settings + ["train.run_name=full"]), show_progress=False)
+    assert not resume_path(full.run_dir).exists()  # a finished run keeps no resume state
+
+    # Ctrl-C just after the second epoch's resume state is written
+    original = stages.packed_training.Pack._save_resume_state
+
+    def save_then_interrupt(self, trial, epoch):
+        original(self, trial, epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages.packed_training.Pack, "_save_resume_state", save_then_interrupt)
+    with pytest.raises(Interrupted, match="keeps its 2 finished epoch.* --resume"):
+        train_side(tiny_config(tmp_path, settings + ["train.run_name=cut"]), show_progress=False)
+    monkeypatch.undo()
+    cut = tmp_path / "runs" / "cut"
+    assert resume_path(cut).is_file() and not (cut / "final_metrics.json").exists()
+    assert len(_epochs(cut)) == 2
+    at_interruption = torch.load(resume_path(cut), weights_only=True)["model"]
+    # as if the crash had come a moment later, in the third epoch's writes: its metrics line and a
+    # best checkpoint are on disk, its resume state is not (and a hard kill cut a line short)
+    with open(cut / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({**_epochs(cut)[-1], "epoch": 3, "seconds": 0.0}) + "\n")
+        handle.write('{"epoch": 4, "train_lo')  # and a line the crash cut short
+    torch.manual_seed(0)
+    damaged = {k: torch.randn_like(v) for k, v in _weights(cut, "best").items()}
+    from safetensors.torch import save_file
+    save_file(damaged, str(cut / "checkpoints" / "best.safetensors"), metadata={"epoch": "3"})
+
+    result = CliRunner().invoke(app, ["train-side", "--resume", str(cut), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _epochs(cut) == _epochs(full.run_dir)
+    for which in ("best", "last"):
+        assert _same(_weights(cut, which), _weights(full.run_dir, which)), which
+    finals = [json.loads((d / "final_metrics.json").read_text()) for d in (cut, full.run_dir)]
+    for key in ("best_epoch", "best_val", "test_best", "test_last"):
+        assert finals[0][key] == finals[1][key], key
+    assert not resume_path(cut).exists()
+    # epochs 3 and 4 did train after the resume: the final weights are not those of epoch 2
+    assert not _same(_weights(cut, "last"), at_interruption)
+
+    assert _refused(["train-side", "--resume", str(cut)], "has finished")
+
+
+def test_resume_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    build_tiny_cache(tmp_path)
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    assert _refused(["train-side", "--resume", str(run)], "no config.yaml")
+    assert _refused(["train-side", "--resume", str(run), "--set", "train.lr=0.1"], "takes no --set")
+
+    # a run folder without a resume state (stopped before its first epoch ended)
+    finished = train_side(tiny_config(tmp_path, ["train.epochs=1", "train.run_name=done"]), show_progress=False)
+    for name in ("config.yaml", "run.json"):
+        (run / name).write_text((finished.run_dir / name).read_text())
+    (run / "checkpoints").mkdir()
+    assert _refused(["train-side", "--resume", str(run)], "no resume state")
