@@ -15,7 +15,6 @@ the checkpoint and the epoch lines back as the state has them.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 
 from pipeline.errors import UserError
 from stages.metrics import Metrics
+from stages.run_folder import atomic_write_text, replacing
 
 RESUME_FILE = "resume.pt"
 FORMAT = 1
@@ -33,10 +33,8 @@ def resume_path(run_dir: Path) -> Path:
 
 
 def save_resume_state(run_dir: Path, state: dict[str, Any]) -> None:
-    path = resume_path(run_dir)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    with replacing(resume_path(run_dir)) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
 
 
 def load_resume_state(run_dir: Path) -> dict[str, Any]:
@@ -70,9 +68,7 @@ def keep_epoch_lines(run_dir: Path, epochs: int) -> None:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if _epoch_of(line) <= epochs]
     if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _epoch_of(line: str) -> float:

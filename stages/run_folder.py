@@ -17,6 +17,8 @@ import datetime as dt
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +39,22 @@ def new_run_dir(config: PipelineConfig, tag: str) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary name to write `path` under, renamed onto it once written; removed if the writing
+    fails (a full disk, Ctrl-C), so that neither half a file nor a stray temporary stays behind."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_config(run_dir: Path, config: PipelineConfig) -> None:
@@ -60,9 +74,8 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 def copy_file(source: Path, target: Path) -> None:
     """A second copy of a finished file (the same model's checkpoint or predictions), written atomically."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with replacing(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
@@ -70,10 +83,9 @@ def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, str]
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module) -> None:
@@ -82,10 +94,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> None:
 
 def write_predictions(path: Path, sample_ids: list[str], labels: np.ndarray, probabilities: np.ndarray,
                       class_names: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["sample_id", "label", "predicted", *[f"p_{name}" for name in class_names]])
         for sample_id, label, probs in zip(sample_ids, labels, probabilities):
             writer.writerow([sample_id, int(label), int(probs.argmax()), *[f"{p:.6f}" for p in probs]])
-    os.replace(tmp, path)

@@ -8,10 +8,12 @@ the best and of the final model are reported.
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,11 +23,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cache.metadata import CacheMetadata
 from pipeline.config import PipelineConfig, TrainConfig
+from pipeline.errors import UserError
 from stages.augment import eval_images
 from stages.cache_batches import Batch, SplitBatches
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics
 from stages.prefetch import prefetched
+
+if TYPE_CHECKING:
+    from stages.packed_training import Pack
 
 
 class EpochRecord(BaseModel):
@@ -190,24 +196,37 @@ def train_side(config: PipelineConfig, cache_path: Path | None = None, show_prog
     """One trial: a pack of one (stages/packed_training.py), so sweeps and single runs share one code path.
 
     The run keeps a resume state after every epoch; `resume_run` goes on with an interrupted run
-    (its own resolved `config`, from its folder) from the end of its last finished epoch."""
+    (its own resolved `config`, from its folder) from the end of its last finished epoch. Ctrl-C
+    and a full disk end it with a message that says how to go on."""
     from pipeline.errors import Interrupted
     from stages.packed_training import Pack
     from stages.resume_state import load_resume_state
 
     state = load_resume_state(resume_run) if resume_run is not None else None
+    pack: Pack | None = None
     with _progress(show_progress) as progress:
-        pack = Pack([config], cache_path, run_dirs=[resume_run] if resume_run is not None else None,
-                    isolate_failures=False, progress=progress, resumable=True, resume=state)
         try:
+            pack = Pack([config], cache_path, run_dirs=[resume_run] if resume_run is not None else None,
+                        isolate_failures=False, progress=progress, resumable=True, resume=state)
             (outcome,) = pack.run()
         except KeyboardInterrupt:
-            run_dir = pack.trials[0].run_dir
-            if pack.epochs_done == 0:
-                raise Interrupted(f"The run {run_dir} stopped before its first epoch ended; start it again.") from None
-            raise Interrupted(
-                f"The run {run_dir} keeps its {pack.epochs_done} finished epoch(s) of {config.train.epochs}. "
-                f"Go on with `fpt train-side --resume {run_dir}`."
-            ) from None
+            raise Interrupted(_how_to_go_on(pack, state, resume_run, config)) from None
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            where = pack.trials[0].run_dir if pack is not None else resume_run or config.train.runs_root
+            raise UserError(f"The disk holding the run folder {where} is full.",
+                            "Free some space, then: " + _how_to_go_on(pack, state, resume_run, config)) from None
     assert outcome.result is not None
     return outcome.result
+
+
+def _how_to_go_on(pack: Pack | None, state: dict | None, resume_run: Path | None, config: PipelineConfig) -> str:
+    """What a stopped run keeps and the command that continues it."""
+    run_dir = pack.trials[0].run_dir if pack is not None else resume_run
+    kept = max(pack.epochs_done if pack is not None else 0, state["epoch"] if state is not None else 0)
+    if run_dir is None or kept == 0:
+        where = "" if run_dir is None else f" {run_dir}"
+        return f"The run{where} stopped before its first epoch ended; start it again."
+    return (f"The run {run_dir} keeps its {kept} finished epoch(s) of {config.train.epochs}. "
+            f"Go on with `fpt train-side --resume {run_dir}`.")

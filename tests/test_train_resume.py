@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from pipeline.cli import app
 from pipeline.errors import Interrupted, UserError
 from stages.resume_state import resume_path
 from stages.train_side import train_side
-from sweep_support import build_tiny_cache, tiny_config
+from sweep_support import REPO, build_tiny_cache, tiny_config, tiny_sets
 
 
 def _epochs(run_dir: Path) -> list[dict]:
@@ -106,3 +108,40 @@ def test_resume_refuses_what_it_cannot_do(tmp_path: Path) -> None:
         (run / name).write_text((finished.run_dir / name).read_text())
     (run / "checkpoints").mkdir()
     assert _refused(["train-side", "--resume", str(run)], "no resume state")
+
+
+def test_a_full_disk_stops_the_run_with_a_message_and_resume_finishes_it(tmp_path: Path, one_thread: None,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    build_tiny_cache(tmp_path)
+    settings = ["train.epochs=4", "train.lr=0.002"]
+    full = train_side(tiny_config(tmp_path, settings + ["train.run_name=full"]), show_progress=False)
+
+    # the disk fills up while the third epoch's resume state is written: part of it is on disk
+    real_save = torch.save
+    calls = []
+
+    def save_until_full(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            Path(path).write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    sets = [item for setting in tiny_sets(tmp_path) + settings + ["train.run_name=cut"] for item in ("--set", setting)]
+    result = CliRunner().invoke(app, ["train-side", "--from-cache", "--dataset", "demo", "--quiet",
+                                      "--config", str(REPO / "pipeline.yaml"), *sets])
+    monkeypatch.undo()
+    cut = tmp_path / "runs" / "cut"
+    assert isinstance(result.exception, UserError), result.output
+    message = result.exception.paragraph()
+    assert "is full" in message and "keeps its 2 finished epoch(s) of 4" in message
+    assert f"fpt train-side --resume {cut}" in message
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir() if p.name.startswith("resume")) == ["resume.pt"]
+    assert torch.load(resume_path(cut), weights_only=True)["epoch"] == 2
+
+    result = CliRunner().invoke(app, ["train-side", "--resume", str(cut), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _epochs(cut) == _epochs(full.run_dir)
+    for which in ("best", "last"):
+        assert _same(_weights(cut, which), _weights(full.run_dir, which)), which
