@@ -15,6 +15,7 @@ the two agree to float32 rounding only (docs/sweeps.md, "Packed trials").
 from __future__ import annotations
 
 import math
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -37,7 +38,8 @@ from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
 from stages.rng_stream import RngStream
 from stages.stacked_model import StackedModels, stackable
-from stages.stacked_step import StepMember, member_update, stacked_losses
+from stages.stack_threads import StackThreads
+from stages.stacked_step import StepMember, dropout_masks, member_update, stacked_losses
 from stages.train_side import (
     EpochRecord, ReadyBatch, TrainResult, adamw, half_cycle_cosine, model_spec, optimization_step, predict_many,
     predict_models, ready_batches, use_prefetch,
@@ -172,6 +174,8 @@ class Pack:
         self._grouped: list[int] = []
         self.resumable = resumable or resume is not None
         self.epochs_done = 0
+        self._splitting = threading.Lock()
+        self.threads = StackThreads.for_pack(self.device, len(self.trials))
         for trial in self.trials:
             self._guard(trial, self._prepare, trial)
         if resume is not None:
@@ -261,8 +265,12 @@ class Pack:
             "class_names": self.metadata.class_names, "normalization": self.metadata.normalization.model_dump(),
             "learnable_params": trial.learnable, "lr": lr,
             # bit-for-bit repeatability depends on these (docs/sweeps.md, "Packed trials")
-            "device": str(self.device), "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+            "device": str(self.device), "torch_threads": self._torch_threads(trial), "torch_version": torch.__version__,
         })
+
+    def _torch_threads(self, trial: PackedTrial) -> int:
+        """The torch threads the trial's model computes on: one in a stack thread, else this thread's."""
+        return 1 if self.threads is not None and trial.flat is not None else torch.get_num_threads()
 
     def _step_unstacked(self, trial: PackedTrial, images: torch.Tensor, keys: torch.Tensor | None,
                         values: torch.Tensor | None, labels: torch.Tensor) -> None:
@@ -286,8 +294,9 @@ class Pack:
 
     # -- stacking ------------------------------------------------------------------------------
     def _stack_groups(self, trials: list[PackedTrial]) -> list[StackGroup]:
-        """The trials grouped by architecture, each group's parameters stacked; rebuilt when the
-        trials in training change (a trial finished its epochs or failed)."""
+        """The trials grouped by architecture, each group's parameters stacked (in as many stacks as
+        the pack has stack threads); rebuilt when the trials in training change (a trial finished
+        its epochs or failed)."""
         if [id(t) for t in trials] != self._grouped:
             by_spec: dict[str, list[PackedTrial]] = {}
             alone: list[StackGroup] = []
@@ -297,19 +306,41 @@ class Pack:
                     by_spec.setdefault(trial.spec.model_dump_json(), []).append(trial)
                 else:
                     alone.append(StackGroup([trial], None))
-            self._groups = [StackGroup(g, StackedModels([t.flat for t in g])) for g in by_spec.values()] + alone
+            parts = self.threads.workers if self.threads is not None else 1
+            self._groups = [StackGroup(part, StackedModels([t.flat for t in part]))
+                            for same in by_spec.values() for part in _split_evenly(same, parts)] + alone
             self._grouped = [id(t) for t in trials]
         return self._groups
 
     def _split(self, group: StackGroup) -> list[StackGroup]:
         """Stack each trial of a failing group on its own, so the failure can be pinned on its trial."""
         singles = [StackGroup([t], StackedModels([t.flat])) for t in group.trials if t.ok and t.flat is not None]
-        position = self._groups.index(group)
-        self._groups[position:position + 1] = singles
+        with self._splitting:  # stack threads may split their groups at the same time
+            position = self._groups.index(group)
+            self._groups[position:position + 1] = singles
         return singles
 
+    def _step(self, groups: list[StackGroup], images: torch.Tensor, keys: torch.Tensor | None,
+              values: torch.Tensor | None, labels: torch.Tensor) -> None:
+        """Every model's step on the batch: the stacks side by side in the stack threads, if any.
+        Random draws stay in this thread, as a model's random stream is swapped into torch's global
+        generator while it draws: the models trained unstacked step here, and the stacks' dropout
+        masks are drawn here before the stacks run."""
+        stacks = [g for g in groups if g.stack is not None and any(t.ok for t in g.trials)]
+        for group in groups:
+            if group.stack is None:
+                self._train_step(group, images, keys, values, labels)
+        if self.threads is None:
+            for group in stacks:
+                self._train_step(group, images, keys, values, labels)
+            return
+        masks = [dropout_masks(g.stack, [_member(t).stream for t in g.trials], len(labels), images.device)
+                 for g in stacks]
+        self.threads.map(lambda group, mask: self._train_step(group, images, keys, values, labels, mask), stacks, masks)
+
     def _train_step(self, group: StackGroup, images: torch.Tensor, keys: torch.Tensor | None,
-                    values: torch.Tensor | None, labels: torch.Tensor) -> None:
+                    values: torch.Tensor | None, labels: torch.Tensor, masks: torch.Tensor | None = None) -> None:
+        """One step of a group; `masks`: its dropout masks, already drawn (else drawn here)."""
         if group.stack is None:
             (trial,) = group.trials
             self._guard(trial, self._step_unstacked, trial, images, keys, values, labels)
@@ -318,17 +349,20 @@ class Pack:
             return
         streams = [_member(t).stream for t in group.trials]
         if len(group.trials) == 1:  # a stack of one: its failure is its trial's own
-            losses = self._guard(group.trials[0], stacked_losses, group.stack, streams, images, keys, values, labels)
+            losses = self._guard(group.trials[0], stacked_losses, group.stack, streams, images, keys, values, labels,
+                                 masks)
             if losses is None:
                 return
         else:
             try:
-                losses = stacked_losses(group.stack, streams, images, keys, values, labels)
+                losses = stacked_losses(group.stack, streams, images, keys, values, labels, masks)
             except Exception:
                 if not self.isolate:
                     raise
+                row = {id(t): k for k, t in enumerate(group.trials)}
                 for single in self._split(group):
-                    self._train_step(single, images, keys, values, labels)
+                    k = row[id(single.trials[0])]
+                    self._train_step(single, images, keys, values, labels, None if masks is None else masks[k:k + 1])
                 return
         for trial, loss in zip(group.trials, losses.tolist()):
             self._guard(trial, self._update, trial, loss, len(labels))
@@ -402,9 +436,18 @@ class Pack:
         stacked = [None if group.stack is None else group.stack.parameters() for group in groups]
 
         def logits_of(images: torch.Tensor, keys: torch.Tensor | None, values: torch.Tensor | None) -> torch.Tensor:
-            return torch.cat([group.trials[0].model(images, keys, values).unsqueeze(0) if group.stack is None
-                              else group.stack.forward(params, images, keys, values)
-                              for group, params in zip(groups, stacked)])
+            def forward(group: StackGroup, params: dict[str, torch.Tensor] | None) -> torch.Tensor:
+                with torch.no_grad():  # no_grad is per thread: a stack thread does not inherit it
+                    if group.stack is None:
+                        return group.trials[0].model(images, keys, values).unsqueeze(0)
+                    return group.stack.forward(params, images, keys, values)
+
+            if self.threads is None:
+                return torch.cat([forward(group, params) for group, params in zip(groups, stacked)])
+            # the stacks in the stack threads, as they train; a model trained unstacked here
+            stacks = [(group, params) for group, params in zip(groups, stacked) if group.stack is not None]
+            threaded = iter(self.threads.map(forward, [g for g, _ in stacks], [p for _, p in stacks]))
+            return torch.cat([forward(group, None) if group.stack is None else next(threaded) for group in groups])
 
         def predict() -> list[tuple]:
             found = predict_many(logits_of, len(order), batches, self.metadata, self.side_size, self.device,
@@ -428,6 +471,13 @@ class Pack:
         return images.to(self.device), ready.keys, ready.values, torch.from_numpy(batch.labels).to(self.device)
 
     def run(self) -> list[TrialOutcome]:
+        try:
+            return self._run()
+        finally:
+            if self.threads is not None:
+                self.threads.close()
+
+    def _run(self) -> list[TrialOutcome]:
         augment = self.configs[0].train.augment
         max_epochs = max(t.epochs for t in self.trials)
         progress, task = self.progress, None
@@ -441,8 +491,7 @@ class Pack:
             epoch_start = time.perf_counter()
             for ready in ready_batches(self.train_batches, self.device, self.prefetch):
                 images, keys, values, labels = self._shared_batch(ready, augment)
-                for group in self._stack_groups(active):
-                    self._train_step(group, images, keys, values, labels)
+                self._step(self._stack_groups(active), images, keys, values, labels)
                 if progress is not None:
                     losses = [t.loss_sum / t.seen for t in active if t.ok and t.seen]
                     status = f"epoch {epoch} loss {losses[0]:.4f}" if len(active) == 1 and losses else f"epoch {epoch}"
@@ -479,6 +528,14 @@ class Pack:
             result = self._guard(trial, self._finish, trial)
             outcomes.append(TrialOutcome(trial.config, result=result, error=trial.error))
         return outcomes
+
+
+def _split_evenly(items: list[PackedTrial], parts: int) -> list[list[PackedTrial]]:
+    """`items` in min(parts, len(items)) runs of consecutive items whose lengths differ by at most one."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    bounds = [k * size + min(k, extra) for k in range(parts + 1)]
+    return [items[bounds[k]:bounds[k + 1]] for k in range(parts)]
 
 
 def train_pack(configs: list[PipelineConfig], cache_path: Path | None = None, run_dirs: list[Path] | None = None,

@@ -48,11 +48,13 @@ def dropout_masks(stack: StackedModels, streams: list[RngStream], batch_size: in
 
 
 def stacked_losses(stack: StackedModels, streams: list[RngStream], images: torch.Tensor, keys: torch.Tensor | None,
-                   values: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+                   values: torch.Tensor | None, labels: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
     """Back-propagate every model's training loss on the batch; each model's parameters get its
-    gradient (`.grad`). Returns the K losses, detached."""
+    gradient (`.grad`). Returns the K losses, detached. `masks`: the step's dropout masks if the
+    caller drew them already (`dropout_masks`), else they are drawn here from `streams`."""
     leaves = stack.leaves()
-    masks = dropout_masks(stack, streams, len(labels), images.device)
+    if masks is None:
+        masks = dropout_masks(stack, streams, len(labels), images.device)
     logits = stack.forward(leaves, images, keys, values, masks)
     count, batch = logits.shape[:2]
     losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(count), reduction="none").view(count, batch).mean(dim=1)

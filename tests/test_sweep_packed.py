@@ -129,3 +129,80 @@ def test_a_model_the_stack_cannot_reproduce_trains_through_its_own_forward(
     for single, outcome in zip(alone, outcomes):
         assert _same_weights(_checkpoint(single.run_dir, "last"), _checkpoint(outcome.result.run_dir, "last"))
         assert outcome.result.test_last == single.test_last
+
+
+@pytest.fixture()
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals_one_thread_alone(
+        tiny_root: Path, two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two stacks of two, side by side in two threads of one torch thread each (stages/stack_threads.py):
+    every trial ends bit for bit as it does alone on one torch thread (`OMP_NUM_THREADS=1 fpt train-side`)."""
+    import threading
+
+    import stages.packed_training
+
+    settings = [["train.lr=0.002"], ["train.lr=0.0005", "train.weight_decay=0.01"], ["train.lr=0.001"],
+                ["train.lr=0.003", "train.grad_clip=0.5"]]
+    torch.set_num_threads(1)
+    alone = [train_side(tiny_config(tiny_root, s + [f"train.run_name=one-thread{i}"]), show_progress=False)
+             for i, s in enumerate(settings)]
+    torch.set_num_threads(2)
+
+    seen = []  # (thread name, its torch threads, stack size) of every stacked training step
+    original = stages.packed_training.stacked_losses
+
+    def recorded(stack, *args, **kwargs):
+        seen.append((threading.current_thread().name, torch.get_num_threads(), len(stack)))
+        return original(stack, *args, **kwargs)
+
+    monkeypatch.setattr(stages.packed_training, "stacked_losses", recorded)
+    outcomes = train_pack([tiny_config(tiny_root, s + [f"train.run_name=stack-threads{i}"])
+                           for i, s in enumerate(settings)], isolate_failures=False)
+    monkeypatch.undo()
+    assert seen and {(name.startswith("fpt-stack"), threads, size) for name, threads, size in seen} == {(True, 1, 2)}
+    assert len({name for name, _, _ in seen}) == 2
+    assert torch.get_num_threads() == 2  # the caller's own setting is left as it was
+
+    for single, outcome in zip(alone, outcomes):
+        packed = outcome.result
+        assert outcome.error is None and packed is not None
+        for which in ("best", "last"):
+            assert _same_weights(_checkpoint(single.run_dir, which), _checkpoint(packed.run_dir, which))
+        assert (packed.best_epoch, packed.best_val) == (single.best_epoch, single.best_val)
+        assert packed.test_best == single.test_best and packed.test_last == single.test_last
+
+
+def test_a_failing_stack_in_a_stack_thread_is_split_and_its_trials_go_on(
+        tiny_root: Path, two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stages.packed_training
+
+    original = stages.packed_training.stacked_losses
+    failed = []
+
+    def first_stack_fails(stack, *args, **kwargs):
+        if len(stack) > 1 and stack.members[0].model is first_model[0]:
+            failed.append(len(stack))
+            raise RuntimeError("out of memory (simulated)")
+        return original(stack, *args, **kwargs)
+
+    first_model: list = []
+    original_prepare = stages.packed_training.Pack._prepare
+
+    def remember_first(self, trial):
+        original_prepare(self, trial)
+        if not first_model:
+            first_model.append(trial.model)
+
+    monkeypatch.setattr(stages.packed_training, "stacked_losses", first_stack_fails)
+    monkeypatch.setattr(stages.packed_training.Pack, "_prepare", remember_first)
+    configs = [tiny_config(tiny_root, [f"train.run_name=thread-split{i}", "train.epochs=1", f"train.lr={lr}"])
+               for i, lr in enumerate((0.001, 0.002, 0.003, 0.004))]
+    outcomes = train_pack(configs)
+    assert failed == [2]  # the first stack of two failed once, and its two trials went on alone
+    assert all(o.error is None and (o.result.run_dir / "final_metrics.json").is_file() for o in outcomes)
