@@ -14,6 +14,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture()
+def torch_threads():
+    """`torch_threads(n)` sets torch's thread count for the test; the count is restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 def tiny_assignments(tmp: Path) -> list[str]:
     """--set options for a demo run that takes seconds: small images, tiny random LPM."""
     return [

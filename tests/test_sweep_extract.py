@@ -22,12 +22,12 @@ def test_shard_groups_cover_every_shard_once() -> None:
     assert shard_groups([4], 8) == [[4]] and shard_groups([], 2) == []
 
 
-def test_distributed_extraction_equals_single_process(tmp_path: Path) -> None:
+def test_distributed_extraction_equals_single_process(tmp_path: Path, torch_threads) -> None:
     from distributed import LocalCluster
 
     # the same batches (one shard each) and one torch thread on both sides: identical arithmetic
     same = [f"dataset.data_root={tmp_path / 'data'}", "extract.batch_size=4"]
-    torch.set_num_threads(1)
+    torch_threads(1)
     single = run_extract(tiny_config(tmp_path / "single", same), show_progress=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         spread = run_extract(tiny_config(tmp_path / "spread", same), show_progress=False,

@@ -30,8 +30,9 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.set_num_threads(1)
+def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, torch_threads,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    torch_threads(1)
     settings = [
         ["train.lr=0.002", "side.num_prompts=4"],  # an architecture of its own: stacked alone
         ["train.lr=0.0005", "train.weight_decay=0.01", "train.epochs=1"],  # stops an epoch earlier
@@ -95,9 +96,12 @@ def test_a_failing_trial_does_not_stop_its_pack(tiny_root: Path) -> None:
     assert outcomes[1].error is None and (outcomes[1].result.run_dir / "final_metrics.json").is_file()
 
 
-def test_a_stack_that_fails_is_split_so_its_trials_go_on_alone(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stack_that_fails_is_split_so_its_trials_go_on_alone(tiny_root: Path, torch_threads,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """E.g. out of memory for 16 stacked models: each trial then trains on its own stack of one."""
     import stages.packed_training
+
+    torch_threads(1)  # the two trials in one stack (on more threads each has a stack thread of its own)
 
     original = stages.packed_training.stacked_losses
 
@@ -131,16 +135,8 @@ def test_a_model_the_stack_cannot_reproduce_trains_through_its_own_forward(
         assert outcome.result.test_last == single.test_last
 
 
-@pytest.fixture()
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals_one_thread_alone(
-        tiny_root: Path, two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tiny_root: Path, torch_threads, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two stacks of two, side by side in two threads of one torch thread each (stages/stack_threads.py):
     every trial ends bit for bit as it does alone on one torch thread (`OMP_NUM_THREADS=1 fpt train-side`)."""
     import threading
@@ -149,10 +145,10 @@ def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals
 
     settings = [["train.lr=0.002"], ["train.lr=0.0005", "train.weight_decay=0.01"], ["train.lr=0.001"],
                 ["train.lr=0.003", "train.grad_clip=0.5"]]
-    torch.set_num_threads(1)
+    torch_threads(1)
     alone = [train_side(tiny_config(tiny_root, s + [f"train.run_name=one-thread{i}"]), show_progress=False)
              for i, s in enumerate(settings)]
-    torch.set_num_threads(2)
+    torch_threads(2)
 
     seen = []  # (thread name, its torch threads, stack size) of every stacked training step
     original = stages.packed_training.stacked_losses
@@ -179,9 +175,10 @@ def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals
 
 
 def test_a_failing_stack_in_a_stack_thread_is_split_and_its_trials_go_on(
-        tiny_root: Path, two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tiny_root: Path, torch_threads, monkeypatch: pytest.MonkeyPatch) -> None:
     import stages.packed_training
 
+    torch_threads(2)
     original = stages.packed_training.stacked_losses
     failed = []
 
@@ -206,3 +203,8 @@ def test_a_failing_stack_in_a_stack_thread_is_split_and_its_trials_go_on(
     outcomes = train_pack(configs)
     assert failed == [2]  # the first stack of two failed once, and its two trials went on alone
     assert all(o.error is None and (o.result.run_dir / "final_metrics.json").is_file() for o in outcomes)
+    first_model.clear()
+    with pytest.raises(RuntimeError, match="simulated"):  # without isolation, the worker's error stops the pack
+        train_pack([c.model_copy(update={"train": c.train.model_copy(update={"run_name": c.train.run_name + "-b"})})
+                    for c in configs], isolate_failures=False)
+    assert torch.get_num_threads() == 2

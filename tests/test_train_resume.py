@@ -16,7 +16,7 @@ import stages.packed_training
 from pipeline.cli import app
 from pipeline.errors import Interrupted, UserError
 from stages.resume_state import resume_path
-from stages.train_side import train_side
+from stages.train_side import TrainResult, train_side
 from sweep_support import REPO, build_tiny_cache, tiny_config, tiny_sets
 
 
@@ -35,23 +35,23 @@ def _refused(args: list[str], reason: str) -> bool:
     return result.exit_code != 0 and isinstance(result.exception, UserError) and reason in result.exception.paragraph()
 
 
+SETTINGS = ["train.epochs=4", "train.lr=0.002"]  # the run interrupted in the tests
+
+
+def _uninterrupted_run(root: Path) -> TrainResult:
+    """The tiny cache built under `root`, and the run trained on it without interruption."""
+    build_tiny_cache(root)
+    return train_side(tiny_config(root, SETTINGS + ["train.run_name=full"]), show_progress=False)
+
+
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path, one_thread: None,
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path, torch_threads,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    build_tiny_cache(tmp_path)
-    settings = ["train.epochs=4", "train.lr=0.002"]
-    full = train_side(tiny_config(tmp_path, settings + ["train.run_name=full"]), show_progress=False)
+    torch_threads(1)
+    full = _uninterrupted_run(tmp_path)
     assert not resume_path(full.run_dir).exists()  # a finished run keeps no resume state
 
     # Ctrl-C just after the second epoch's resume state is written
@@ -64,7 +64,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path, 
 
     monkeypatch.setattr(stages.packed_training.Pack, "_save_resume_state", save_then_interrupt)
     with pytest.raises(Interrupted, match="keeps its 2 finished epoch.* --resume"):
-        train_side(tiny_config(tmp_path, settings + ["train.run_name=cut"]), show_progress=False)
+        train_side(tiny_config(tmp_path, SETTINGS + ["train.run_name=cut"]), show_progress=False)
     monkeypatch.undo()
     cut = tmp_path / "runs" / "cut"
     assert resume_path(cut).is_file() and not (cut / "final_metrics.json").exists()
@@ -110,11 +110,10 @@ def test_resume_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     assert _refused(["train-side", "--resume", str(run)], "no resume state")
 
 
-def test_a_full_disk_stops_the_run_with_a_message_and_resume_finishes_it(tmp_path: Path, one_thread: None,
+def test_a_full_disk_stops_the_run_with_a_message_and_resume_finishes_it(tmp_path: Path, torch_threads,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    build_tiny_cache(tmp_path)
-    settings = ["train.epochs=4", "train.lr=0.002"]
-    full = train_side(tiny_config(tmp_path, settings + ["train.run_name=full"]), show_progress=False)
+    torch_threads(1)
+    full = _uninterrupted_run(tmp_path)
 
     # the disk fills up while the third epoch's resume state is written: part of it is on disk
     real_save = torch.save
@@ -128,7 +127,7 @@ def test_a_full_disk_stops_the_run_with_a_message_and_resume_finishes_it(tmp_pat
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_until_full)
-    sets = [item for setting in tiny_sets(tmp_path) + settings + ["train.run_name=cut"] for item in ("--set", setting)]
+    sets = [item for setting in tiny_sets(tmp_path) + SETTINGS + ["train.run_name=cut"] for item in ("--set", setting)]
     result = CliRunner().invoke(app, ["train-side", "--from-cache", "--dataset", "demo", "--quiet",
                                       "--config", str(REPO / "pipeline.yaml"), *sets])
     monkeypatch.undo()
