@@ -1,15 +1,18 @@
 """Training K side networks side by side on one read of each cached batch.
 
-Reading and decoding the cache dominates a trial, so trials that see the same batches in the
-same order (same batch size, seed and data settings) share them: each batch is read once,
+On a GPU, reading and decoding the cache dominates a trial, so trials that see the same batches
+in the same order (same batch size, seed and data settings) share them: each batch is read once,
 augmented once, and every model of the pack steps on it. A pack of one is an ordinary
-`train_side` run; the same code serves both.
+`train_side` run; the same code serves both. Models of one architecture are stacked
+(stages/stacked_model.py); on a CPU with several torch threads, in one stack per thread, each
+stepped in a stack thread of its own on one torch thread (stages/stack_threads.py).
 
 A packed trial gives exactly the result it gives alone on one torch thread: its model is
 initialised from its own seed, and its dropout draws from its own random stream (`RngStream`),
-swapped into torch's global generators only while that model runs. Augmentation has a stream of
-its own, seeded by train.seed, and is computed once per batch for the whole pack. On more threads
-the two agree to float32 rounding only (docs/sweeps.md, "Packed trials").
+swapped into torch's global generators only while that model draws (in the pack's own thread).
+Augmentation has a stream of its own, seeded by train.seed, and is computed once per batch for
+the whole pack. A lone model on more threads agrees with it to float32 rounding only
+(docs/sweeps.md, "Packed trials").
 """
 
 from __future__ import annotations
