@@ -333,17 +333,18 @@ class Pack:
         for group in groups:
             if group.stack is None:
                 self._train_step(group, images, keys, values, labels)
-        if self.threads is None:
-            for group in stacks:
-                self._train_step(group, images, keys, values, labels)
-            return
         masks = [dropout_masks(g.stack, [_member(t).stream for t in g.trials], len(labels), images.device)
                  for g in stacks]
-        self.threads.map(lambda group, mask: self._train_step(group, images, keys, values, labels, mask), stacks, masks)
+        if self.threads is None:
+            for group, mask in zip(stacks, masks):
+                self._train_step(group, images, keys, values, labels, mask)
+        else:
+            self.threads.map(lambda group, mask: self._train_step(group, images, keys, values, labels, mask),
+                             stacks, masks)
 
     def _train_step(self, group: StackGroup, images: torch.Tensor, keys: torch.Tensor | None,
                     values: torch.Tensor | None, labels: torch.Tensor, masks: torch.Tensor | None = None) -> None:
-        """One step of a group; `masks`: its dropout masks, already drawn (else drawn here)."""
+        """One step of a group; `masks`: a stack's dropout masks, drawn by `_step` (None: no dropout)."""
         if group.stack is None:
             (trial,) = group.trials
             self._guard(trial, self._step_unstacked, trial, images, keys, values, labels)

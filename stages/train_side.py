@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cache.metadata import CacheMetadata
 from pipeline.config import PipelineConfig, TrainConfig
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 from stages.augment import eval_images
 from stages.cache_batches import Batch, SplitBatches
 from stages.fpt_model import FPTPlus, ModelSpec
@@ -198,7 +198,6 @@ def train_side(config: PipelineConfig, cache_path: Path | None = None, show_prog
     The run keeps a resume state after every epoch; `resume_run` goes on with an interrupted run
     (its own resolved `config`, from its folder) from the end of its last finished epoch. Ctrl-C
     and a full disk end it with a message that says how to go on."""
-    from pipeline.errors import Interrupted
     from stages.packed_training import Pack
     from stages.resume_state import load_resume_state
 
