@@ -87,7 +87,8 @@ def main() -> None:
         configs = [base.model_copy(update={"train": base.train.model_copy(update={"lr": lr, "run_name": f"{tag}-{i}"})})
                    for i, lr in enumerate(lrs(count))]
         start = time.perf_counter()
-        outcomes = train_pack(configs, cache.path, isolate_failures=False, draw_pictures=pictures)
+        # resumable: as train-side and sweeps train, each trial keeps its resume state after every epoch
+        outcomes = train_pack(configs, cache.path, isolate_failures=False, draw_pictures=pictures, resumable=True)
         assert all(o.error is None for o in outcomes)
         return time.perf_counter() - start
 

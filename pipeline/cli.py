@@ -230,6 +230,10 @@ def sweep(
     failed = sum(r.status == "failed" for r in result.reports)
     console.print(f"Results: {result.sweep_dir / 'results.csv'}; {len(result.reports)} trials, {failed} failed, "
                   f"{result.seconds:.1f} s on {result.plan.workers} worker(s).")
+    went_on = [r for r in result.reports if r.resumed_from_epoch]
+    if went_on:
+        console.print(f"{len(went_on)} trial(s) went on from the epoch an interrupted run of this sweep had finished "
+                      f"(epochs {', '.join(str(e) for e in sorted({r.resumed_from_epoch for r in went_on}))}).")
     if result.best is not None:
         console.print(f"Best settings ({result.sweep_dir / 'best.yaml'}), ready to paste into pipeline.yaml:")
         console.print(result.best_yaml, highlight=False, markup=False)

@@ -7,8 +7,11 @@
         best.yaml              the best trial's settings, ready to paste into pipeline.yaml
 
 Trials that share batch size, seed and data settings are packed (stages/packed_training.py):
-one dask task trains up to sweep.pack_size of them on one read of each batch. Finished trials
-are skipped when the same sweep runs again; a failed trial is reported, the others go on.
+one dask task trains up to sweep.pack_size of them on one read of each batch. Every trial keeps a
+resume state after each epoch (checkpoints/resume.pt, as `fpt train-side` does). When the same
+sweep runs again (after Ctrl-C, a kill or a lost worker), finished trials are skipped and
+unfinished ones go on from their last finished epoch, packed with trials stopped at the same
+epoch; a failed trial is reported, the others go on.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, 
 from pipeline.config import PipelineConfig, SweepConfig, set_in
 from pipeline.errors import UserError
 from stages.packed_training import pack_key
+from stages.resume_state import saved_epoch
 from stages.search_space import Trial, build_trials
 
 METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
@@ -53,6 +57,7 @@ class TrialReport(BaseModel):
     error: str | None = None
     lpm_disabled: bool = False
     worker_peak_rss_mb: float | None = None  # peak resident memory of the process that trained it
+    resumed_from_epoch: int | None = None  # went on from the resume state an interrupted sweep left
 
 
 class SweepResult(BaseModel):
@@ -78,24 +83,36 @@ def _report_from_final(trial: Trial, run_dir: Path, status: str, lpm_disabled: b
 
 
 def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, plan: ClusterPlan) -> list[TrialReport]:
-    """A dask task: train these trials as one pack with the LPM disabled; one report each."""
+    """A dask task: train these trials as one pack with the LPM disabled; one report each.
+
+    A trial whose folder holds a resume state goes on from it; any other unfinished folder starts
+    over. Trials stopped at different epochs cannot share batches: each epoch's trials are a pack."""
     from stages.lpm_guard import lpm_disabled, lpm_forbidden
     from stages.packed_training import train_pack
 
     device = worker_setup(plan, trials[0].config.train.device)
     configs = [t.config.model_copy(update={"train": t.config.train.model_copy(update={"device": device})}) for t in trials]
-    for run_dir in run_dirs:  # an unfinished folder from an interrupted sweep starts over
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
+    states = [_resume_state(run_dir) for run_dir in run_dirs]
+    by_epoch: dict[int, list[int]] = {}
+    for index, state in enumerate(states):
+        by_epoch.setdefault(0 if state is None else state["epoch"], []).append(index)
+    outcomes: dict[int, Any] = {}
     with lpm_disabled():
         guarded = lpm_forbidden()
-        # Pictures cost about a second per run; the sweep draws them for its best trial only.
-        outcomes = train_pack(configs, cache_path, run_dirs=run_dirs, isolate_failures=True, draw_pictures=False)
+        for epoch, indices in sorted(by_epoch.items(), reverse=True):
+            # Pictures cost about a second per run; the sweep draws them for its best trial only.
+            found = train_pack([configs[i] for i in indices], cache_path, run_dirs=[run_dirs[i] for i in indices],
+                               isolate_failures=True, draw_pictures=False, resumable=True,
+                               resume=[states[i] for i in indices] if epoch else None)
+            outcomes.update(zip(indices, found))
     reports = []
     peak = peak_rss_mb()
-    for trial, run_dir, outcome in zip(trials, run_dirs, outcomes):
+    for index, (trial, run_dir) in enumerate(zip(trials, run_dirs)):
+        outcome = outcomes[index]
         if outcome.error is None:
-            reports.append(_report_from_final(trial, run_dir, "finished", guarded))
+            report = _report_from_final(trial, run_dir, "finished", guarded)
+            report.resumed_from_epoch = None if states[index] is None else states[index]["epoch"]
+            reports.append(report)
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "error.txt").write_text(outcome.error)
@@ -104,6 +121,25 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
     for report in reports:
         report.worker_peak_rss_mb = peak
     return reports
+
+
+def _resume_state(run_dir: Path) -> dict[str, Any] | None:
+    """The state an interrupted sweep left in the trial's folder, or None; a folder without a usable
+    state is emptied, so the trial starts over."""
+    from stages.resume_state import load_resume_state
+
+    state = None
+    if saved_epoch(run_dir):
+        try:
+            state = load_resume_state(run_dir)
+        except UserError:
+            state = None
+    if state is None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        return None
+    (run_dir / "error.txt").unlink(missing_ok=True)  # from an earlier failure; the trial is tried again
+    return state
 
 
 def peak_rss_mb() -> float:
@@ -120,11 +156,14 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
-def split_into_packs(trials: list[Trial], pack_size: int, workers: int) -> list[list[Trial]]:
-    """Group packable trials; split groups so every worker has work and no pack exceeds pack_size."""
-    groups: dict[str, list[Trial]] = {}
+def split_into_packs(trials: list[Trial], pack_size: int, workers: int,
+                     start_epochs: dict[str, int] | None = None) -> list[list[Trial]]:
+    """Group packable trials; split groups so every worker has work and no pack exceeds pack_size.
+    start_epochs: the epoch each trial goes on from (default 0); only trials at one epoch can share batches."""
+    groups: dict[tuple[str, int], list[Trial]] = {}
     for trial in trials:
-        groups.setdefault(pack_key(trial.config), []).append(trial)
+        start = (start_epochs or {}).get(trial.trial_id, 0)
+        groups.setdefault((pack_key(trial.config), start), []).append(trial)
     packs = []
     share = math.ceil(workers / max(len(groups), 1))  # packs per group so that every worker has one
     for group in groups.values():
@@ -266,17 +305,19 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
         with dask_client(scheduler, plan, processes=processes) as client:
             if scheduler:
                 plan = plan_remote(client, want_gpu)
-            packs = split_into_packs(pending, sweep.pack_size, plan.workers)
+            start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in pending}
+            packs = split_into_packs(pending, sweep.pack_size, plan.workers, start_epochs)
             _run_packs(client, packs, trials_root, path, plan, reports, show_progress)
 
     ordered = sorted(reports.values(), key=_sort_key)
-    write_results_csv(root / "results.csv", ordered)
     best = next((r for r in ordered if r.status != "failed"), None)
     best_yaml = ""
     if best is not None:
         best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, val AUC {best.val_auc:.4f}\n"
                      + "".join(f"# {line}\n" for line in repeat_lines(best.run_dir))
                      + yaml.safe_dump(nested_settings(best.settings), sort_keys=True))
+    write_results_csv(root / "results.csv", ordered)
+    if best is not None:
         (root / "best.yaml").write_text(best_yaml)
         if best.run_dir is not None and not (best.run_dir / "training_curves.png").is_file():
             from stages.report import write_report

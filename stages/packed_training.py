@@ -141,13 +141,15 @@ class Pack:
     def __init__(self, configs: list[PipelineConfig], cache_path: Path | None = None,
                  run_dirs: list[Path] | None = None, isolate_failures: bool = False,
                  progress: Any = None, description: str = "Training", draw_pictures: bool = True,
-                 resumable: bool = False, resume: dict[str, Any] | None = None) -> None:
-        """resumable: keep a resume state after every epoch (a pack of one: `fpt train-side`);
-        resume: such a state (stages/resume_state.py) to go on from, with run_dirs its run folder."""
+                 resumable: bool = False, resume: list[dict[str, Any]] | None = None) -> None:
+        """resumable: keep a resume state for every trial after every epoch it trains;
+        resume: one such state (stages/resume_state.py) per trial to go on from, all from the same
+        epoch (the states a pack of these trials kept together), with run_dirs their run folders."""
         if not configs:
             raise ValueError("a pack needs at least one trial")
-        if (resumable or resume is not None) and len(configs) != 1:
-            raise ValueError("only a pack of one keeps or resumes an epoch-by-epoch state")
+        if resume is not None and (len(resume) != len(configs) or len({s["epoch"] for s in resume}) != 1
+                                   or run_dirs is None):
+            raise ValueError("a resumed pack needs every trial's state, all from one epoch, and their run folders")
         keys = {pack_key(c) for c in configs}
         if len(keys) > 1:
             raise ValueError("trials of a pack must share batch size, seed and data settings")
@@ -181,8 +183,10 @@ class Pack:
         self.threads = StackThreads.for_pack(self.device, len(self.trials))
         for trial in self.trials:
             self._guard(trial, self._prepare, trial)
-        if resume is not None:
-            self._restore(self.trials[0], resume)
+        if resume is not None:  # the shared streams are the same in every state of the pack
+            self._restore_shared(resume[0])
+            for trial, state in zip(self.trials, resume):
+                self._guard(trial, self._restore, trial, state)
 
     # -- failure isolation -------------------------------------------------------------------
     def _guard(self, trial: PackedTrial, action: Callable[..., Any], *args: Any) -> Any:
@@ -198,7 +202,7 @@ class Pack:
             trial.error = f"{type(error).__name__}: {error}\n" + traceback.format_exc(limit=6)
         return None
 
-    # -- resuming an interrupted run (a pack of one) ---------------------------------------------
+    # -- resuming an interrupted run ---------------------------------------------------------------
     def _save_resume_state(self, trial: PackedTrial, epoch: int) -> None:
         assert trial.run_dir is not None and trial.model is not None and trial.stream is not None
         save_resume_state(trial.run_dir, {
@@ -215,24 +219,27 @@ class Pack:
         })
         self.epochs_done = epoch
 
+    def _restore_shared(self, state: dict[str, Any]) -> None:
+        """The pack's own streams (augmentation, shuffle order) as they were at the end of the state's epoch."""
+        self.augment_stream.state = state["augment_stream"]
+        self.generator.set_state(state["augment_generator"])
+        self.train_batches.rng.bit_generator.state = state["shuffle"]
+        self.epochs_done = state["epoch"]
+
     def _restore(self, trial: PackedTrial, state: dict[str, Any]) -> None:
-        """Put the run back as it was at the end of the state's epoch."""
+        """Put the trial back as it was at the end of the state's epoch."""
         assert trial.run_dir is not None and trial.model is not None and trial.stream is not None
         assert trial.optimizer is not None
         trial.model.load_state_dict(state["model"])
         trial.optimizer.load_state_dict(state["optimizer"])
         trial.scheduler.load_state_dict(state["scheduler"])
         trial.stream.state = state["dropout_stream"]
-        self.augment_stream.state = state["augment_stream"]
-        self.generator.set_state(state["augment_generator"])
-        self.train_batches.rng.bit_generator.state = state["shuffle"]
         trial.best_score, trial.best_epoch = state["best_score"], state["best_epoch"]
         trial.best_val, trial.best_weights = metrics_from_state(state["best_val"]), state["best_weights"]
         if trial.best_weights is not None:
             save_tensors(trial.run_dir / "checkpoints" / "best.safetensors", trial.best_weights,
                          {"epoch": str(trial.best_epoch)})
         keep_epoch_lines(trial.run_dir, state["epoch"])
-        self.epochs_done = state["epoch"]
 
     # -- per-trial pieces --------------------------------------------------------------------
     def _prepare(self, trial: PackedTrial) -> None:
@@ -505,8 +512,9 @@ class Pack:
             for trial, prediction in zip(active, self._evaluate(active, self.val_batches)):
                 if prediction is not None:
                     self._guard(trial, self._end_epoch, trial, epoch, seconds, prediction)
-            if self.resumable and self.trials[0].ok:
-                self._save_resume_state(self.trials[0], epoch)
+            if self.resumable:
+                for trial in active:
+                    self._guard(trial, self._save_resume_state, trial, epoch)
             if progress is not None and len(active) == 1 and active[0].best_val is not None:
                 progress.update(task, status=f"epoch {epoch} val AUC (best) {active[0].best_val.auc:.4f}")
         if progress is not None and task is not None:
@@ -543,6 +551,8 @@ def _split_evenly(items: list[PackedTrial], parts: int) -> list[list[PackedTrial
 
 
 def train_pack(configs: list[PipelineConfig], cache_path: Path | None = None, run_dirs: list[Path] | None = None,
-               isolate_failures: bool = True, progress: Any = None, draw_pictures: bool = True) -> list[TrialOutcome]:
+               isolate_failures: bool = True, progress: Any = None, draw_pictures: bool = True,
+               resumable: bool = False, resume: list[dict[str, Any]] | None = None) -> list[TrialOutcome]:
     """Train the given trials side by side; one outcome (result or error) per trial, in order."""
-    return Pack(configs, cache_path, run_dirs, isolate_failures, progress, draw_pictures=draw_pictures).run()
+    return Pack(configs, cache_path, run_dirs, isolate_failures, progress, draw_pictures=draw_pictures,
+                resumable=resumable, resume=resume).run()

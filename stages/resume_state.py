@@ -1,4 +1,7 @@
-"""What `fpt train-side` keeps after each epoch so that an interrupted run can go on where it stopped.
+"""What a training run keeps after each epoch so that an interrupted run can go on where it stopped.
+
+`fpt train-side --resume RUN` goes on with one run; `fpt sweep` run again goes on with each of its
+unfinished trials (pipeline/sweep.py), every trial of a pack keeping a state of its own.
 
 `checkpoints/resume.pt` holds, as of the end of its last finished epoch, everything the rest of the
 run depends on: the model's weights, the optimiser's moments, the schedule's position, the three
@@ -35,6 +38,20 @@ def resume_path(run_dir: Path) -> Path:
 def save_resume_state(run_dir: Path, state: dict[str, Any]) -> None:
     with replacing(resume_path(run_dir)) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
+
+
+def saved_epoch(run_dir: Path) -> int | None:
+    """The epoch of the run's resume state without reading its tensors; None without a readable one."""
+    path = resume_path(run_dir)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a truncated or foreign file: the run starts over
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("epoch"), int):
+        return None
+    return state["epoch"]
 
 
 def load_resume_state(run_dir: Path) -> dict[str, Any]:

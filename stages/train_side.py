@@ -206,7 +206,8 @@ def train_side(config: PipelineConfig, cache_path: Path | None = None, show_prog
     with _progress(show_progress) as progress:
         try:
             pack = Pack([config], cache_path, run_dirs=[resume_run] if resume_run is not None else None,
-                        isolate_failures=False, progress=progress, resumable=True, resume=state)
+                        isolate_failures=False, progress=progress, resumable=True,
+                        resume=None if state is None else [state])
             (outcome,) = pack.run()
         except KeyboardInterrupt:
             raise Interrupted(_how_to_go_on(pack, state, resume_run, config)) from None
