@@ -17,6 +17,7 @@ epoch; a failed trial is reported, the others go on.
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import shlex
 import shutil
@@ -37,6 +38,7 @@ from pipeline.config import PipelineConfig, SweepConfig, set_in
 from pipeline.errors import UserError
 from stages.packed_training import pack_key
 from stages.resume_state import saved_epoch
+from stages.run_folder import atomic_write_text, replacing
 from stages.search_space import Trial, build_trials
 
 METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
@@ -214,8 +216,7 @@ def _sort_key(report: TrialReport) -> tuple:
 
 def write_results_csv(path: Path, reports: list[TrialReport]) -> None:
     names = sorted({name for r in reports for name in r.settings})
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["rank", "trial", "status", *names, "val_auc", "best_epoch",
                          *[f"test_best_{m}" for m in METRIC_FIELDS], *[f"test_last_{m}" for m in METRIC_FIELDS],
@@ -228,7 +229,6 @@ def write_results_csv(path: Path, reports: list[TrialReport]) -> None:
                 *[f"{(r.test_last or {}).get(m, float('nan')):.6f}" if r.test_last else "" for m in METRIC_FIELDS],
                 "" if r.seconds is None else f"{r.seconds:.2f}", str(r.run_dir), _first_line(r.error),
             ])
-    tmp.replace(path)
 
 
 def results_table(reports: list[TrialReport], title: str) -> Table:
@@ -316,13 +316,24 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
         best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, val AUC {best.val_auc:.4f}\n"
                      + "".join(f"# {line}\n" for line in repeat_lines(best.run_dir))
                      + yaml.safe_dump(nested_settings(best.settings), sort_keys=True))
-    write_results_csv(root / "results.csv", ordered)
-    if best is not None:
-        (root / "best.yaml").write_text(best_yaml)
-        if best.run_dir is not None and not (best.run_dir / "training_curves.png").is_file():
-            from stages.report import write_report
+    try:
+        write_results_csv(root / "results.csv", ordered)
+        if best is not None:
+            atomic_write_text(root / "best.yaml", best_yaml)
+            if best.run_dir is not None and not (best.run_dir / "training_curves.png").is_file():
+                from stages.report import write_report
 
-            write_report(best.run_dir)
+                write_report(best.run_dir)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        finished = sum(r.status != "failed" for r in ordered)
+        raise UserError(
+            f"The disk holding the sweep folder {root} is full: the sweep's results table could not be written.",
+            f"Its {finished} finished trial(s) are kept under {trials_root}. Free some space and run the same "
+            "command again: finished trials are skipped, unfinished ones go on from their last finished epoch, "
+            "and the table is written.",
+        ) from None
     if console is not None:
         console.print(results_table(ordered, f"Sweep {root.name}: {len(ordered)} trials, by validation AUC"))
     return SweepResult(sweep_dir=root, reports=ordered, best=best, best_yaml=best_yaml, plan=plan,

@@ -1,8 +1,10 @@
-"""A sweep stopped in the middle of its trials, run again, goes on with each unfinished trial from
-its last finished epoch and ends exactly as the same sweep run without interruption."""
+"""What a stopped sweep keeps: run again after an interruption, it goes on with each unfinished
+trial from its last finished epoch and ends exactly as the same sweep run without interruption;
+a full disk at its results table is a message, and loses nothing."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import stages.packed_training
 from cache.reader import read_metadata
 from pipeline.cluster import ClusterPlan
 from pipeline.config import SweepConfig
+from pipeline.errors import UserError
 from pipeline.sweep import run_pack_task, run_sweep, split_into_packs, sweep_dir
 from stages.resume_state import resume_path, saved_epoch
 from stages.search_space import build_trials
@@ -107,3 +110,35 @@ def test_trials_stopped_at_different_epochs_are_not_packed_together(tmp_path: Pa
     assert sorted(sorted(t.trial_id for t in pack) for pack in packs) == sorted(
         [sorted(t.trial_id for t in trials[:2]), sorted(t.trial_id for t in trials[2:])])
 
+
+def test_a_full_disk_at_the_results_table_keeps_the_trials_and_the_last_table(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.sweep
+
+    build_tiny_cache(tmp_path)
+    base = tiny_config(tmp_path, ["train.epochs=1"])
+    sweep = SweepConfig(name="s", parameters={"train.lr": [0.002, 0.0005]})
+    first = run_sweep(base, sweep, processes=False, max_workers=1, show_progress=False)
+    table = (first.sweep_dir / "results.csv").read_text()
+
+    real_writer = pipeline.sweep.csv.writer
+
+    class FillsTheDisk:
+        """Writes the header, then the disk is full."""
+
+        def __init__(self, handle) -> None:
+            self.inner = real_writer(handle)
+
+        def writerow(self, row) -> None:
+            if row[0] != "rank":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.inner.writerow(row)
+
+    monkeypatch.setattr(pipeline.sweep.csv, "writer", FillsTheDisk)
+    with pytest.raises(UserError) as stopped:
+        run_sweep(base, sweep, processes=False, max_workers=1, show_progress=False)
+    message = stopped.value.paragraph()
+    assert "is full" in message and "2 finished trial(s) are kept" in message and "run the same command again" in message
+    assert (first.sweep_dir / "results.csv").read_text() == table  # the last complete table stays
+    assert not (first.sweep_dir / "results.csv.tmp").exists()
+    assert all((r.run_dir / "final_metrics.json").is_file() for r in first.reports)
