@@ -35,7 +35,7 @@ from cache.catalog import find_cache
 from cache.reader import read_metadata
 from pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
 from pipeline.config import PipelineConfig, SweepConfig, set_in
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 from stages.packed_training import pack_key
 from stages.resume_state import saved_epoch
 from stages.run_folder import atomic_write_text, replacing
@@ -302,12 +302,15 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
     want_gpu = _wants_gpu(config.train.device, scheduler)
     plan = plan_local(len(pending) or 1, bool(want_gpu), max_workers)
     if pending:
-        with dask_client(scheduler, plan, processes=processes) as client:
-            if scheduler:
-                plan = plan_remote(client, want_gpu)
-            start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in pending}
-            packs = split_into_packs(pending, sweep.pack_size, plan.workers, start_epochs)
-            _run_packs(client, packs, trials_root, path, plan, reports, show_progress)
+        try:
+            with dask_client(scheduler, plan, processes=processes) as client:
+                if scheduler:
+                    plan = plan_remote(client, want_gpu)
+                start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in pending}
+                packs = split_into_packs(pending, sweep.pack_size, plan.workers, start_epochs)
+                _run_packs(client, packs, trials_root, path, plan, reports, show_progress)
+        except KeyboardInterrupt:
+            raise Interrupted(_how_to_go_on(trials, trials_root, scheduler)) from None
 
     ordered = sorted(reports.values(), key=_sort_key)
     best = next((r for r in ordered if r.status != "failed"), None)
@@ -342,8 +345,6 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
 
 def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_path: Path, plan: ClusterPlan,
                reports: dict[str, TrialReport], show_progress: bool) -> None:
-    from distributed import as_completed
-
     resources = task_resources(plan)
     futures = {}
     for pack in packs:
@@ -355,19 +356,54 @@ def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_p
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not show_progress) as progress:
         task = progress.add_task(f"Sweep ({len(packs)} pack(s) on {plan.workers} worker(s))", total=total, status="")
-        failed = 0
-        for future in as_completed(list(futures)):
-            pack = futures[future]
-            try:
-                pack_reports = future.result()
-            except Exception as error:  # the whole task died (worker lost, out of memory): its trials failed
-                message = f"{type(error).__name__}: {error}"
-                pack_reports = [TrialReport(trial_id=t.trial_id, settings=t.settings, status="failed",
-                                            run_dir=trials_root / t.trial_id, error=message) for t in pack]
-            for report in pack_reports:
-                reports[report.trial_id] = report
-                failed += report.status == "failed"
-            progress.update(task, advance=len(pack), status=f"{failed} failed" if failed else "")
+        try:
+            _collect(futures, trials_root, reports, progress, task)
+        except KeyboardInterrupt:
+            client.cancel(list(futures))  # packs not started yet are dropped
+            raise
+
+
+def _collect(futures: dict[Any, list[Trial]], trials_root: Path, reports: dict[str, TrialReport], progress: Progress,
+             task: Any) -> None:
+    """Each pack's reports as it ends; a pack whose task died reports its trials failed."""
+    from distributed import as_completed
+
+    failed = 0
+    for future in as_completed(list(futures)):
+        pack = futures[future]
+        try:
+            pack_reports = future.result()
+        except Exception as error:  # the whole task died (worker lost, out of memory): its trials failed
+            message = f"{type(error).__name__}: {error}"
+            pack_reports = [TrialReport(trial_id=t.trial_id, settings=t.settings, status="failed",
+                                        run_dir=trials_root / t.trial_id, error=message) for t in pack]
+        for report in pack_reports:
+            reports[report.trial_id] = report
+            failed += report.status == "failed"
+        progress.update(task, advance=len(pack), status=f"{failed} failed" if failed else "")
+
+
+def _how_to_go_on(trials: list[Trial], trials_root: Path, scheduler: str | None) -> str:
+    """What an interrupted sweep keeps, trial by trial, and how it goes on."""
+    finished, going_on = 0, []
+    for trial in trials:
+        run_dir = trials_root / trial.trial_id
+        if (run_dir / "final_metrics.json").is_file():
+            finished += 1
+        elif epoch := saved_epoch(run_dir):
+            going_on.append(epoch)
+    fresh = len(trials) - finished - len(going_on)
+    kept = f"The sweep in {trials_root.parent} keeps {finished} of its {len(trials)} trials finished"
+    if going_on:
+        span = f"{min(going_on)}" if min(going_on) == max(going_on) else f"{min(going_on)}-{max(going_on)}"
+        kept += f", {len(going_on)} at their last finished epoch ({span})"
+    kept += f"; {fresh} have no finished epoch yet." if fresh else "."
+    hint = f"{kept} Run the same command again: finished trials are skipped and the others go on from there."
+    if scheduler:
+        hint += (f" On the cluster at {scheduler}, packs that had started cannot be stopped from here and run to "
+                 "their end; wait until its workers are idle (the dask dashboard shows them) before running the "
+                 "sweep again, so that no trial is trained by two tasks at once.")
+    return hint
 
 
 def load_sweep_file(path: Path) -> SweepConfig:

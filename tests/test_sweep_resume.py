@@ -16,7 +16,7 @@ import stages.packed_training
 from cache.reader import read_metadata
 from pipeline.cluster import ClusterPlan
 from pipeline.config import SweepConfig
-from pipeline.errors import UserError
+from pipeline.errors import Interrupted, UserError
 from pipeline.sweep import run_pack_task, run_sweep, split_into_packs, sweep_dir
 from stages.resume_state import resume_path, saved_epoch
 from stages.search_space import build_trials
@@ -79,6 +79,20 @@ def test_an_interrupted_sweep_goes_on_from_each_trials_last_epoch(tmp_path: Path
     broken, failed_once = run_dirs[0], run_dirs[1]
     resume_path(broken).write_bytes(b"not a torch file")
     (failed_once / "error.txt").write_text("RuntimeError: out of memory")
+
+    # Ctrl-C as the sweep starts again: the message counts what is kept, and nothing is lost
+    import pipeline.sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.sweep, "_run_packs", interrupted)
+    with pytest.raises(Interrupted) as stopped:
+        run_sweep(base, cut, processes=False, max_workers=1, show_progress=False)
+    monkeypatch.undo()
+    assert "keeps 0 of its 4 trials finished, 3 at their last finished epoch (2); 1 have no finished epoch" \
+        in stopped.value.hint and "Run the same command again" in stopped.value.hint
+    assert all(saved_epoch(d) == 2 for d in run_dirs[1:])
 
     again = run_sweep(base, cut, processes=False, max_workers=1, show_progress=False)
     by_id = {r.trial_id: r for r in again.reports}
