@@ -93,6 +93,18 @@ def worker_environment() -> dict[str, object]:
     return environ
 
 
+RESOURCE_TRACKER_WARNING = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
+def quiet_resource_tracker() -> None:
+    """Worker processes stopped by Ctrl-C leave their semaphores to multiprocessing's resource
+    tracker, which removes them and, at exit, warns about them under the interruption message. The
+    tracker is a process of its own, started later with this environment: only its warning is off."""
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if RESOURCE_TRACKER_WARNING not in current:
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, RESOURCE_TRACKER_WARNING]))
+
+
 @contextmanager
 def dask_client(scheduler: str | None, plan: ClusterPlan, processes: bool = True) -> Iterator[object]:
     """A distributed Client: to `scheduler` if given, else to a LocalCluster built from `plan`."""
@@ -113,6 +125,7 @@ def dask_client(scheduler: str | None, plan: ClusterPlan, processes: bool = True
             client.close()
         return
     resources = task_resources(plan)
+    quiet_resource_tracker()
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
         cluster = LocalCluster(
             n_workers=plan.workers, threads_per_worker=1, processes=processes, resources=resources,

@@ -132,3 +132,37 @@ def test_local_cluster_workers_keep_glibcs_adaptive_malloc(monkeypatch: pytest.M
         environ = client.submit(_environment, pure=False).result()
     assert "MALLOC_TRIM_THRESHOLD_" not in environ
     assert worker_environment() and all(environ.get(k) == str(v) for k, v in worker_environment().items())
+
+
+LEAKS_A_SEMAPHORE = """
+import multiprocessing, os, sys
+sys.path.insert(0, {repo!r})
+if {quiet}:
+    from pipeline.cluster import quiet_resource_tracker
+    quiet_resource_tracker()
+held = multiprocessing.get_context("spawn").Semaphore()
+os._exit(0)  # as a worker killed on Ctrl-C: its semaphore is left to the resource tracker
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_local_cluster_stopped_by_ctrl_c_leaves_no_resource_tracker_warning(quiet: bool,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes killed by Ctrl-C leave semaphores that multiprocessing's resource tracker
+    removes; without fpt's setting (made by dask_client) its warning would follow the interruption
+    message."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.cluster import RESOURCE_TRACKER_WARNING, quiet_resource_tracker
+    from sweep_support import REPO
+
+    monkeypatch.setenv("PYTHONWARNINGS", "default::DeprecationWarning")  # a user's own filter is kept
+    script = LEAKS_A_SEMAPHORE.format(repo=str(REPO), quiet=quiet)
+    # the tracker inherits stderr, so this returns once it has exited and said what it had to
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert ("leaked semaphore" in done.stderr) is not quiet
+    quiet_resource_tracker()
+    quiet_resource_tracker()  # once is enough
+    assert os.environ["PYTHONWARNINGS"] == "default::DeprecationWarning," + RESOURCE_TRACKER_WARNING
