@@ -36,6 +36,7 @@ from cache.reader import read_metadata
 from pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
 from pipeline.config import PipelineConfig, SweepConfig, set_in
 from pipeline.errors import Interrupted, UserError
+from pipeline.sweep_stop import SweepStopped, new_stop_name, stop_requests, stop_tasks
 from stages.packed_training import pack_key
 from stages.resume_state import saved_epoch
 from stages.run_folder import atomic_write_text, replacing
@@ -84,29 +85,39 @@ def _report_from_final(trial: Trial, run_dir: Path, status: str, lpm_disabled: b
     )
 
 
-def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, plan: ClusterPlan) -> list[TrialReport]:
-    """A dask task: train these trials as one pack with the LPM disabled; one report each.
+def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, plan: ClusterPlan,
+                  stop_name: str | None = None) -> list[TrialReport]:
+    """A dask task: train these trials as one pack with the LPM disabled; one report each, or none
+    when the sweep asked its tasks to stop (pipeline/sweep_stop.py).
 
     A trial whose folder holds a resume state goes on from it; any other unfinished folder starts
     over. Trials stopped at different epochs cannot share batches: each epoch's trials are a pack."""
     from stages.lpm_guard import lpm_disabled, lpm_forbidden
-    from stages.packed_training import train_pack
+    from stages.packed_training import PackStopped, train_pack
 
-    device = worker_setup(plan, trials[0].config.train.device)
-    configs = [t.config.model_copy(update={"train": t.config.train.model_copy(update={"device": device})}) for t in trials]
-    states = [_resume_state(run_dir) for run_dir in run_dirs]
-    by_epoch: dict[int, list[int]] = {}
-    for index, state in enumerate(states):
-        by_epoch.setdefault(0 if state is None else state["epoch"], []).append(index)
-    outcomes: dict[int, Any] = {}
-    with lpm_disabled():
-        guarded = lpm_forbidden()
-        for epoch, indices in sorted(by_epoch.items(), reverse=True):
-            # Pictures cost about a second per run; the sweep draws them for its best trial only.
-            found = train_pack([configs[i] for i in indices], cache_path, run_dirs=[run_dirs[i] for i in indices],
-                               isolate_failures=True, draw_pictures=False, resumable=True,
-                               resume=[states[i] for i in indices] if epoch else None)
-            outcomes.update(zip(indices, found))
+    with stop_requests(stop_name) as should_stop:
+        if should_stop():
+            return []
+        device = worker_setup(plan, trials[0].config.train.device)
+        configs = [t.config.model_copy(update={"train": t.config.train.model_copy(update={"device": device})})
+                   for t in trials]
+        states = [_resume_state(run_dir) for run_dir in run_dirs]
+        by_epoch: dict[int, list[int]] = {}
+        for index, state in enumerate(states):
+            by_epoch.setdefault(0 if state is None else state["epoch"], []).append(index)
+        outcomes: dict[int, Any] = {}
+        with lpm_disabled():
+            guarded = lpm_forbidden()
+            for epoch, indices in sorted(by_epoch.items(), reverse=True):
+                # Pictures cost about a second per run; the sweep draws them for its best trial only.
+                try:
+                    found = train_pack([configs[i] for i in indices], cache_path,
+                                       run_dirs=[run_dirs[i] for i in indices], isolate_failures=True,
+                                       draw_pictures=False, resumable=True,
+                                       resume=[states[i] for i in indices] if epoch else None, should_stop=should_stop)
+                except PackStopped:  # the client that asked is no longer waiting for reports
+                    return []
+                outcomes.update(zip(indices, found))
     reports = []
     peak = peak_rss_mb()
     for index, (trial, run_dir) in enumerate(zip(trials, run_dirs)):
@@ -309,8 +320,10 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
                 start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in pending}
                 packs = split_into_packs(pending, sweep.pack_size, plan.workers, start_epochs)
                 _run_packs(client, packs, trials_root, path, plan, reports, show_progress)
-        except KeyboardInterrupt:
-            raise Interrupted(_how_to_go_on(trials, trials_root, scheduler)) from None
+        except SweepStopped as stopped:
+            raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, stopped.still_running)) from None
+        except KeyboardInterrupt:  # before the packs were sent, or a second Ctrl-C while they stopped
+            raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, None)) from None
 
     ordered = sorted(reports.values(), key=_sort_key)
     best = next((r for r in ordered if r.status != "failed"), None)
@@ -346,11 +359,12 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
 def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_path: Path, plan: ClusterPlan,
                reports: dict[str, TrialReport], show_progress: bool) -> None:
     resources = task_resources(plan)
+    stop_name = new_stop_name()
     futures = {}
     for pack in packs:
         run_dirs = [trials_root / t.trial_id for t in pack]
-        future = client.submit(run_pack_task, pack, run_dirs, cache_path, plan, resources=resources, pure=False,
-                               key=f"fpt-pack-{pack[0].trial_id}-{len(pack)}")
+        future = client.submit(run_pack_task, pack, run_dirs, cache_path, plan, stop_name, resources=resources,
+                               pure=False, key=f"fpt-pack-{pack[0].trial_id}-{len(pack)}")
         futures[future] = pack
     total = sum(len(p) for p in packs)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -359,8 +373,8 @@ def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_p
         try:
             _collect(futures, trials_root, reports, progress, task)
         except KeyboardInterrupt:
-            client.cancel(list(futures))  # packs not started yet are dropped
-            raise
+            waiting = lambda: progress.update(task, status="stopping: each pack after its current step")  # noqa: E731
+            raise SweepStopped(stop_tasks(client, list(futures), stop_name, waiting)) from None
 
 
 def _collect(futures: dict[Any, list[Trial]], trials_root: Path, reports: dict[str, TrialReport], progress: Progress,
@@ -383,7 +397,7 @@ def _collect(futures: dict[Any, list[Trial]], trials_root: Path, reports: dict[s
         progress.update(task, advance=len(pack), status=f"{failed} failed" if failed else "")
 
 
-def _how_to_go_on(trials: list[Trial], trials_root: Path, scheduler: str | None) -> str:
+def _how_to_go_on(trials: list[Trial], trials_root: Path, scheduler: str | None, still_running: int | None) -> str:
     """What an interrupted sweep keeps, trial by trial, and how it goes on."""
     finished, going_on = 0, []
     for trial in trials:
@@ -399,10 +413,11 @@ def _how_to_go_on(trials: list[Trial], trials_root: Path, scheduler: str | None)
         kept += f", {len(going_on)} at their last finished epoch ({span})"
     kept += f"; {fresh} have no finished epoch yet." if fresh else "."
     hint = f"{kept} Run the same command again: finished trials are skipped and the others go on from there."
-    if scheduler:
-        hint += (f" On the cluster at {scheduler}, packs that had started cannot be stopped from here and run to "
-                 "their end; wait until its workers are idle (the dask dashboard shows them) before running the "
-                 "sweep again, so that no trial is trained by two tasks at once.")
+    if scheduler and still_running != 0:
+        running = "Some packs" if still_running is None else f"{still_running} pack(s)"
+        hint += (f" {running} on the cluster at {scheduler} may still be running: wait until its workers are idle "
+                 "(the dask dashboard shows them) before running the sweep again, so that no trial is trained by "
+                 "two tasks at once.")
     return hint
 
 

@@ -67,6 +67,11 @@ class TrialFailed(Exception):
     """Raised only inside a pack that isolates failures; carries the trial's error text."""
 
 
+class PackStopped(Exception):
+    """The pack was asked to stop between two steps (its sweep was interrupted); each trial keeps
+    the resume state of its last finished epoch, if the pack keeps them."""
+
+
 @dataclass
 class PackedTrial:
     """One model of a pack with its optimiser, schedule, random stream and run folder."""
@@ -141,10 +146,12 @@ class Pack:
     def __init__(self, configs: list[PipelineConfig], cache_path: Path | None = None,
                  run_dirs: list[Path] | None = None, isolate_failures: bool = False,
                  progress: Any = None, description: str = "Training", draw_pictures: bool = True,
-                 resumable: bool = False, resume: list[dict[str, Any]] | None = None) -> None:
+                 resumable: bool = False, resume: list[dict[str, Any]] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         """resumable: keep a resume state for every trial after every epoch it trains;
         resume: one such state (stages/resume_state.py) per trial to go on from, all from the same
-        epoch (the states a pack of these trials kept together), with run_dirs their run folders."""
+        epoch (the states a pack of these trials kept together), with run_dirs their run folders;
+        should_stop: asked before every step; True ends the run with `PackStopped`."""
         if not configs:
             raise ValueError("a pack needs at least one trial")
         if resume is not None and (len(resume) != len(configs) or len({s["epoch"] for s in resume}) != 1
@@ -178,6 +185,7 @@ class Pack:
         self._groups: list[StackGroup] = []
         self._grouped: list[int] = []
         self.resumable = resumable or resume is not None
+        self.should_stop = should_stop
         self.epochs_done = 0
         self._splitting = threading.Lock()
         self.threads = StackThreads.for_pack(self.device, len(self.trials))
@@ -501,6 +509,8 @@ class Pack:
                 break
             epoch_start = time.perf_counter()
             for ready in ready_batches(self.train_batches, self.device, self.prefetch):
+                if self.should_stop is not None and self.should_stop():
+                    raise PackStopped(f"asked to stop after {self.epochs_done} finished epoch(s)")
                 images, keys, values, labels = self._shared_batch(ready, augment)
                 self._step(self._stack_groups(active), images, keys, values, labels)
                 if progress is not None:
@@ -552,7 +562,8 @@ def _split_evenly(items: list[PackedTrial], parts: int) -> list[list[PackedTrial
 
 def train_pack(configs: list[PipelineConfig], cache_path: Path | None = None, run_dirs: list[Path] | None = None,
                isolate_failures: bool = True, progress: Any = None, draw_pictures: bool = True,
-               resumable: bool = False, resume: list[dict[str, Any]] | None = None) -> list[TrialOutcome]:
+               resumable: bool = False, resume: list[dict[str, Any]] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> list[TrialOutcome]:
     """Train the given trials side by side; one outcome (result or error) per trial, in order."""
     return Pack(configs, cache_path, run_dirs, isolate_failures, progress, draw_pictures=draw_pictures,
-                resumable=resumable, resume=resume).run()
+                resumable=resumable, resume=resume, should_stop=should_stop).run()

@@ -166,3 +166,46 @@ def test_a_local_cluster_stopped_by_ctrl_c_leaves_no_resource_tracker_warning(qu
     quiet_resource_tracker()
     quiet_resource_tracker()  # once is enough
     assert os.environ["PYTHONWARNINGS"] == "default::DeprecationWarning," + RESOURCE_TRACKER_WARNING
+
+
+def test_ctrl_c_stops_the_packs_running_on_a_cluster_and_waits_for_them(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a cluster the user started, tasks outlive the client: Ctrl-C asks them to stop, a started
+    pack stops after its current step and a queued one at once, so a re-run cannot race them."""
+    import time
+
+    from distributed import Client, LocalCluster
+
+    import pipeline.sweep
+    from pipeline.errors import Interrupted
+    from stages.resume_state import resume_path, saved_epoch
+
+    build_tiny_cache(tmp_path)
+    base = tiny_config(tmp_path, ["train.epochs=1000"])  # far longer than the test waits
+    # two packs of one on one worker thread: one trains, the other waits for the worker
+    sweep = SweepConfig(name="s", parameters={"train.lr": [0.002, 0.0005]}, pack_size=1)
+    trials_root = tmp_path / "runs" / "s" / "trials"
+
+    def ctrl_c_after_two_epochs(*args, **kwargs):
+        deadline = time.monotonic() + 120
+        while not any((saved_epoch(d) or 0) >= 2 for d in trials_root.glob("*")):
+            assert time.monotonic() < deadline, "no pack trained two epochs in two minutes"
+            time.sleep(0.1)
+        raise KeyboardInterrupt
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            monkeypatch.setattr(pipeline.sweep, "_collect", ctrl_c_after_two_epochs)
+            with pytest.raises(Interrupted) as stopped:
+                run_sweep(base, sweep, scheduler=cluster.scheduler_address, show_progress=False)
+            assert not any(client.processing().values())  # the worker is idle: nothing trains any more
+            assert len(client.run(lambda: 1)) == 1  # and alive: a stopped pack does not take its worker down
+            hint = stopped.value.hint
+    assert "keeps 0 of its 2 trials finished, 1 at their last finished epoch" in hint
+    assert "may still be running" not in hint  # every task ended before the command did
+    trained = [d for d in trials_root.iterdir() if resume_path(d).is_file()]
+    assert len(trained) == 1 and not (trained[0] / "final_metrics.json").exists()
+    assert not any((d / "metrics.jsonl").exists() for d in trials_root.iterdir() if d not in trained)  # it never trained
+    epochs = saved_epoch(trained[0])
+    time.sleep(2)
+    assert saved_epoch(trained[0]) == epochs  # no epoch was written after the command ended
