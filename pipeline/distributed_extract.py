@@ -3,7 +3,9 @@
 The client creates the store; each task extracts one contiguous group of shards with its own
 copy of the LPM (one GPU per task when CUDA is used) and writes only those shard files and
 their `shard_complete` flags, so workers never touch the same file. The client marks the store
-complete once every shard is flagged. Re-running resumes the shards that are not flagged.
+complete once every shard is flagged. Re-running resumes the shards that are not flagged. On
+Ctrl-C the tasks are asked to stop after their current batch, as a sweep's are
+(pipeline/task_stop.py), and the client waits for them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipeline.cluster import ClusterPlan, dask_client, in_daemon_process, plan_local, plan_remote, task_resources, worker_setup
 from pipeline.config import PipelineConfig
+from pipeline.errors import Interrupted
+from pipeline.task_stop import new_stop_name, stop_requests, stop_tasks
 
 LOCAL = "local"
 
@@ -40,14 +44,22 @@ def absolute_paths(config: PipelineConfig) -> PipelineConfig:
     return config.model_copy(update={"dataset": dataset, "cache": cache})
 
 
-def extract_task(config: PipelineConfig, path: Path, shards: list[int], plan: ClusterPlan) -> int:
-    from stages.extract import extract_shards
+def extract_task(config: PipelineConfig, path: Path, shards: list[int], plan: ClusterPlan,
+                 stop_name: str | None = None) -> int:
+    """A dask task: extract these shards; stops between batches when the client asks (pipeline/task_stop.py)."""
+    from stages.extract import ExtractionStopped, extract_shards
 
-    device = worker_setup(plan, config.extract.device)
-    extract = config.extract.model_copy(update={
-        "device": device, "num_workers": 0 if in_daemon_process() else config.extract.num_workers,
-    })
-    return extract_shards(config.model_copy(update={"extract": extract}), path, shards)
+    with stop_requests(stop_name) as should_stop:
+        if should_stop():
+            return 0
+        device = worker_setup(plan, config.extract.device)
+        extract = config.extract.model_copy(update={
+            "device": device, "num_workers": 0 if in_daemon_process() else config.extract.num_workers,
+        })
+        try:
+            return extract_shards(config.model_copy(update={"extract": extract}), path, shards, should_stop=should_stop)
+        except ExtractionStopped:
+            return 0
 
 
 def extract_on_cluster(config: PipelineConfig, path: Path, pending: list[int], scheduler: str,
@@ -67,12 +79,28 @@ def extract_on_cluster(config: PipelineConfig, path: Path, pending: list[int], s
         if address:
             plan = plan_remote(client, want_gpu if device != "auto" else None)
         groups = shard_groups(pending, plan.workers)
-        futures = {client.submit(extract_task, config, path.resolve(), group, plan, resources=task_resources(plan),
-                                 pure=False): group for group in groups}
+        stop_name = new_stop_name()
+        futures = {client.submit(extract_task, config, path.resolve(), group, plan, stop_name,
+                                 resources=task_resources(plan), pure=False): group for group in groups}
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       disable=not show_progress) as progress:
             task = progress.add_task(f"Extracting shards on {plan.workers} dask worker(s)", total=len(pending))
-            for future in as_completed(list(futures)):
-                computed += future.result()
-                progress.update(task, advance=len(futures[future]))
+            try:
+                for future in as_completed(list(futures)):
+                    computed += future.result()
+                    progress.update(task, advance=len(futures[future]))
+            except KeyboardInterrupt:
+                progress.update(task, description="Stopping: each worker after its current batch")
+                still_running = stop_tasks(client, list(futures), stop_name)
+                raise Interrupted(_how_to_go_on(path, address, still_running)) from None
     return computed
+
+
+def _how_to_go_on(path: Path, scheduler: str | None, still_running: int) -> str:
+    hint = (f"The store {path} keeps every shard written before the interruption. Run the same command again: "
+            "it extracts only the missing shards.")
+    if scheduler and still_running:
+        hint += (f" {still_running} task(s) on the cluster at {scheduler} may still be running: wait until its "
+                 "workers are idle (the dask dashboard shows them) before running it again, so that no shard is "
+                 "written by two tasks at once.")
+    return hint

@@ -36,7 +36,7 @@ from cache.reader import read_metadata
 from pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
 from pipeline.config import PipelineConfig, SweepConfig, set_in
 from pipeline.errors import Interrupted, UserError
-from pipeline.sweep_stop import SweepStopped, new_stop_name, stop_requests, stop_tasks
+from pipeline.task_stop import SweepStopped, new_stop_name, stop_requests, stop_tasks
 from stages.packed_training import pack_key
 from stages.resume_state import saved_epoch
 from stages.run_folder import atomic_write_text, replacing
@@ -88,7 +88,7 @@ def _report_from_final(trial: Trial, run_dir: Path, status: str, lpm_disabled: b
 def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, plan: ClusterPlan,
                   stop_name: str | None = None) -> list[TrialReport]:
     """A dask task: train these trials as one pack with the LPM disabled; one report each, or none
-    when the sweep asked its tasks to stop (pipeline/sweep_stop.py).
+    when the sweep asked its tasks to stop (pipeline/task_stop.py).
 
     A trial whose folder holds a resume state goes on from it; any other unfinished folder starts
     over. Trials stopped at different epochs cannot share batches: each epoch's trials are a pack."""

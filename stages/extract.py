@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -212,7 +213,13 @@ def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: s
     return ExtractResult(path, final, False, computed, time.perf_counter() - began, dataset.notes)
 
 
-def extract_shards(config: PipelineConfig, path: Path, shards: list[int], show_progress: bool = False) -> int:
+class ExtractionStopped(Exception):
+    """Extraction was asked to stop between two batches (its dask client was interrupted); the
+    shards already written and flagged stay, a started shard write is finished first."""
+
+
+def extract_shards(config: PipelineConfig, path: Path, shards: list[int], show_progress: bool = False,
+                   should_stop: Callable[[], bool] | None = None) -> int:
     """Extract these whole shards into the existing store at `path`; returns the images computed.
 
     Used by each dask worker for its own shards. The dataset and LPM are rebuilt here and must
@@ -233,12 +240,13 @@ def extract_shards(config: PipelineConfig, path: Path, shards: list[int], show_p
     todo = [shard for shard in shards if shard not in done]
     indices = [i for shard in todo for i in range(*metadata.shard_range(shard))]
     device = resolve_device(config.extract.device)
-    return _extract_into(config, dataset, vit, writer, todo, indices, device, show_progress)
+    return _extract_into(config, dataset, vit, writer, todo, indices, device, show_progress, should_stop)
 
 
 def _extract_into(
     config: PipelineConfig, dataset: ResolvedDataset, vit: torch.nn.Module, writer: ShardWriter,
     pending: list[int], indices: list[int], device: torch.device, show_progress: bool,
+    should_stop: Callable[[], bool] | None = None,
 ) -> int:
     metadata = writer.metadata
     extract = config.extract
@@ -262,6 +270,10 @@ def _extract_into(
         task = progress.add_task("Extracting", total=len(indices), rate="")
         with torch.inference_mode():
             for batch_indices, lpm_inputs, side_images, errors in loader:
+                if should_stop is not None and should_stop():
+                    if in_flight is not None:
+                        in_flight.result()  # a shard being written is finished and flagged, never left torn
+                    raise ExtractionStopped(f"asked to stop after {done} image(s)")
                 failures = [(int(i), e) for i, e in zip(batch_indices, errors) if e]
                 if failures:
                     index, reason = failures[0]

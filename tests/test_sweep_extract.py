@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import zarr
 
@@ -43,3 +44,60 @@ def test_distributed_extraction_equals_single_process(tmp_path: Path, torch_thre
     assert float(np.abs(b["keys"][:].astype(np.float32)).sum()) > 0  # really computed, not fill values
     # a second run finds the store complete and reuses it
     assert run_extract(tiny_config(tmp_path / "spread", same), show_progress=False, scheduler="local").reused
+
+
+def _flagged(cache_root: Path) -> int:
+    stores = list(cache_root.glob("*.zarr"))
+    if not stores:
+        return 0
+    try:
+        return int(np.count_nonzero(zarr.open_group(stores[0], mode="r")["shard_complete"][:]))
+    except (KeyError, FileNotFoundError):  # the client is still creating the store
+        return 0
+
+
+def test_ctrl_c_stops_distributed_extraction_on_a_cluster_and_a_rerun_finishes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tasks stop after their current batch (a started shard write is finished and flagged), the
+    client waits for them, and running the command again extracts only the missing shards."""
+    import time
+
+    import distributed
+    from distributed import Client, LocalCluster
+
+    from pipeline.errors import Interrupted
+    from stages.token_selection import TokenSelectingLPM
+
+    config = tiny_config(tmp_path, ["extract.batch_size=4"])  # one shard per batch, 6 shards
+    cache_root = config.cache.root
+    selection = TokenSelectingLPM.forward
+
+    def slow_selection(self, images):  # 0.3 s a batch, so the interruption comes mid-extraction
+        time.sleep(0.3)
+        return selection(self, images)
+
+    def ctrl_c_after_one_shard(futures, *args, **kwargs):
+        deadline = time.monotonic() + 120
+        while _flagged(cache_root) < 1:
+            assert time.monotonic() < deadline, "no shard written in two minutes"
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+        yield  # a generator, like as_completed
+
+    monkeypatch.setattr(TokenSelectingLPM, "forward", slow_selection)
+    # in-process workers, so that the slow selection applies to them; reached through its address as
+    # a cluster the user started
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            monkeypatch.setattr(distributed, "as_completed", ctrl_c_after_one_shard)
+            with pytest.raises(Interrupted) as stopped:
+                run_extract(config, show_progress=False, scheduler=cluster.scheduler_address)
+            monkeypatch.undo()
+            assert not any(client.processing().values())  # the task has ended: nothing writes any more
+    assert "keeps every shard written" in stopped.value.hint and "may still be running" not in stopped.value.hint
+    kept = _flagged(cache_root)
+    assert 1 <= kept < 6
+    time.sleep(1)
+    assert _flagged(cache_root) == kept  # no shard was written after the command ended
+    again = run_extract(config, show_progress=False)
+    assert again.computed_samples == 24 - 4 * kept and read_metadata(again.path).complete

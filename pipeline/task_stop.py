@@ -1,10 +1,11 @@
-"""How an interrupted sweep stops the packs its dask workers are training.
+"""How an interrupted sweep or distributed extraction stops the tasks its dask workers run.
 
 dask cannot interrupt a running task, and on a cluster the user started, a task outlives the
-client that submitted it. So each sweep names a dask `Event`. On Ctrl-C the client sets it, and
-every pack checks it before each training step: a started pack stops after its current step, and
-one that starts later stops at once. Each trial keeps the resume state of its last finished epoch.
-The client waits for the tasks to end. After that, running the sweep again cannot train a trial
+client that submitted it. So each run names a dask `Event`. On Ctrl-C the client sets it. A sweep's
+packs check it before each training step; an extraction task checks it before each batch. A started
+task stops after its current step or batch, and one that starts later stops at once. A trial keeps
+the resume state of its last finished epoch; a shard being written is finished first. The client
+waits for the tasks to end, so running the command again cannot train a trial, or write a shard,
 in two tasks at once.
 
 On the worker, a thread reads the event every `POLL_SECONDS`, so a step only reads a flag.
@@ -23,7 +24,7 @@ WAIT_SECONDS = 60.0
 
 
 class SweepStopped(Exception):
-    """The sweep's tasks were asked to stop; `still_running` of them had not ended when the client
+    """A sweep's tasks were asked to stop; `still_running` of them had not ended when the client
     stopped waiting."""
 
     def __init__(self, still_running: int) -> None:
@@ -32,12 +33,12 @@ class SweepStopped(Exception):
 
 
 def new_stop_name() -> str:
-    return f"fpt-sweep-stop-{uuid.uuid4().hex}"
+    return f"fpt-stop-{uuid.uuid4().hex}"
 
 
 @contextmanager
 def stop_requests(name: str | None) -> Iterator[Callable[[], bool]]:
-    """Inside a dask task: a check that says whether the sweep asked its tasks to stop."""
+    """Inside a dask task: a check that says whether the client asked its tasks to stop."""
     if name is None:
         yield lambda: False
         return
@@ -60,7 +61,7 @@ def stop_requests(name: str | None) -> Iterator[Callable[[], bool]]:
             if read():
                 requested.set()
 
-    thread = threading.Thread(target=poll, name="fpt-sweep-stop", daemon=True)
+    thread = threading.Thread(target=poll, name="fpt-stop", daemon=True)
     thread.start()
     try:
         yield requested.is_set
@@ -70,7 +71,7 @@ def stop_requests(name: str | None) -> Iterator[Callable[[], bool]]:
 
 
 def stop_tasks(client: Any, futures: list[Any], name: str, on_wait: Callable[[], None] | None = None) -> int:
-    """Ask the sweep's tasks to stop and wait up to WAIT_SECONDS for them to end; then cancel the
+    """Ask the run's tasks to stop and wait up to WAIT_SECONDS for them to end; then cancel the
     rest. Returns how many had not ended."""
     from distributed import Event, wait
 
