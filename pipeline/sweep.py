@@ -36,13 +36,22 @@ from cache.reader import read_metadata
 from pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
 from pipeline.config import PipelineConfig, SweepConfig, set_in
 from pipeline.errors import Interrupted, UserError
-from pipeline.task_stop import SweepStopped, new_stop_name, stop_requests, stop_tasks
+from pipeline.task_stop import new_stop_name, stop_requests, stop_tasks
 from stages.packed_training import pack_key
 from stages.resume_state import saved_epoch
 from stages.run_folder import atomic_write_text, replacing
 from stages.search_space import Trial, build_trials
 
 METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
+
+
+class SweepStopped(Exception):
+    """A sweep's tasks were asked to stop; `still_running` of them had not ended when the client
+    stopped waiting."""
+
+    def __init__(self, still_running: int) -> None:
+        self.still_running = still_running
+        super().__init__(f"{still_running} task(s) still running")
 
 
 class TrialReport(BaseModel):

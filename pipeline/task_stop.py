@@ -23,15 +23,6 @@ POLL_SECONDS = 1.0
 WAIT_SECONDS = 60.0
 
 
-class SweepStopped(Exception):
-    """A sweep's tasks were asked to stop; `still_running` of them had not ended when the client
-    stopped waiting."""
-
-    def __init__(self, still_running: int) -> None:
-        self.still_running = still_running
-        super().__init__(f"{still_running} task(s) still running")
-
-
 def new_stop_name() -> str:
     return f"fpt-stop-{uuid.uuid4().hex}"
 
