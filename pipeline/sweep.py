@@ -59,7 +59,7 @@ class TrialReport(BaseModel):
 
     trial_id: str
     settings: dict[str, Any]
-    status: str  # finished | resumed | failed
+    status: str  # finished (in this run) | skipped (finished by an earlier run of the sweep) | failed
     run_dir: Path
     val_auc: float | None = None
     best_epoch: int | None = None
@@ -240,14 +240,15 @@ def write_results_csv(path: Path, reports: list[TrialReport]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["rank", "trial", "status", *names, "val_auc", "best_epoch",
                          *[f"test_best_{m}" for m in METRIC_FIELDS], *[f"test_last_{m}" for m in METRIC_FIELDS],
-                         "seconds", "run_dir", "error"])
+                         "resumed_from_epoch", "seconds", "run_dir", "error"])
         for rank, r in enumerate(reports, 1):
             writer.writerow([
                 rank, r.trial_id, r.status, *[r.settings.get(n, "") for n in names],
                 "" if r.val_auc is None else f"{r.val_auc:.6f}", r.best_epoch or "",
                 *[f"{(r.test_best or {}).get(m, float('nan')):.6f}" if r.test_best else "" for m in METRIC_FIELDS],
                 *[f"{(r.test_last or {}).get(m, float('nan')):.6f}" if r.test_last else "" for m in METRIC_FIELDS],
-                "" if r.seconds is None else f"{r.seconds:.2f}", str(r.run_dir), _first_line(r.error),
+                r.resumed_from_epoch or "", "" if r.seconds is None else f"{r.seconds:.2f}", str(r.run_dir),
+                _first_line(r.error),
             ])
 
 
@@ -315,7 +316,7 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
     for trial in trials:
         run_dir = trials_root / trial.trial_id
         if (run_dir / "final_metrics.json").is_file():
-            reports[trial.trial_id] = _report_from_final(trial, run_dir, "resumed")
+            reports[trial.trial_id] = _report_from_final(trial, run_dir, "skipped")
         else:
             pending.append(trial)
 

@@ -109,9 +109,9 @@ def test_sweep_on_two_worker_processes_then_resume_in_process(tmp_path: Path, mo
     wider = sweep.model_copy(update={"parameters": {"train.lr": [0.002, 0.0005, 0.001], "side.reduction": [8, 5]}})
     again = run_sweep(base, wider, processes=False, max_workers=1, show_progress=False)
     status = {r.trial_id: r.status for r in again.reports}
-    assert status[finished[0].trial_id] == "resumed"
+    assert status[finished[0].trial_id] == "skipped"
     assert status[finished[1].trial_id] == "finished"
-    assert sorted(status.values()) == ["failed", "failed", "failed", "finished", "finished", "resumed"]
+    assert sorted(status.values()) == ["failed", "failed", "failed", "finished", "finished", "skipped"]
     assert len(_read_csv(again.sweep_dir / "results.csv")) == 6
     assert (interrupted / "final_metrics.json").is_file()
 

@@ -4,6 +4,7 @@ a full disk at its results table is a message, and loses nothing."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 from pathlib import Path
@@ -101,6 +102,10 @@ def test_an_interrupted_sweep_goes_on_from_each_trials_last_epoch(tmp_path: Path
     assert all(by_id[d.name].resumed_from_epoch == 2 for d in run_dirs[1:])
     assert not (failed_once / "error.txt").exists()
     assert not any(resume_path(d).exists() for d in run_dirs)
+    with open(again.sweep_dir / "results.csv") as handle:
+        table = {row["trial"]: row for row in csv.DictReader(handle)}
+    assert table[broken.name]["resumed_from_epoch"] == "" and all(
+        table[d.name]["resumed_from_epoch"] == "2" for d in run_dirs[1:])
     # The trial that started over trained all its epochs again. Alone in its pack it ran on the
     # worker's two threads, so it agrees with the packed original to float rounding only
     # (docs/sweeps.md, "Packed trials"); the trials that went on end exactly as they did there.
