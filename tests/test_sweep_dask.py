@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shlex
 from pathlib import Path
 
@@ -209,3 +210,53 @@ def test_ctrl_c_stops_the_packs_running_on_a_cluster_and_waits_for_them(tmp_path
     epochs = saved_epoch(trained[0])
     time.sleep(2)
     assert saved_epoch(trained[0]) == epochs  # no epoch was written after the command ended
+
+
+def test_a_pack_whose_worker_is_killed_goes_on_from_its_last_epoch_on_the_retry(tmp_path: Path) -> None:
+    """dask runs a lost worker's task again; the retry finds the trial's resume state and goes on
+    from it instead of training its finished epochs again."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from stages.resume_state import saved_epoch
+
+    build_tiny_cache(tmp_path)
+    base = tiny_config(tmp_path, ["train.epochs=40"])
+    sweep = SweepConfig(name="s", parameters={"train.lr": [0.002, 0.0005]})  # two packs of one, one per worker
+    trials_root = tmp_path / "runs" / "s" / "trials"
+    killed: dict[str, int] = {}
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            def kill_a_worker_mid_trial() -> None:
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    at = {d.name: saved_epoch(d) or 0 for d in trials_root.glob("*")}
+                    name = next((n for n, epoch in at.items() if epoch >= 3), None)
+                    if name is not None:
+                        busy = {w: keys for w, keys in client.processing().items() if keys}
+                        pids = client.run(os.getpid, workers=list(busy))
+                        for worker, keys in busy.items():
+                            if any(name in str(key) for key in keys):  # the task key names its first trial
+                                killed[name] = at[name]
+                                os.kill(pids[worker], signal.SIGKILL)
+                                return
+                    time.sleep(0.05)
+
+            killer = threading.Thread(target=kill_a_worker_mid_trial)
+            killer.start()
+            result = run_sweep(base, sweep, scheduler=cluster.scheduler_address, show_progress=False)
+            killer.join()
+
+    assert len(killed) == 1, "no worker was killed mid-trial"
+    (name, epoch_at_kill), = killed.items()
+    by_id = {r.trial_id: r for r in result.reports}
+    assert all(r.status == "finished" for r in result.reports)
+    # the retry went on from an epoch at least as late as the one saved when the worker died
+    assert by_id[name].resumed_from_epoch is not None and by_id[name].resumed_from_epoch >= epoch_at_kill
+    epochs = [json.loads(line)["epoch"] for line in (trials_root / name / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 41))  # every epoch once: none repeated, none lost
