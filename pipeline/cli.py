@@ -218,7 +218,9 @@ def sweep(
     set_: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Hyperparameter search from the cache: grid or random trials on dask, packed on shared batches."""
+    """Hyperparameter search from the cache: grid or random trials on dask, packed on shared batches.
+
+    Run the same command again after Ctrl-C, a kill or a crash: finished trials are skipped and the others go on from their last finished epoch."""
     from pipeline.sweep import load_sweep_file, run_sweep
 
     if not from_cache:
