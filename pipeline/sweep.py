@@ -150,12 +150,10 @@ def _resume_state(run_dir: Path) -> dict[str, Any] | None:
     state is emptied, so the trial starts over."""
     from stages.resume_state import load_resume_state
 
-    state = None
-    if saved_epoch(run_dir):
-        try:
-            state = load_resume_state(run_dir)
-        except UserError:
-            state = None
+    try:
+        state: dict[str, Any] | None = load_resume_state(run_dir)
+    except UserError:  # none, unreadable, or another version's
+        state = None
     if state is None:
         if run_dir.exists():
             shutil.rmtree(run_dir)

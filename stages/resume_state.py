@@ -49,9 +49,7 @@ def saved_epoch(run_dir: Path) -> int | None:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # a truncated or foreign file: the run starts over
         return None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("epoch"), int):
-        return None
-    return state["epoch"]
+    return state["epoch"] if _is_ours(state) else None
 
 
 def load_resume_state(run_dir: Path) -> dict[str, Any]:
@@ -71,10 +69,15 @@ def load_resume_state(run_dir: Path) -> dict[str, Any]:
     except Exception as error:  # a truncated or foreign file
         raise UserError(f"The resume state {path} cannot be read ({type(error).__name__}: {error}).",
                         "Start the run again with `fpt train-side --config <run folder>/config.yaml`.") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not _is_ours(state):
         raise UserError(f"The resume state {path} is not one this version of fpt writes.",
                         "Start the run again with `fpt train-side --config <run folder>/config.yaml`.")
     return state
+
+
+def _is_ours(state: object) -> bool:
+    """A resume state in the format this version writes."""
+    return isinstance(state, dict) and state.get("format") == FORMAT and isinstance(state.get("epoch"), int)
 
 
 def keep_epoch_lines(run_dir: Path, epochs: int) -> None:
