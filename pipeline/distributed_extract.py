@@ -19,7 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline.cluster import ClusterPlan, dask_client, in_daemon_process, plan_local, plan_remote, task_resources, worker_setup
 from pipeline.config import PipelineConfig
 from pipeline.errors import Interrupted
-from pipeline.task_stop import new_stop_name, stop_requests, stop_tasks
+from pipeline.task_stop import (
+    StopRequested, TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt,
+)
 
 LOCAL = "local"
 
@@ -47,7 +49,7 @@ def absolute_paths(config: PipelineConfig) -> PipelineConfig:
 def extract_task(config: PipelineConfig, path: Path, shards: list[int], plan: ClusterPlan,
                  stop_name: str | None = None) -> int:
     """A dask task: extract these shards; stops between batches when the client asks (pipeline/task_stop.py)."""
-    from stages.extract import ExtractionStopped, extract_shards
+    from stages.extract import extract_shards
 
     with stop_requests(stop_name) as should_stop:
         if should_stop():
@@ -58,7 +60,7 @@ def extract_task(config: PipelineConfig, path: Path, shards: list[int], plan: Cl
         })
         try:
             return extract_shards(config.model_copy(update={"extract": extract}), path, shards, should_stop=should_stop)
-        except ExtractionStopped:
+        except StopRequested:
             return 0
 
 
@@ -85,22 +87,18 @@ def extract_on_cluster(config: PipelineConfig, path: Path, pending: list[int], s
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       disable=not show_progress) as progress:
             task = progress.add_task(f"Extracting shards on {plan.workers} dask worker(s)", total=len(pending))
-            try:
-                for future in as_completed(list(futures)):
-                    computed += future.result()
-                    progress.update(task, advance=len(futures[future]))
-            except KeyboardInterrupt:
+
+            def stopping() -> None:
                 progress.update(task, description="Stopping: each worker after its current batch")
-                still_running = stop_tasks(client, list(futures), stop_name)
-                raise Interrupted(_how_to_go_on(path, address, still_running)) from None
+
+            try:
+                with stopping_on_interrupt(client, list(futures), stop_name, stopping):
+                    for future in as_completed(list(futures)):
+                        computed += future.result()
+                        progress.update(task, advance=len(futures[future]))
+            except TasksStopped as stopped:
+                raise Interrupted(
+                    f"The store {path} keeps every shard written before the interruption. Run the same command "
+                    "again: it extracts only the missing shards."
+                    + still_running_hint(address, stopped.still_running, "shard is written")) from None
     return computed
-
-
-def _how_to_go_on(path: Path, scheduler: str | None, still_running: int) -> str:
-    hint = (f"The store {path} keeps every shard written before the interruption. Run the same command again: "
-            "it extracts only the missing shards.")
-    if scheduler and still_running:
-        hint += (f" {still_running} task(s) on the cluster at {scheduler} may still be running: wait until its "
-                 "workers are idle (the dask dashboard shows them) before running it again, so that no shard is "
-                 "written by two tasks at once.")
-    return hint

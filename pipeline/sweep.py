@@ -36,22 +36,15 @@ from cache.reader import read_metadata
 from pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
 from pipeline.config import PipelineConfig, SweepConfig, set_in
 from pipeline.errors import Interrupted, UserError
-from pipeline.task_stop import new_stop_name, stop_requests, stop_tasks
+from pipeline.task_stop import (
+    StopRequested, TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt,
+)
 from stages.packed_training import pack_key
 from stages.resume_state import saved_epoch
 from stages.run_folder import atomic_write_text, replacing
 from stages.search_space import Trial, build_trials
 
 METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
-
-
-class SweepStopped(Exception):
-    """A sweep's tasks were asked to stop; `still_running` of them had not ended when the client
-    stopped waiting."""
-
-    def __init__(self, still_running: int) -> None:
-        self.still_running = still_running
-        super().__init__(f"{still_running} task(s) still running")
 
 
 class TrialReport(BaseModel):
@@ -102,7 +95,7 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
     A trial whose folder holds a resume state goes on from it; any other unfinished folder starts
     over. Trials stopped at different epochs cannot share batches: each epoch's trials are a pack."""
     from stages.lpm_guard import lpm_disabled, lpm_forbidden
-    from stages.packed_training import PackStopped, train_pack
+    from stages.packed_training import train_pack
 
     with stop_requests(stop_name) as should_stop:
         if should_stop():
@@ -124,7 +117,7 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
                                        run_dirs=[run_dirs[i] for i in indices], isolate_failures=True,
                                        draw_pictures=False, resumable=True,
                                        resume=[states[i] for i in indices] if epoch else None, should_stop=should_stop)
-                except PackStopped:  # the client that asked is no longer waiting for reports
+                except StopRequested:  # the client that asked is no longer waiting for reports
                     return []
                 outcomes.update(zip(indices, found))
     reports = []
@@ -328,7 +321,7 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
                 start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in pending}
                 packs = split_into_packs(pending, sweep.pack_size, plan.workers, start_epochs)
                 _run_packs(client, packs, trials_root, path, plan, reports, show_progress)
-        except SweepStopped as stopped:
+        except TasksStopped as stopped:
             raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, stopped.still_running)) from None
         except KeyboardInterrupt:  # before the packs were sent, or a second Ctrl-C while they stopped
             raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, None)) from None
@@ -378,11 +371,11 @@ def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_p
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not show_progress) as progress:
         task = progress.add_task(f"Sweep ({len(packs)} pack(s) on {plan.workers} worker(s))", total=total, status="")
-        try:
+        def stopping() -> None:
+            progress.update(task, status="stopping: each pack after its current step")
+
+        with stopping_on_interrupt(client, list(futures), stop_name, stopping):
             _collect(futures, trials_root, reports, progress, task)
-        except KeyboardInterrupt:
-            waiting = lambda: progress.update(task, status="stopping: each pack after its current step")  # noqa: E731
-            raise SweepStopped(stop_tasks(client, list(futures), stop_name, waiting)) from None
 
 
 def _collect(futures: dict[Any, list[Trial]], trials_root: Path, reports: dict[str, TrialReport], progress: Progress,
@@ -421,12 +414,7 @@ def _how_to_go_on(trials: list[Trial], trials_root: Path, scheduler: str | None,
         kept += f", {len(going_on)} at their last finished epoch ({span})"
     kept += f"; {fresh} have no finished epoch yet." if fresh else "."
     hint = f"{kept} Run the same command again: finished trials are skipped and the others go on from there."
-    if scheduler and still_running != 0:
-        running = "Some packs" if still_running is None else f"{still_running} pack(s)"
-        hint += (f" {running} on the cluster at {scheduler} may still be running: wait until its workers are idle "
-                 "(the dask dashboard shows them) before running the sweep again, so that no trial is trained by "
-                 "two tasks at once.")
-    return hint
+    return hint + still_running_hint(scheduler, still_running, "trial is trained")
 
 
 def load_sweep_file(path: Path) -> SweepConfig:

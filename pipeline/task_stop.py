@@ -23,6 +23,19 @@ POLL_SECONDS = 1.0
 WAIT_SECONDS = 60.0
 
 
+class StopRequested(Exception):
+    """Raised inside a task, between two steps or batches, when its client asked the tasks to stop."""
+
+
+class TasksStopped(Exception):
+    """Ctrl-C in the client, which asked its tasks to stop; `still_running` of them had not ended
+    when it stopped waiting."""
+
+    def __init__(self, still_running: int) -> None:
+        self.still_running = still_running
+        super().__init__(f"{still_running} task(s) still running")
+
+
 def new_stop_name() -> str:
     return f"fpt-stop-{uuid.uuid4().hex}"
 
@@ -61,18 +74,33 @@ def stop_requests(name: str | None) -> Iterator[Callable[[], bool]]:
         thread.join()
 
 
-def stop_tasks(client: Any, futures: list[Any], name: str, on_wait: Callable[[], None] | None = None) -> int:
-    """Ask the run's tasks to stop and wait up to WAIT_SECONDS for them to end; then cancel the
-    rest. Returns how many had not ended."""
-    from distributed import Event, wait
-
-    Event(name, client=client).set()
-    if on_wait is not None:
-        on_wait()
+@contextmanager
+def stopping_on_interrupt(client: Any, futures: list[Any], name: str,
+                          on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Ctrl-C inside: ask the tasks to stop, wait up to WAIT_SECONDS for them to end, cancel the
+    rest and raise `TasksStopped`."""
     try:
-        wait(futures, timeout=WAIT_SECONDS)
-    except TimeoutError:
-        pass
-    still_running = sum(not future.done() for future in futures)
-    client.cancel(futures)
-    return still_running
+        yield
+    except KeyboardInterrupt:
+        from distributed import Event, wait
+
+        Event(name, client=client).set()
+        if on_wait is not None:
+            on_wait()
+        try:
+            wait(futures, timeout=WAIT_SECONDS)
+        except TimeoutError:
+            pass
+        still_running = sum(not future.done() for future in futures)
+        client.cancel(futures)
+        raise TasksStopped(still_running) from None
+
+
+def still_running_hint(scheduler: str | None, still_running: int | None, clash: str) -> str:
+    """The caveat for an interruption message when tasks on a cluster the user started may still
+    run (`still_running` None: unknown, after a second Ctrl-C); `clash` says what two would do."""
+    if not scheduler or still_running == 0:
+        return ""
+    running = "Some tasks" if still_running is None else f"{still_running} task(s)"
+    return (f" {running} on the cluster at {scheduler} may still be running: wait until its workers are idle (the "
+            f"dask dashboard shows them) before running the command again, so that no {clash} by two tasks at once.")

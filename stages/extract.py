@@ -29,6 +29,7 @@ from cache.writer import ShardWriter
 from pipeline.cluster import machine_cores
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
+from pipeline.task_stop import StopRequested
 from stages.datasets.images import ImageDecodeError, normalized_tensor, open_rgb, resize_square, side_image
 from stages.datasets.registry import normalization_source, resolve_dataset
 from stages.datasets.samples import SPLITS, ResolvedDataset, Sample
@@ -213,14 +214,11 @@ def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: s
     return ExtractResult(path, final, False, computed, time.perf_counter() - began, dataset.notes)
 
 
-class ExtractionStopped(Exception):
-    """Extraction was asked to stop between two batches (its dask client was interrupted); the
-    shards already written and flagged stay, a started shard write is finished first."""
-
-
 def extract_shards(config: PipelineConfig, path: Path, shards: list[int], show_progress: bool = False,
                    should_stop: Callable[[], bool] | None = None) -> int:
     """Extract these whole shards into the existing store at `path`; returns the images computed.
+    `should_stop` is asked before each batch; True raises `StopRequested` once a started shard
+    write is finished (flagged shards stay).
 
     Used by each dask worker for its own shards. The dataset and LPM are rebuilt here and must
     give the store's cache key, so a worker with other data or weights cannot write into it.
@@ -273,7 +271,7 @@ def _extract_into(
                 if should_stop is not None and should_stop():
                     if in_flight is not None:
                         in_flight.result()  # a shard being written is finished and flagged, never left torn
-                    raise ExtractionStopped(f"asked to stop after {done} image(s)")
+                    raise StopRequested(f"asked to stop after {done} image(s)")
                 failures = [(int(i), e) for i, e in zip(batch_indices, errors) if e]
                 if failures:
                     index, reason = failures[0]

@@ -33,6 +33,7 @@ from cache.catalog import contradictions, find_cache
 from cache.reader import CacheReader
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
+from pipeline.task_stop import StopRequested
 from stages.augment import train_images
 from stages.cache_batches import SplitBatches
 from stages.extract import resolve_device
@@ -65,11 +66,6 @@ def pack_key(config: PipelineConfig) -> str:
 
 class TrialFailed(Exception):
     """Raised only inside a pack that isolates failures; carries the trial's error text."""
-
-
-class PackStopped(Exception):
-    """The pack was asked to stop between two steps (its sweep was interrupted); each trial keeps
-    the resume state of its last finished epoch, if the pack keeps them."""
 
 
 @dataclass
@@ -151,7 +147,8 @@ class Pack:
         """resumable: keep a resume state for every trial after every epoch it trains;
         resume: one such state (stages/resume_state.py) per trial to go on from, all from the same
         epoch (the states a pack of these trials kept together), with run_dirs their run folders;
-        should_stop: asked before every step; True ends the run with `PackStopped`."""
+        should_stop: asked before every step; True ends the run with `StopRequested` (each trial
+        keeps the resume state of its last finished epoch, if the pack keeps them)."""
         if not configs:
             raise ValueError("a pack needs at least one trial")
         if resume is not None and (len(resume) != len(configs) or len({s["epoch"] for s in resume}) != 1
@@ -510,7 +507,7 @@ class Pack:
             epoch_start = time.perf_counter()
             for ready in ready_batches(self.train_batches, self.device, self.prefetch):
                 if self.should_stop is not None and self.should_stop():
-                    raise PackStopped(f"asked to stop after {self.epochs_done} finished epoch(s)")
+                    raise StopRequested(f"asked to stop after {self.epochs_done} finished epoch(s)")
                 images, keys, values, labels = self._shared_batch(ready, augment)
                 self._step(self._stack_groups(active), images, keys, values, labels)
                 if progress is not None:
