@@ -1,7 +1,10 @@
-"""Checksums of a cache's stored shard files, recorded at write time and re-checked by `fpt cache verify`.
+"""Checksums of a cache's stored shard files, recorded at write time and checked again when read.
 
 Each sharded array's shard file (e.g. `keys/c/3/0/0/0/0`) is hashed as it lies on disk, so any
-changed byte is found, whether or not the codec would still decode it.
+changed byte is found, whether or not the codec would still decode it (a flipped bit inside
+blosc-lz4's payload decodes to a wrong number without an error). `fpt cache verify` re-hashes a
+whole store; every reader (training, evaluation, sweeps, transcoding) re-hashes each shard file it
+reads once per process, before the samples are used (`ShardReadCheck`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import numpy as np
 import zarr
 from pydantic import BaseModel, Field
 
+from cache.layout import write_metadata
 from cache.metadata import CacheMetadata
+from pipeline.errors import UserError
 
 
 def shard_file(store: Path, array: zarr.Array, shard: int) -> Path:
@@ -75,3 +80,64 @@ def verify_store(path: Path, metadata: CacheMetadata) -> VerifyReport:
             start, stop = metadata.shard_range(shard)
             report.damaged.append(DamagedShard(shard=shard, arrays=bad, sample_ids=sample_ids[start:stop]))
     return report
+
+
+# (store, array, shard, recorded digest) of every shard file that matched its digest in this process:
+# a shard is hashed once per process however many epochs, readers or trials read it. The recorded
+# digest is part of the key, so a shard written again since (a repair) is checked again.
+_matched: set[tuple[str, str, int, bytes]] = set()
+
+
+class ShardReadCheck:
+    """The check a reader makes before it uses samples: every shard file of the arrays it reads is
+    re-hashed, once per process, against the digest recorded when the shard was written."""
+
+    def __init__(self, store: Path, group: zarr.Group, metadata: CacheMetadata) -> None:
+        recorded = group["shard_sha256"]
+        self.store = store
+        self.group = group
+        self.metadata = metadata
+        self.names = [str(name) for name in recorded.attrs["arrays"]]
+        self.recorded = recorded[:]
+        self.store_key = str(store.resolve())
+
+    def check(self, start: int, stop: int, arrays: tuple[str, ...] | list[str]) -> None:
+        """Raise a UserError naming the shard and its samples if a shard file of samples [start, stop) changed."""
+        size = self.metadata.storage.shard_size
+        for shard in range(start // size, (stop - 1) // size + 1):
+            bad = [name for name in arrays if name in self.names and not self._matches(name, shard)]
+            if bad:
+                raise damaged_shard_error(self.store, self.metadata, shard, bad,
+                                          [str(x) for x in self.group["sample_ids"][slice(*self.metadata.shard_range(shard))]])
+
+    def _matches(self, name: str, shard: int) -> bool:
+        want = self.recorded[shard, self.names.index(name)]
+        key = (self.store_key, name, shard, want.tobytes())
+        if key in _matched:
+            return True
+        have = np.frombuffer(file_digest(shard_file(self.store, self.group[name], shard)), dtype=np.uint8)
+        if not np.array_equal(want, have):
+            return False
+        _matched.add(key)
+        return True
+
+
+def damaged_shard_error(store: Path, metadata: CacheMetadata, shard: int, arrays: list[str], sample_ids: list[str]) -> UserError:
+    shown = ", ".join(sample_ids[:5]) + (f" and {len(sample_ids) - 5} more" if len(sample_ids) > 5 else "")
+    origin = f"dataset {metadata.dataset}" + (f" from {metadata.sources[0]}" if metadata.sources else "")
+    return UserError(
+        f"The cache {store} is damaged: shard {shard} ({', '.join(arrays)}) no longer matches the checksum recorded "
+        f"when it was written, so its samples ({shown}) would be read wrong; the command stopped before using them.",
+        f"Run the `fpt extract` command that built this store again ({origin}, the same settings): it checks every "
+        f"shard and extracts only the damaged ones again. `fpt cache verify {store}` lists every damaged shard.",
+    )
+
+
+def mark_for_rewrite(store: Path, metadata: CacheMetadata, shards: list[int]) -> CacheMetadata:
+    """Unmark damaged shards and the store's completeness, so that resuming the extraction writes them again."""
+    group = zarr.open_group(store, mode="r+", zarr_format=3)
+    for shard in shards:
+        group["shard_complete"][shard] = 0
+    metadata = metadata.model_copy(update={"complete": False})
+    write_metadata(group, metadata)
+    return metadata

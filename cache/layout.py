@@ -131,3 +131,12 @@ def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits
 
 def write_metadata(group: zarr.Group, metadata: CacheMetadata) -> None:
     group.attrs["fpt"] = metadata.model_dump(mode="json")
+
+
+def record_source(path: Path, metadata: CacheMetadata, source: Path) -> CacheMetadata:
+    """The store's metadata with `source` (a dataset folder or CSV that gives exactly this store) listed."""
+    if str(source) in metadata.sources:
+        return metadata
+    metadata = metadata.model_copy(update={"sources": [*metadata.sources, str(source)]})
+    write_metadata(zarr.open_group(path, mode="r+", zarr_format=3), metadata)
+    return metadata

@@ -74,6 +74,10 @@ class CacheMetadata(BaseModel):
     # splits stored in one seeded random order (cache/storage_order.py); stores written before
     # this field existed are sorted by sample id throughout
     shuffled_splits: list[str] = Field(default_factory=list)
+    # where the images came from: the absolute path of each dataset folder (or CSV label table) whose
+    # extraction gave this store. Not part of the key: two folders of the same images, labels and
+    # splits share one store, and each is listed. Training takes a store only for a listed source.
+    sources: list[str] = Field(default_factory=list)
 
     @property
     def split_counts(self) -> dict[str, int]:

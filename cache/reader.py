@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from zarr.core.buffer import default_buffer_prototype
 
 from cache.encoding import decode, has_scales, scale_name
+from cache.integrity import ShardReadCheck
 from cache.layout import aligned_blocks
 from cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, CacheMetadata
 from pipeline.errors import UserError
@@ -79,6 +80,8 @@ class CacheReader:
             )
         self.group = zarr.open_group(path, mode="r", zarr_format=3)
         self._arrays: dict[str, zarr.Array] = {}
+        # an incomplete store is opened only for its sample list (resuming its extraction): no reads to check
+        self._shard_check: ShardReadCheck | None = None
         if require_complete:
             unfinished = np.flatnonzero(self.group["shard_complete"][:] == 0)
             if len(unfinished):
@@ -86,6 +89,12 @@ class CacheReader:
                     f"The cache {path} says it is complete but shards {unfinished[:10].tolist()} are not marked as written.",
                     "Run `fpt cache verify` on it, then delete it and run `fpt extract` again.",
                 )
+            self._shard_check = ShardReadCheck(path, self.group, self.metadata)
+
+    def _check(self, start: int, stop: int, arrays: tuple[str, ...] | list[str]) -> None:
+        """Damaged data is never used: the shard files of these arrays are checked (once per process)."""
+        if self._shard_check is not None and stop > start:
+            self._shard_check.check(start, stop, arrays)
 
     def split_range(self, split: str) -> tuple[int, int]:
         return tuple(self.metadata.split_ranges[split])  # type: ignore[return-value]
@@ -110,6 +119,7 @@ class CacheReader:
 
     def read(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
         """Arrays of samples [start, stop): keys, values (if asked; decoded to floats), side_images, labels."""
+        self._check(start, stop, ("side_images",) + (self.stored_feature_arrays() if with_features else ()))
         with self._decoding(start, stop):
             out = {
                 "side_images": self.array("side_images")[start:stop],
@@ -126,6 +136,7 @@ class CacheReader:
         """Fill `rows` (name -> array of stop - start rows, dtype as stored: see `stored_row_layout`)
         with samples [start, stop) in place: no temporary copy of a shard. Labels become int64.
         Large arrays are read in pieces of whole chunks (`read_pieces`)."""
+        self._check(start, stop, list(rows))
         with self._decoding(start, stop):
             for name, destination in rows.items():
                 if name == "labels":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,7 +24,7 @@ error_console = Console(stderr=True, soft_wrap=True)
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="Configuration file (default: ./pipeline.yaml).")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: --set train.lr=1e-4 (repeatable).")]
 DatasetOption = Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name (see `fpt datasets`).")]
-DataRootOption = Annotated[Optional[Path], typer.Option("--data-root", help="Folder of this dataset's files (sets dataset.path).")]
+DataRootOption = Annotated[Optional[Path], typer.Option("--data-root", help="Folder of this dataset's files (sets dataset.path); a cache is used only for the images it was extracted from.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 SchedulerOption = Annotated[Optional[str], typer.Option("--scheduler", help="Run on dask: tcp://HOST:PORT of a running scheduler, or 'local' for a LocalCluster (see docs/sweeps.md).")]
 
@@ -84,10 +85,13 @@ def train_side_command(
     no_prompts: Annotated[bool, typer.Option("--no-prompts", help="Train the side network alone (baseline).")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
+    data_root: DataRootOption = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Go on with an interrupted run: its folder (its own settings are used).")] = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Stage two: train the fusion modules and side network from the cache."""
+    """Stage two: train the fusion modules and side network from the cache of the dataset's images."""
+    from cache.catalog import find_cache
+    from stages.datasets.registry import dataset_source
     from stages.train_side import train_side
 
     if not from_cache:
@@ -95,19 +99,23 @@ def train_side_command(
     if resume is not None:
         from stages.trained_run import read_run, run_cache_metadata, run_config
 
-        if set_ or no_prompts or config is not None or dataset is not None:
+        if set_ or no_prompts or config is not None or dataset is not None or data_root is not None:
             raise UserError("--resume goes on with a run exactly as it was started, so it takes no --set, "
-                            "--no-prompts, --config or --dataset.",
+                            "--no-prompts, --config, --dataset or --data-root.",
                             "Leave them out (the run's own config.yaml is used), or start a new run with them.")
         cfg = run_config(resume)
-        cache, _ = run_cache_metadata(read_run(resume), cache)
-        result = train_side(cfg, cache, show_progress=not quiet, resume_run=resume)
+        run = read_run(resume)
+        cache, _ = run_cache_metadata(run, cache)  # the very cache the run started on, checked by its key
+        source = run.dataset_source or "a source it does not record"
     else:
         extra = list(set_ or [])
         if no_prompts:
             extra.append("side.use_prompts=false")
-        cfg = _load(config, extra, dataset)
-        result = train_side(cfg, cache, show_progress=not quiet)
+        cfg = _load(config, extra, dataset, data_root)
+        source = dataset_source(cfg)
+        cache = find_cache(cfg, source, cache)
+    console.print(f"Training from the cache {cache} (dataset {cfg.dataset.name} from {source}).", highlight=False)
+    result = train_side(cfg, cache, show_progress=not quiet, resume_run=resume)
     table = Table(title=f"Test metrics ({result.run_dir})")
     table.add_column("model")
     fields = ["accuracy", "macro_f1", "auc", "precision", "recall", "kappa"]
@@ -216,6 +224,7 @@ def sweep(
     cache: Annotated[Optional[Path], typer.Option("--cache", help="A specific cache store (default: the newest matching one).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    data_root: DataRootOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Hyperparameter search from the cache: grid or random trials on dask, packed on shared batches.
@@ -225,7 +234,7 @@ def sweep(
 
     if not from_cache:
         raise UserError("sweep only trains from a cache.", "Run `fpt extract` first, then `fpt sweep --from-cache`.")
-    cfg = _load(config, set_, dataset)
+    cfg = _load(config, set_, dataset, data_root)
     search = load_sweep_file(sweep_file) if sweep_file is not None else cfg.sweep
     result = run_sweep(cfg, search, cache, scheduler=scheduler, max_workers=workers, show_progress=not quiet,
                        console=console)
@@ -270,17 +279,20 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
 
     cfg = _load(config, set_, None)
     table = Table(title=f"Caches under {cfg.cache.root}")
-    for column in ("store", "dataset", "LPM", "layers", "ratio", "importance", "dtype", "samples", "size", "state"):
-        table.add_column(column)
+    for column in ("store", "dataset", "images from", "LPM", "layers", "ratio", "importance", "dtype", "samples", "size",
+                   "state"):
+        # store names and sources are copied into commands: folded onto several lines, never cut
+        table.add_column(column, overflow="fold")
     for path, meta, problem in list_caches(cfg.cache.root):
         size = folder_bytes(path)
         if meta is None:
-            table.add_row(path.name, "?", "?", "?", "?", "?", "?", "?", f"{size / 1e6:.1f} MB", problem)
+            table.add_row(path.name, "?", "?", "?", "?", "?", "?", "?", "?", f"{size / 1e6:.1f} MB", problem)
             continue
         table.add_row(
-            path.name, meta.dataset, meta.lpm.name, ",".join(map(str, meta.extraction.layers)),
-            f"{meta.extraction.token_ratio:g}", meta.extraction.importance, f"{meta.storage.dtype}/{meta.storage.codec}",
-            str(meta.num_samples), f"{size / 1e6:.1f} MB", "complete" if meta.complete else "INCOMPLETE",
+            path.name, meta.dataset, "\n".join(meta.sources) or "not recorded", meta.lpm.name,
+            ",".join(map(str, meta.extraction.layers)), f"{meta.extraction.token_ratio:g}", meta.extraction.importance,
+            f"{meta.storage.dtype}/{meta.storage.codec}", str(meta.num_samples), f"{size / 1e6:.1f} MB",
+            "complete" if meta.complete else "INCOMPLETE",
         )
     console.print(table)
 
@@ -346,6 +358,21 @@ def cache_verify(
         )
 
 
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def write_failure(error: OSError) -> str:
+    """One paragraph for a file that could not be written, where no command caught it with a message of
+    its own: every file fpt writes goes to a temporary name first, so nothing finished is damaged."""
+    what = str(error.filename) if error.filename else "a file"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"The disk is full: {what} could not be written. Everything finished before is kept. "
+                "Free some space, then run the same command again.")
+    return (f"{what} cannot be written ({error.strerror}). Everything finished before is kept. Choose a folder "
+            "you can write to (cache.root, train.runs_root or --output) or fix its permissions, then run the same "
+            "command again.")
+
+
 def _interrupted() -> None:
     error_console.print(
         "[bold yellow]Interrupted.[/bold yellow] Everything finished before the interruption is kept: "
@@ -379,6 +406,11 @@ def _run_app() -> None:
         sys.exit(130)
     except typer.Abort:
         sys.exit(130)
+    except OSError as error:
+        if error.errno not in WRITE_FAILURES:
+            raise
+        error_console.print(f"[bold red]Error:[/bold red] {write_failure(error)}", highlight=False)
+        sys.exit(2)
     except Exception as error:  # click usage errors arrive here in non-standalone mode
         import click
 

@@ -39,10 +39,12 @@ from pipeline.errors import Interrupted, UserError
 from pipeline.task_stop import (
     StopRequested, TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt,
 )
+from stages.datasets.registry import dataset_source
 from stages.packed_training import pack_key
 from stages.resume_state import saved_epoch
 from stages.run_folder import atomic_write_text, replacing
 from stages.search_space import Trial, build_trials
+from stages.writable_folder import writable_folder
 
 METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
 
@@ -295,11 +297,14 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
                max_workers: int | None, processes: bool, show_progress: bool, console: Console | None) -> SweepResult:
     began = time.perf_counter()
     sweep = sweep or config.sweep
-    path = find_cache(config, cache_path).resolve()
+    source = dataset_source(config)
+    path = find_cache(config, source, cache_path).resolve()
     metadata = read_metadata(path)
+    if console is not None:
+        console.print(f"Training from the cache {path} (dataset {metadata.dataset} from {source}).", highlight=False)
     trials = build_trials(config, sweep, metadata.cache_key)
     root = sweep_dir(config, sweep)
-    trials_root = root / "trials"
+    trials_root = writable_folder(root / "trials", "train.runs_root")
     trials_root.mkdir(parents=True, exist_ok=True)
 
     reports: dict[str, TrialReport] = {}

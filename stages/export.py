@@ -11,7 +11,6 @@ and LPM identity the features must come from). Load it with one call:
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -21,8 +20,9 @@ from cache.metadata import ExtractionSettings, Normalization
 from pipeline.errors import UserError
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.lpm import LPMIdentity
-from stages.run_folder import write_json
+from stages.run_folder import copy_file, write_json
 from stages.trained_run import Checkpoint, checkpoint_path, read_run, run_cache_metadata
+from stages.writable_folder import writable_folder
 
 EXPORT_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -61,16 +61,14 @@ def export_run(run_dir: Path, checkpoint: Checkpoint = "best", output: Path | No
     _, metadata = run_cache_metadata(run, cache)
     weights = checkpoint_path(run_dir, checkpoint)
     folder = output if output is not None else run_dir / "export"
-    folder.mkdir(parents=True, exist_ok=True)
+    writable_folder(folder, "--output").mkdir(parents=True, exist_ok=True)
     manifest = ExportManifest(
         run=run_dir.name, checkpoint=checkpoint, model_spec=run.model_spec, class_names=run.class_names,
         normalization=run.normalization, side_input_size=run.model_spec.side_input_size,
         side_store_size=metadata.extraction.side_store_size, cache_key=run.cache_key, lpm=metadata.lpm,
         extraction=metadata.extraction, storage_dtype=metadata.storage.dtype,
     )
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    shutil.copyfile(weights, tmp)
-    tmp.replace(folder / WEIGHTS_FILE)
+    copy_file(weights, folder / WEIGHTS_FILE)
     write_json(folder / MANIFEST_FILE, manifest.model_dump(mode="json"))
     return folder
 

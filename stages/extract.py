@@ -20,9 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from cache.identity import dataset_fingerprint, store_key
-from cache.layout import SPLIT_CODES, create_store, store_name
+from cache.integrity import mark_for_rewrite, verify_store
+from cache.layout import SPLIT_CODES, create_store, record_source, store_name
 from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, SkippedImage, StorageSettings
 from cache.reader import CacheReader, read_metadata
+from cache.store_lock import store_lock
 from cache.storage_order import SHUFFLED_SPLITS, in_store_order, storage_order
 from cache.transcode import equivalent_store, transcode
 from cache.writer import ShardWriter
@@ -31,10 +33,12 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.task_stop import StopRequested
 from stages.datasets.images import ImageDecodeError, normalized_tensor, open_rgb, resize_square, side_image
-from stages.datasets.registry import normalization_source, resolve_dataset
+from stages.datasets.registry import dataset_source, normalization_source, resolve_dataset
 from stages.datasets.samples import SPLITS, ResolvedDataset, Sample
 from stages.lpm import LPMIdentity, build_lpm
-from stages.token_selection import TokenSelectingLPM, num_selected
+from stages.settings_check import check_before_scan, extraction_settings
+from stages.token_selection import TokenSelectingLPM
+from stages.writable_folder import writable_folder
 
 FPT_VERSION = "0.1.0"
 
@@ -98,30 +102,6 @@ class ExtractResult:
     transcoded_from: Path | None = None  # written from this store of the same features, without the LPM
 
 
-def extraction_settings(config: PipelineConfig, lpm: LPMIdentity) -> ExtractionSettings:
-    extract = config.extract
-    if extract.input_size % lpm.patch_size:
-        raise UserError(
-            f"extract.input_size {extract.input_size} is not a multiple of the LPM's patch size {lpm.patch_size}.",
-            f"Use e.g. {extract.input_size // lpm.patch_size * lpm.patch_size}.",
-        )
-    if max(extract.layers) >= lpm.depth:
-        raise UserError(
-            f"extract.layers asks for layer {max(extract.layers)} but {lpm.name} has {lpm.depth} blocks (0..{lpm.depth - 1}).",
-            "Choose layers inside that range, e.g. the last half of the blocks.",
-        )
-    tokens = lpm.num_prefix_tokens + (extract.input_size // lpm.patch_size) ** 2
-    return ExtractionSettings(
-        input_size=extract.input_size,
-        layers=extract.layers,
-        token_ratio=extract.token_ratio,
-        importance=extract.importance,
-        num_tokens=tokens,
-        num_selected=num_selected(tokens, extract.token_ratio),
-        side_store_size=extract.side_store_size,
-    )
-
-
 def build_metadata(config: PipelineConfig, dataset: ResolvedDataset, lpm: LPMIdentity, fingerprint: str) -> CacheMetadata:
     settings = extraction_settings(config, lpm)
     assert dataset.mean is not None and dataset.std is not None
@@ -168,6 +148,10 @@ def _progress(show: bool) -> Progress:
 
 def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: str | None = None) -> ExtractResult:
     began = time.perf_counter()
+    # what needs only the settings and the LPM's shape, before the image scan (minutes on DDR)
+    check_before_scan(config)
+    device = resolve_device(config.extract.device)
+    writable_folder(config.cache.root, "cache.root")
     dataset = resolve_dataset(config, show_progress=show_progress)
     empty = [split for split, count in dataset.split_counts().items() if count == 0]
     if empty:
@@ -176,26 +160,41 @@ def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: s
             "Every split needs at least one labelled image.",
         )
     fingerprint = dataset_fingerprint(dataset.samples)
-    device = resolve_device(config.extract.device)
     vit, lpm = build_lpm(config.lpm, config.extract.input_size)
     metadata = build_metadata(config, dataset, lpm, fingerprint)
     path = config.cache.root / store_name(dataset.name, metadata.cache_key)
+    source = dataset_source(config)
+    config.cache.root.mkdir(parents=True, exist_ok=True)
+    with store_lock(path):
+        result = _fill_store(config, dataset, vit, metadata, path, device, show_progress, scheduler)
+        result.metadata = record_source(path, result.metadata, source)
+    result.seconds = time.perf_counter() - began
+    return result
 
-    if path.exists():
-        existing = read_metadata(path)
-        if existing.cache_key == metadata.cache_key and existing.complete:
-            return ExtractResult(path, existing, True, 0, time.perf_counter() - began, dataset.notes)
-    source = equivalent_store(config.cache.root, metadata)
-    if source is not None:  # the same features in another codec or shard layout: no need for the LPM
-        transcode(source, config.cache.root, metadata.storage, show_progress=show_progress)
-        return ExtractResult(path, read_metadata(path), False, 0, time.perf_counter() - began, dataset.notes, source)
-    if path.exists():
-        if existing.cache_key != metadata.cache_key:
-            raise UserError(f"{path} holds a cache with another key.", "Move it away and run again.")
+
+def _fill_store(config: PipelineConfig, dataset: ResolvedDataset, vit: torch.nn.Module, metadata: CacheMetadata,
+                path: Path, device: torch.device, show_progress: bool, scheduler: str | None) -> ExtractResult:
+    """Reuse, repair, re-encode, resume or create the store at `path`; the caller holds its lock."""
+    notes = list(dataset.notes)
+    existing = read_metadata(path) if path.exists() else None
+    if existing is not None and existing.cache_key != metadata.cache_key:
+        raise UserError(f"{path} holds a cache with another key.", "Move it away and run again.")
+    if existing is not None and existing.complete:
+        damaged = verify_store(path, existing).damaged
+        if not damaged:
+            return ExtractResult(path, existing, True, 0, 0.0, notes)
+        # the shards whose files no longer match their checksums are extracted again, the rest is kept
+        existing = mark_for_rewrite(path, existing, [d.shard for d in damaged])
+        notes.append(f"{len(damaged)} damaged shard(s) of {path.name} ({', '.join(str(d.shard) for d in damaged)}) "
+                     "no longer matched their checksums and were extracted again.")
+    equivalent = equivalent_store(config.cache.root, metadata)
+    if equivalent is not None:  # the same features in another codec or shard layout: no need for the LPM
+        transcode(equivalent, config.cache.root, metadata.storage, show_progress=show_progress)
+        return ExtractResult(path, read_metadata(path), False, 0, 0.0, notes, equivalent)
+    if existing is not None:
         metadata = existing
         dataset = _in_store_order(dataset, path)
     else:
-        config.cache.root.mkdir(parents=True, exist_ok=True)
         dataset = replace(dataset, samples=storage_order(dataset.samples))
         labels = np.array([s.label for s in dataset.samples])
         splits = np.array([SPLIT_CODES[s.split] for s in dataset.samples])
@@ -211,7 +210,7 @@ def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: s
 
         computed = extract_on_cluster(config, path, pending, scheduler, show_progress)
     final = writer.finish()
-    return ExtractResult(path, final, False, computed, time.perf_counter() - began, dataset.notes)
+    return ExtractResult(path, final, False, computed, 0.0, notes)
 
 
 def extract_shards(config: PipelineConfig, path: Path, shards: list[int], show_progress: bool = False,

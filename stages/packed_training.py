@@ -36,13 +36,16 @@ from pipeline.errors import UserError
 from pipeline.task_stop import StopRequested
 from stages.augment import train_images
 from stages.cache_batches import SplitBatches
+from stages.datasets.registry import dataset_source
 from stages.extract import resolve_device
 from stages.flat_parameters import FlatParameters
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics, classification_metrics
 from stages.rng_stream import RngStream
+from stages.settings_check import raise_side_problems, side_problems
 from stages.stacked_model import StackedModels, stackable
 from stages.stack_threads import StackThreads
+from stages.trained_run import read_run
 from stages.stacked_step import StepMember, dropout_masks, member_update, stacked_losses
 from stages.train_side import (
     EpochRecord, ReadyBatch, TrainResult, adamw, half_cycle_cosine, model_spec, optimization_step, predict_many,
@@ -129,11 +132,20 @@ def _pack_cache(configs: list[PipelineConfig], explicit: Path | None) -> Path:
     first_error: UserError | None = None
     for config in configs:
         try:
-            return find_cache(config)
+            return find_cache(config, dataset_source(config))
         except UserError as error:
             first_error = first_error or error
     assert first_error is not None
     raise first_error
+
+
+def _recorded_source(run_dir: Path | None) -> Path | None:
+    """The dataset source a run that goes on recorded when it started (its config's relative paths may
+    point elsewhere from another working folder; its cache was checked by key)."""
+    if run_dir is None or not (run_dir / "run.json").is_file():
+        return None
+    source = read_run(run_dir).dataset_source
+    return Path(source) if source else None
 
 
 class Pack:
@@ -249,12 +261,15 @@ class Pack:
     # -- per-trial pieces --------------------------------------------------------------------
     def _prepare(self, trial: PackedTrial) -> None:
         config = trial.config
-        problems = contradictions(config, self.metadata)
+        source = _recorded_source(trial.run_dir) or dataset_source(config)
+        problems = contradictions(config, self.metadata, source)
         if problems:
             raise UserError(
                 f"The cache {self.path} cannot serve this trial: " + "; ".join(problems) + ".",
                 "Search only over settings the cache allows.",
             )
+        lpm = self.metadata.lpm
+        raise_side_problems(side_problems(config.side, lpm.embed_dim, lpm.num_heads, lpm.patch_size), lpm.name)
         spec = model_spec(config, self.metadata)
         trial.stream = RngStream(config.train.seed, self.device)
         with trial.stream:
@@ -276,7 +291,8 @@ class Pack:
             (trial.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_config(trial.run_dir, config)
         write_json(trial.run_dir / "run.json", {
-            "cache": str(self.path.resolve()), "cache_key": self.metadata.cache_key, "model_spec": spec.model_dump(),
+            "cache": str(self.path.resolve()), "cache_key": self.metadata.cache_key, "dataset": config.dataset.name,
+            "dataset_source": str(source), "model_spec": spec.model_dump(),
             "class_names": self.metadata.class_names, "normalization": self.metadata.normalization.model_dump(),
             "learnable_params": trial.learnable, "lr": lr,
             # bit-for-bit repeatability depends on these (docs/sweeps.md, "Packed trials")
@@ -390,9 +406,10 @@ class Pack:
         val = classification_metrics(labels, probabilities, loss)
         record = EpochRecord(epoch=epoch, train_loss=trial.loss_sum / max(trial.seen, 1),
                              lr=trial.scheduler.get_last_lr()[0], seconds=seconds, val=val)
-        append_jsonl(trial.run_dir / "metrics.jsonl", record.model_dump())
         score = val.auc if not math.isnan(val.auc) else val.accuracy
         checkpoints = trial.run_dir / "checkpoints"
+        # checkpoints first, the epoch's metrics line after them: a write that fails (a full disk) leaves
+        # no line for an epoch whose files are not all written (the resume state comes last of all)
         if score > trial.best_score:
             trial.best_score, trial.best_epoch, trial.best_val = score, epoch, val
             save_checkpoint(checkpoints / "best.safetensors", trial.model, {"epoch": str(epoch)})
@@ -403,6 +420,7 @@ class Pack:
                 copy_file(checkpoints / "best.safetensors", checkpoints / "last.safetensors")
             else:
                 save_checkpoint(checkpoints / "last.safetensors", trial.model, {"epoch": str(epoch)})
+        append_jsonl(trial.run_dir / "metrics.jsonl", record.model_dump())
         trial.loss_sum, trial.seen = 0.0, 0
 
     def _record_test(self, trial: PackedTrial, which: str,

@@ -11,7 +11,6 @@ storage dtype, so a test image gives the probabilities train-side computed from 
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,9 @@ from stages.datasets.samples import Sample
 from stages.extract import ExtractionImages, decode_workers, resolve_device
 from stages.lpm import LPMIdentity, build_lpm
 from stages.token_selection import TokenSelectingLPM
+from stages.run_folder import replacing
 from stages.trained_run import Checkpoint, load_run_model, read_run, run_cache_metadata, run_config
+from stages.writable_folder import writable_folder
 
 IDENTITY_FIELDS = ("name", "weights_identity", "embed_dim", "num_heads", "head_dim", "patch_size", "depth",
                    "num_prefix_tokens", "num_params")
@@ -142,12 +143,10 @@ def predict_images(
 
 
 def write_prediction_csv(path: Path, predictions: list[Prediction], class_names: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    writable_folder(path.parent, "--output").mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "predicted", "predicted_index", *[f"p_{name}" for name in class_names]])
         for item in predictions:
             writer.writerow([item.file, item.predicted, item.predicted_index,
                              *[f"{p:.6f}" for p in item.probabilities]])
-    os.replace(tmp, path)

@@ -24,7 +24,7 @@ from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from stages.metrics import confusion_counts  # noqa: E402
-from stages.run_folder import atomic_write_text  # noqa: E402
+from stages.run_folder import atomic_write_text, replacing  # noqa: E402
 
 METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
 
@@ -61,10 +61,11 @@ def read_epochs(run_dir: Path) -> list[dict]:
 
 
 def save_figure(figure: Figure, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    tmp.replace(path)
+    try:
+        with replacing(path) as tmp:
+            figure.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(figure)
 
 
 def training_curves_figure(epochs: list[dict]) -> Figure:

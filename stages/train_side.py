@@ -29,6 +29,7 @@ from stages.cache_batches import Batch, SplitBatches
 from stages.fpt_model import FPTPlus, ModelSpec
 from stages.metrics import Metrics
 from stages.prefetch import prefetched
+from stages.writable_folder import writable_folder
 
 if TYPE_CHECKING:
     from stages.packed_training import Pack
@@ -202,6 +203,8 @@ def train_side(config: PipelineConfig, cache_path: Path | None = None, show_prog
     from stages.resume_state import load_resume_state
 
     state = load_resume_state(resume_run) if resume_run is not None else None
+    if resume_run is None:
+        writable_folder(config.train.runs_root, "train.runs_root")
     pack: Pack | None = None
     with _progress(show_progress) as progress:
         try:

@@ -24,6 +24,8 @@ class RunRecord(BaseModel):
 
     cache: Path
     cache_key: str
+    dataset: str | None = None  # the dataset's name and where its images came from (None where not recorded)
+    dataset_source: str | None = None
     model_spec: ModelSpec
     class_names: list[str]
     normalization: Normalization

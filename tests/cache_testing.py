@@ -26,6 +26,11 @@ def tiny_config(root: Path, *extra: str) -> PipelineConfig:
     return load_config(None, tiny_assignments(root, *extra), "demo")
 
 
+def demo_source(root: Path) -> Path:
+    """Where `tiny_config(root)`'s demo images are, as caches record their source."""
+    return (root / "data" / "demo").resolve()
+
+
 def cli_args(assignments: list[str]) -> list[str]:
     return [part for item in assignments for part in ("--set", item)]
 

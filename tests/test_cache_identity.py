@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cache.catalog import find_cache
 from cache.identity import dataset_fingerprint
-from cache_testing import cli_args, tiny_assignments, tiny_config
+from cache_testing import cli_args, demo_source, tiny_assignments, tiny_config
+from stages.datasets.registry import dataset_source
 from pipeline.cli import app
 from pipeline.errors import UserError
 from stages.datasets.registry import resolve_dataset
@@ -80,10 +81,10 @@ def test_train_side_refuses_a_cache_with_other_layers(tmp_path: Path) -> None:
         train_side(other, built.path, show_progress=False)
     assert "extract.layers: cache has [6, 7, 8, 9, 10, 11], requested [8, 9, 10, 11]" in explicit.value.paragraph()
     with pytest.raises(UserError) as searched:
-        find_cache(other)
-    assert "fits the requested settings" in searched.value.paragraph() and "extract.layers" in searched.value.paragraph()
+        find_cache(other, dataset_source(other))
+    assert "fits this run" in searched.value.paragraph() and "extract.layers" in searched.value.paragraph()
     assert not (tmp_path / "runs").exists()  # refused before anything was written
-    assert find_cache(tiny_config(tmp_path)) == built.path
+    assert find_cache(tiny_config(tmp_path), demo_source(tmp_path)) == built.path
 
 
 def test_transcoded_store_is_the_store_extract_would_write(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from cache.metadata import StorageSettings
 from cache.reader import CacheReader, read_metadata
 from cache.synthetic import synthetic_metadata, write_synthetic_cache
 from cache.writer import ShardWriter
-from cache_testing import cli_args, stored_arrays, tiny_assignments, tiny_config
+from cache_testing import cli_args, demo_source, stored_arrays, tiny_assignments, tiny_config
 from pipeline.errors import UserError
 from stages.extract import run_extract
 
@@ -92,7 +92,7 @@ def test_interrupted_extraction_resumes_and_equals_a_clean_run(tmp_path: Path) -
     with pytest.raises(UserError, match="incomplete"):
         CacheReader(store)
     with pytest.raises(UserError, match="incomplete"):
-        find_cache(tiny_config(tmp_path))
+        find_cache(tiny_config(tmp_path), demo_source(tmp_path))
     report = verify_store(store, read_metadata(store))
     assert report.incomplete_shards == sorted(set(range(6)) - finished) and not report.damaged
     stamps = _file_stamps(store, finished)

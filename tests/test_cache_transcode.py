@@ -17,7 +17,7 @@ import stages.extract as extract_module
 from cache.catalog import find_cache
 from cache.reader import read_metadata
 from cache.writer import ShardWriter
-from cache_testing import cli_args, stored_arrays, tiny_assignments, tiny_config
+from cache_testing import cli_args, demo_source, stored_arrays, tiny_assignments, tiny_config
 from pipeline.cli import app
 from pipeline.errors import UserError
 from stages.extract import run_extract
@@ -64,8 +64,8 @@ def test_extract_in_another_codec_reencodes_the_same_features_without_the_lpm(tm
     # both stores hold the same features and carry the same creation time; train-side takes the
     # one in the configured storage settings
     assert read_metadata(result.path).created_at == read_metadata(zstd.path).created_at
-    assert find_cache(tiny_config(tmp_path, *OTHER_STORAGE)) == result.path
-    assert find_cache(tiny_config(tmp_path, "cache.codec=zstd")) == zstd.path
+    assert find_cache(tiny_config(tmp_path, *OTHER_STORAGE), demo_source(tmp_path)) == result.path
+    assert find_cache(tiny_config(tmp_path, "cache.codec=zstd"), demo_source(tmp_path)) == zstd.path
 
 
 def test_an_interrupted_reencoding_continues_from_its_finished_shards(tmp_path: Path, monkeypatch):

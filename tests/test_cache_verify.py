@@ -53,15 +53,50 @@ def test_cli_verify_reports_ok_and_damage(tmp_path: Path) -> None:
     assert "shard 2 (keys) is damaged: samples sample_000008, sample_000009, sample_000010, sample_000011" in message
 
 
-def test_training_on_a_truncated_shard_stops_with_a_clear_message(tmp_path: Path) -> None:
+def _batches_until_error(store: Path) -> tuple[list[int], UserError]:
+    """The sample indices training received from the store before it stopped, and why it stopped."""
     from cache.reader import CacheReader
     from stages.cache_batches import SplitBatches
 
-    store = _store(tmp_path, "float16")
-    damaged = shard_file(store, zarr.open_group(store, mode="r")["keys"], 1)
-    damaged.write_bytes(damaged.read_bytes()[:40])  # a shard cut short, as by a full disk or a failed copy
+    received: list[int] = []
     batches = SplitBatches(CacheReader(store), "train", batch_size=2, shuffle=True, with_features=True)
     with pytest.raises(UserError) as error:
-        list(batches)
-    message = error.value.paragraph()
-    assert "Samples 4..5" in message and "cannot be decoded" in message and "fpt cache verify" in message
+        for batch in batches:
+            received.extend(batch.indices.tolist())
+    return received, error.value
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "cut short"])
+def test_training_stops_at_a_damaged_shard_before_using_its_samples(tmp_path: Path, damage: str) -> None:
+    store = _store(tmp_path, "float16")
+    damaged = shard_file(store, zarr.open_group(store, mode="r")["keys"], 1)
+    if damage == "flipped byte":  # inside the compressed payload: blosc and zstd may still decode it
+        _flip_byte(damaged, len(damaged.read_bytes()) // 3)
+    else:  # as by a full disk or a failed copy
+        damaged.write_bytes(damaged.read_bytes()[:40])
+    received, error = _batches_until_error(store)
+    assert not set(received) & {4, 5, 6, 7}  # shard 1's samples never reach training
+    message = error.paragraph()
+    assert f"The cache {store} is damaged: shard 1 (keys)" in message
+    assert "sample_000004, sample_000005, sample_000006, sample_000007" in message
+    assert "`fpt extract` command that built this store again" in message and "fpt cache verify" in message
+
+
+def test_each_shard_is_hashed_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cache.integrity as integrity
+
+    store = _store(tmp_path, "float16")
+    hashed: list[Path] = []
+    real = integrity.file_digest
+    monkeypatch.setattr(integrity, "file_digest", lambda path: hashed.append(path) or real(path))
+    for _ in range(2):  # two epochs, each from a reader of its own
+        assert len(_all_train_batches(store)) == 3
+    # 6 train samples in shards 0 and 1 (4 per shard): keys, values and side images of each, once
+    assert len(hashed) == 6 and len(set(hashed)) == 6
+
+
+def _all_train_batches(store: Path) -> list:
+    from cache.reader import CacheReader
+    from stages.cache_batches import SplitBatches
+
+    return list(SplitBatches(CacheReader(store), "train", batch_size=2, shuffle=True, with_features=True))

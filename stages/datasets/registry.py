@@ -106,6 +106,12 @@ def expected_location(spec: DatasetSpec, config: PipelineConfig) -> Path:
     return root / CSV_FILE_NAME if spec.layout == "csv" else root
 
 
+def dataset_source(config: PipelineConfig) -> Path:
+    """Where the dataset's images and labels come from, as an absolute path: its CSV label table for the
+    csv layout, else its folder. Caches record it, and training takes a cache only of the same source."""
+    return expected_location(dataset_spec(config.dataset.name), config).resolve()
+
+
 def csv_path(config: PipelineConfig) -> Path:
     return config.dataset.csv if config.dataset.csv is not None else config.dataset.root() / CSV_FILE_NAME
 
