@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from pipeline.errors import UserError
 from stages.datasets.layouts import IMAGE_SUFFIXES, SPLIT_FOLDER_NAMES, class_index, natural_order
 from stages.datasets.problems import LayoutResult
-from stages.datasets.samples import Sample, Split
+from stages.datasets.samples import SPLITS, Sample, Split
 
 SPLIT_ALIASES: dict[str, Split] = {alias: split for split, aliases in SPLIT_FOLDER_NAMES.items() for alias in aliases}
 COLUMNS = ("path", "label", "split")
@@ -79,7 +79,7 @@ def read_csv_table(
     csv_path: Path, class_names: list[str] | None, val_fraction: float, test_fraction: float, split_seed: int
 ) -> LayoutResult:
     rows, first_line = read_rows(csv_path)
-    result = LayoutResult(samples=[], class_names=[])
+    result = LayoutResult(samples=[], class_names=[], sources={split: str(csv_path) for split in SPLITS})
     malformed = [f"line {n}: {row}" for n, row in enumerate(rows, first_line) if len(row) not in (2, 3)]
     if malformed:
         raise UserError(
