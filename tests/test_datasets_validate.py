@@ -140,6 +140,26 @@ def dry_run(root, *args):
     )
 
 
+def test_empty_and_blank_csv_labels_are_errors_naming_their_lines(tmp_path, no_lpm, wide_console):
+    for index in range(8):
+        write_image(tmp_path / f"i{index}.png", index * 30)
+    rows = ["i0.png,0,train", "i1.png,1,train", "i2.png,,val", "i3.png,0,val", "i4.png,1,val",
+            "i5.png, ,test", "i6.png,0,test", "i7.png,1,test"]
+    (tmp_path / "labels.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    report = validate_dataset(config_for("csv", tmp_path), show_progress=False)
+    assert not report.ready
+    assert report.class_names == ["0", "1"]  # no class named ''
+    found = {p.kind: p for p in report.errors}
+    assert found["empty_label"].paths == ["labels.csv:4 i2.png", "labels.csv:7 i5.png"]
+    result = dry_run(tmp_path, "--dataset", "csv")
+    assert result.exit_code == 1 and "not ready for extraction" in result.output
+    assert "labels.csv:4 i2.png" in result.output and "labels.csv:7 i5.png" in result.output
+    with pytest.raises(UserError) as error:
+        resolve_dataset(config_for("csv", tmp_path), show_progress=False)
+    assert "labels.csv:4 i2.png" in error.value.paragraph() and "labels.csv:7 i5.png" in error.value.paragraph()
+    assert "empty label" in error.value.paragraph()
+
+
 def test_a_single_class_folder_is_an_error(tmp_path, no_lpm, wide_console):
     root = class_tree(tmp_path / "tree", ["only"])
     report = validate_dataset(config_for("folder", root), show_progress=False)
