@@ -104,7 +104,8 @@ def test_duplicate_file_names_across_splits_and_classes_stay_distinct_samples(tm
     result = check_structure(read_class_folders(root, None))
     ids = [s.sample_id for s in result.samples]
     assert len(ids) == 4 and len(set(ids)) == 4
-    assert kinds(result) == {"same_name_across_splits": "warning", "same_name_across_classes": "warning"}
+    assert kinds(result) == {"same_name_across_splits": "warning", "same_name_across_classes": "warning",
+                             "class_missing_from_split": "warning"}  # val holds no b, test no a
     dataset = resolve_dataset(config_for("folder", root), show_progress=False)
     assert len(dataset.samples) == 4
     assert any("more than one split" in note for note in dataset.notes)
@@ -254,3 +255,16 @@ def test_datasets_command_lists_every_dataset_and_where_it_is_looked_for(tmp_pat
         assert f"{spec.default_lr:g}" in line, line
     assert f"{tmp_path / 'ddr'} (found)" in result.output
     assert f"{tmp_path / 'isic2018'} (missing)" in result.output
+
+
+def test_ddr_line_with_only_a_file_name_is_malformed_with_its_line(tmp_path):
+    root = ddr_tree(tmp_path / "ddr", {"train": [0, 1, 2, 3, 4], "valid": [1], "test": [2]})
+    folder = root / "DR_grading"
+    with open(folder / "valid.txt", "a") as handle:
+        handle.write("valid_001.jpg\nvalid_002.jpg   \n")
+    write_image(folder / "valid" / "valid_001.jpg")
+    write_image(folder / "valid" / "valid_002.jpg", 50)
+    found = {p.kind: p for p in read_ddr(root, keep_ungradable=False).problems}
+    assert found["malformed_label_line"].paths == ["valid.txt:2 'valid_001.jpg'", "valid.txt:3 'valid_002.jpg'"]
+    with pytest.raises(UserError, match="valid.txt:2 'valid_001.jpg'"):
+        resolve_dataset(config_for("ddr", root), show_progress=False)

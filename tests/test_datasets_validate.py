@@ -63,7 +63,7 @@ def test_dry_run_reports_counts_and_every_problem_without_the_lpm(tmp_path, no_l
 
 
 def test_dry_run_on_a_good_ddr_tree_counts_the_ungradable(tmp_path, no_lpm, wide_console):
-    root = ddr_tree(tmp_path / "ddr", {"train": [0, 1, 5, 4], "valid": [2, 5], "test": [3]})
+    root = ddr_tree(tmp_path / "ddr", {"train": [0, 1, 2, 3, 5, 4], "valid": [2, 5], "test": [3]})
     result = CliRunner().invoke(app, ["extract", "--dry-run", "-d", "ddr", "--data-root", str(root), "-q"])
     assert result.exit_code == 0, result.output
     assert "2 image(s), ungradable (grade 5)" in result.output
@@ -130,3 +130,96 @@ def test_fpt_main_exits_nonzero_when_the_dry_run_finds_problems(tmp_path, no_lpm
     with pytest.raises(SystemExit) as bad:
         main()
     assert bad.value.code == 1
+
+
+# --- labels: empty, too few classes, a class never trained on, a class missing from a split ----
+
+def dry_run(root, *args):
+    return CliRunner().invoke(
+        app, ["extract", "--dry-run", "--data-root", str(root), "-q", "--set", "extract.num_workers=0", *args]
+    )
+
+
+def test_empty_and_blank_csv_labels_are_errors_naming_their_lines(tmp_path, no_lpm, wide_console):
+    for index in range(8):
+        write_image(tmp_path / f"i{index}.png", index * 30)
+    rows = ["i0.png,0,train", "i1.png,1,train", "i2.png,,val", "i3.png,0,val", "i4.png,1,val",
+            "i5.png, ,test", "i6.png,0,test", "i7.png,1,test"]
+    (tmp_path / "labels.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    report = validate_dataset(config_for("csv", tmp_path), show_progress=False)
+    assert not report.ready
+    assert report.class_names == ["0", "1"]  # no class named ''
+    found = {p.kind: p for p in report.errors}
+    assert found["empty_label"].paths == ["labels.csv:4 i2.png", "labels.csv:7 i5.png"]
+    result = dry_run(tmp_path, "--dataset", "csv")
+    assert result.exit_code == 1 and "not ready for extraction" in result.output
+    assert "labels.csv:4 i2.png" in result.output and "labels.csv:7 i5.png" in result.output
+    with pytest.raises(UserError) as error:
+        resolve_dataset(config_for("csv", tmp_path), show_progress=False)
+    assert "labels.csv:4 i2.png" in error.value.paragraph() and "labels.csv:7 i5.png" in error.value.paragraph()
+    assert "empty label" in error.value.paragraph()
+
+
+def test_a_single_class_folder_is_an_error(tmp_path, no_lpm, wide_console):
+    root = class_tree(tmp_path / "tree", ["only"])
+    report = validate_dataset(config_for("folder", root), show_progress=False)
+    assert not report.ready
+    assert [(p.kind, p.paths) for p in report.errors] == [("too_few_classes", [str(root / "train")])]
+    result = dry_run(root, "--dataset", "folder")
+    assert result.exit_code == 1 and "too_few_classes" in result.output and "not ready" in result.output
+    with pytest.raises(UserError, match="at least two classes") as error:
+        resolve_dataset(config_for("folder", root), show_progress=False)
+    assert str(root / "train") in error.value.paragraph()
+
+
+def test_a_csv_whose_labels_are_one_class_is_an_error(tmp_path, no_lpm):
+    for index in range(3):
+        write_image(tmp_path / f"i{index}.png", index * 30)
+    (tmp_path / "labels.csv").write_text("i0.png,cat,train\ni1.png,cat,val\ni2.png,cat,test\n")
+    report = validate_dataset(config_for("csv", tmp_path), show_progress=False)
+    assert not report.ready and [p.kind for p in report.errors] == ["too_few_classes"]
+    with pytest.raises(UserError, match="at least two classes") as error:
+        resolve_dataset(config_for("csv", tmp_path), show_progress=False)
+    assert str(tmp_path / "labels.csv") in error.value.paragraph()
+
+
+def test_a_class_without_training_images_is_an_error(tmp_path, no_lpm):
+    root = class_tree(tmp_path / "tree", ["a", "b"])
+    write_image(root / "val" / "c" / "c_val.png", 5)  # class c only in val and test
+    write_image(root / "test" / "c" / "c_test.png", 6)
+    config = config_for("folder", root, "dataset.classes=[a,b,c]")
+    report = validate_dataset(config, show_progress=False)
+    assert not report.ready
+    [problem] = report.errors
+    assert problem.kind == "class_without_training_images" and "['c']" in problem.message
+    assert problem.paths == [str(root / "train")]
+    with pytest.raises(UserError, match=r"class\(es\) \['c'\] have no training images"):
+        resolve_dataset(config, show_progress=False)
+    (root / "train" / "c").mkdir()  # a class folder with nothing in it: the class is read from train/
+    with pytest.raises(UserError, match=r"\['c'\] have no training images"):
+        resolve_dataset(config_for("folder", root), show_progress=False)
+
+
+def test_a_blank_class_folder_name_is_an_error(tmp_path, no_lpm):
+    root = class_tree(tmp_path / "tree", ["a", "b", "  "])
+    report = validate_dataset(config_for("folder", root), show_progress=False)
+    assert not report.ready and [p.kind for p in report.errors] == ["empty_label"]
+    with pytest.raises(UserError, match="empty or only whitespace"):
+        resolve_dataset(config_for("folder", root), show_progress=False)
+
+
+def test_a_split_missing_a_class_is_a_warning_and_a_note(tmp_path, no_lpm, wide_console):
+    root = class_tree(tmp_path / "tree", ["a", "b", "c"])
+    for path in (root / "test" / "c").iterdir():
+        path.unlink()
+    (root / "test" / "c").rmdir()
+    report = validate_dataset(config_for("folder", root), show_progress=False)
+    assert report.ready
+    [problem] = report.problems
+    assert (problem.kind, problem.severity, problem.paths) == ("class_missing_from_split", "warning", [str(root / "test")])
+    assert "test split has no images of class(es) ['c']" in problem.message and "AUC" in problem.message
+    result = dry_run(root, "--dataset", "folder")
+    assert result.exit_code == 0 and "class_missing_from_split" in result.output
+    assert "ready for extraction" in result.output and "not ready" not in result.output
+    dataset = resolve_dataset(config_for("folder", root), show_progress=False)
+    assert any("test split has no images of class(es) ['c']" in note for note in dataset.notes)

@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from pipeline.errors import UserError
 from stages.datasets.layouts import IMAGE_SUFFIXES, SPLIT_FOLDER_NAMES, class_index, natural_order
 from stages.datasets.problems import LayoutResult
-from stages.datasets.samples import Sample, Split
+from stages.datasets.samples import SPLITS, Sample, Split
 
 SPLIT_ALIASES: dict[str, Split] = {alias: split for split, aliases in SPLIT_FOLDER_NAMES.items() for alias in aliases}
 COLUMNS = ("path", "label", "split")
@@ -43,7 +43,7 @@ def read_rows(csv_path: Path) -> tuple[list[list[str]], int]:
 def labels_to_classes(raw: list[str], class_names: list[str] | None) -> list[str]:
     if class_names is not None:
         return class_names
-    if all(label.lstrip("-").isdigit() for label in raw):
+    if raw and all(label.lstrip("-").isdigit() for label in raw):
         return [str(index) for index in range(max(max(int(label) for label in raw), 0) + 1)]
     return natural_order(raw)
 
@@ -79,7 +79,7 @@ def read_csv_table(
     csv_path: Path, class_names: list[str] | None, val_fraction: float, test_fraction: float, split_seed: int
 ) -> LayoutResult:
     rows, first_line = read_rows(csv_path)
-    result = LayoutResult(samples=[], class_names=[])
+    result = LayoutResult(samples=[], class_names=[], sources={split: str(csv_path) for split in SPLITS})
     malformed = [f"line {n}: {row}" for n, row in enumerate(rows, first_line) if len(row) not in (2, 3)]
     if malformed:
         raise UserError(
@@ -89,7 +89,13 @@ def read_csv_table(
     has_split = any(len(row) == 3 for row in rows)
     if has_split and any(len(row) == 2 or not row[2].strip() for row in rows):
         raise UserError(f"Some rows of {csv_path} have a split and some do not.", "Give every row a split, or none.")
-    names = labels_to_classes([row[1].strip() for row in rows], class_names)
+    unlabelled = [f"{csv_path.name}:{n} {row[0].strip()}" for n, row in enumerate(rows, first_line)
+                  if not row[1].strip()]
+    if unlabelled:  # their rows are left out below: an empty label must not become a class named ''
+        result.add("empty_label", "error", f"{len(unlabelled)} row(s) have an empty label, so their images have no class",
+                   "Write each image's class (a name or an index) in the label column, or delete those rows.",
+                   unlabelled)
+    names = labels_to_classes([row[1].strip() for row in rows if row[1].strip()], class_names)
     result.class_names = names
     base = csv_path.parent
     kept: list[tuple[str, Path, int, str, int]] = []
@@ -97,6 +103,8 @@ def read_csv_table(
     missing, bad_label, bad_split, repeated = [], [], [], []
     for number, row in enumerate(rows, first_line):
         raw_path, raw_label = row[0].strip(), row[1].strip()
+        if not raw_label:
+            continue
         where = f"{csv_path.name}:{number} {raw_path}"
         path = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
         if path.resolve() in seen:  # the same file, however it is spelled

@@ -53,7 +53,8 @@ def read_label_file(label_file: Path, result: LayoutResult) -> list[tuple[str, i
 def read_ddr(root: Path, keep_ungradable: bool) -> LayoutResult:
     folder = grading_folder(root)
     class_names = DR_GRADES + ([UNGRADABLE_NAME] if keep_ungradable else [])
-    result = LayoutResult(samples=[], class_names=class_names)
+    sources = {split: str(folder / f"{DDR_SPLIT_NAMES[split]}.txt") for split in SPLITS}
+    result = LayoutResult(samples=[], class_names=class_names, sources=sources)
     missing_parts = [
         str(folder / part)
         for split in SPLITS

@@ -83,7 +83,9 @@ def read_class_folders(root: Path, class_names: list[str] | None) -> LayoutResul
                 f"{folders['train']} has no class sub-folders.",
                 "Put each class's images in its own folder, e.g. train/benign/, train/malignant/.",
             )
-    result = LayoutResult(samples=[], class_names=list(class_names))
+    result = LayoutResult(
+        samples=[], class_names=list(class_names), sources={split: str(folder) for split, folder in folders.items()}
+    )
     unknown: list[str] = []
     unlabelled: list[str] = []
     ignored: list[str] = []

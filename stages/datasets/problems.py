@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from pipeline.errors import UserError
-from stages.datasets.samples import Sample
+from stages.datasets.samples import Sample, Split
 
 Severity = Literal["error", "warning"]
 LISTED_PATHS = 5  # how many file names a message names before "and N more"
@@ -38,6 +38,7 @@ class LayoutResult:
 
     samples: list[Sample]
     class_names: list[str]
+    sources: dict[Split, str]  # where each split's labels were read: its folder, label file or table
     problems: list[DatasetProblem] = field(default_factory=list)
     excluded: dict[str, int] = field(default_factory=dict)  # reason -> images left out on purpose
     notes: list[str] = field(default_factory=list)

@@ -1,4 +1,4 @@
-"""Checks every layout shares: unique sample ids, labels in range, no empty split, name clashes."""
+"""Checks every layout shares: unique sample ids, labels in range, no empty split, name clashes, classes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from collections import defaultdict
 
 from stages.datasets.problems import LayoutResult
 from stages.datasets.samples import SPLITS
+
+MISSING_FROM_SPLIT_FIX = {
+    "val": "Add val images of every class: the best epoch is chosen by val AUC, which cannot weigh the missing ones.",
+    "test": "Add test images of every class if their test metrics matter.",
+}
 
 
 def check_structure(result: LayoutResult) -> LayoutResult:
@@ -48,12 +53,46 @@ def check_structure(result: LayoutResult) -> LayoutResult:
                    f"{len(across_classes)} file name(s) occur under more than one class of a split "
                    "(each is kept as its own sample)",
                    "Check that these are different images and not one image with two labels.", across_classes)
-    train_counts = [0] * num_classes
-    for sample in result.samples:
-        if sample.split == "train" and 0 <= sample.label < num_classes:
-            train_counts[sample.label] += 1
-    absent = [result.class_names[i] for i, count in enumerate(train_counts) if count == 0]
-    if absent and counts["train"]:
-        result.add("class_without_training_images", "warning",
-                   f"class(es) {absent} have no training images", "Add training images of every class.")
+    check_classes(result)
     return result
+
+
+def check_classes(result: LayoutResult) -> None:
+    """A classifier needs two or more named classes, each seen in training; val and test should hold each too.
+
+    These need only the labels, not the images, so extraction and the dry run report them at once.
+    """
+    names = result.class_names
+    blank = [repr(name) for name in names if not name.strip()]
+    if blank:
+        result.add("empty_label", "error", f"class name(s) {', '.join(blank)} are empty or only whitespace",
+                   "Name every class: rename the class folder, or correct dataset.classes.", [result.sources["train"]])
+    if len(names) < 2:
+        result.add("too_few_classes", "error",
+                   f"the dataset has only {len(names)} class{'' if len(names) == 1 else 'es'} {names}, "
+                   "and a classifier needs at least two classes",
+                   "Give it images of two or more classes (one folder per class in every split folder, or two or "
+                   "more labels in the label table); if dataset.classes is set, list every class in it.",
+                   [result.sources["train"]])
+    per_split = {split: [0] * len(names) for split in SPLITS}
+    for sample in result.samples:
+        if 0 <= sample.label < len(names):
+            per_split[sample.split][sample.label] += 1
+    if not sum(per_split["train"]):
+        return  # an empty train split is reported on its own
+    untrained = [name for name, count in zip(names, per_split["train"]) if count == 0]
+    if untrained:
+        result.add("class_without_training_images", "error",
+                   f"class(es) {untrained} have no training images, and the model cannot learn a class it never sees",
+                   "Add training images of every class, or leave the class out: remove its folders or rows, and "
+                   "its name from dataset.classes if that is set.", [result.sources["train"]])
+    for split in ("val", "test"):
+        missing = [name for name, trained, count in zip(names, per_split["train"], per_split[split])
+                   if trained and not count]
+        if missing and sum(per_split[split]):
+            result.add("class_missing_from_split", "warning",
+                       f"the {split} split has no images of class(es) {missing}, so their one-vs-rest AUC and "
+                       f"per-class metrics are undefined on {split} (its macro AUC leaves them out, and is NaN "
+                       "with fewer than two classes left)",
+                       MISSING_FROM_SPLIT_FIX[split],
+                       [result.sources[split]])
