@@ -18,6 +18,7 @@ from cache.identity import store_key
 from cache.layout import create_store, store_name
 from cache.metadata import CacheMetadata, StorageSettings
 from cache.reader import CacheReader, read_metadata
+from cache.store_lock import store_lock
 from cache.writer import ShardWriter
 from pipeline.errors import UserError
 
@@ -38,14 +39,21 @@ def transcode(source: Path, root: Path, storage: StorageSettings, show_progress:
     path = root / store_name(old.dataset, key)
     if path.resolve() == source.resolve():
         return path  # already in these settings
+    root.mkdir(parents=True, exist_ok=True)
+    with store_lock(path):
+        _write(reader, metadata, path, show_progress, resume_command)
+    return path
+
+
+def _write(reader: CacheReader, metadata: CacheMetadata, path: Path, show_progress: bool, resume_command: str) -> None:
+    """Create or resume the store at `path` and write its missing shards from `reader`'s store."""
     if path.exists():
         existing = read_metadata(path)
-        if existing.cache_key != key:
+        if existing.cache_key != metadata.cache_key:
             raise UserError(f"{path} holds a cache with another key.", "Move it away and run again.")
         if existing.complete:
-            return path
+            return
     else:
-        root.mkdir(parents=True, exist_ok=True)
         group = reader.group
         create_store(path, metadata, group["labels"][:], group["splits"][:], reader.sample_ids())
     writer = ShardWriter(path, metadata, resume_command)
@@ -53,15 +61,14 @@ def transcode(source: Path, root: Path, storage: StorageSettings, show_progress:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress) as progress:
-        task = progress.add_task(f"Transcoding to {storage.dtype}/{storage.codec}", total=len(pending))
+        task = progress.add_task(f"Transcoding to {metadata.storage.dtype}/{metadata.storage.codec}", total=len(pending))
         for shard in pending:
             start, stop = metadata.shard_range(shard)
             arrays = reader.read(start, stop)
             writer.write_shard(shard, arrays["keys"].astype(np.float32, copy=False),
                                arrays["values"].astype(np.float32, copy=False), arrays["side_images"])
             progress.advance(task)
-    writer.finish(skipped=old.skipped)
-    return path
+    writer.finish(skipped=reader.metadata.skipped)
 
 
 def equivalent_store(root: Path, wanted: CacheMetadata) -> Path | None:

@@ -54,7 +54,9 @@ def extract(
     if dry_run:
         from pipeline.dataset_report import print_dataset_report
         from stages.datasets.validate import validate_dataset
+        from stages.settings_check import check_before_scan
 
+        check_before_scan(cfg)  # settings the LPM cannot serve, from its shape alone: no weights are loaded
         report = validate_dataset(cfg, show_progress=not quiet)
         print_dataset_report(report, console)
         raise typer.Exit(0 if report.ready else 1)

@@ -1,0 +1,116 @@
+"""What the read-time shard checks cost a stage-two run: train-side with and without them, side by side.
+
+    python bench/read_checks.py [--scenarios demo vitb512] [--epochs 3] [--rounds 3] [--quick]
+
+Every reader re-hashes (sha256) each shard file it reads once per process, before its samples are
+used (cache/integrity.ShardReadCheck). So the first epoch pays for hashing the train split and the
+first validation for the val split; later epochs pay nothing. This bench runs `train_side` on a
+synthetic cache written by the real writer at a scenario's shapes (the default demo: L=6, H=3,
+n=205, Dh=64, 240/80/120 images; ViT-B/512: H=12, 64/16/16 images; float16, the default codec
+and shards), in fresh processes, alternating with the check on and off (off: the check replaced
+by a no-op in that process only), and reports the medians of: the first epoch's training time,
+the later epochs' mean, and the whole run (training, evaluation, test). Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, WORK, print_table, write_results  # noqa: E402
+
+SPLITS = {"demo": {"train": 240, "val": 80, "test": 120}, "vitb512": {"train": 64, "val": 16, "test": 16}}
+HEADS = {"demo": 3, "vitb512": 12}
+
+TRAIN_ONE = """
+import json, sys, time
+from pathlib import Path
+import cache.integrity
+from pipeline.config import load_config
+from stages.train_side import train_side
+store, runs, epochs, check, lpm = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "on", sys.argv[5]
+if not check:
+    cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None
+config = load_config(None, [f"train.runs_root={runs}", f"train.epochs={epochs}", "train.device=cpu",
+                            f"lpm.name={lpm}"], "demo")
+began = time.perf_counter()
+result = train_side(config, store, show_progress=False)
+total = time.perf_counter() - began
+epochs = [json.loads(line)["seconds"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+print(json.dumps({"epochs": epochs, "total": total}))
+"""
+
+
+def build(scenario: str, quick: bool) -> Path:
+    from cache.catalog import list_caches
+    from cache.metadata import StorageSettings
+    from cache.synthetic import synthetic_metadata, write_synthetic_cache
+    from pipeline.config import CacheConfig, load_config
+
+    config = load_config(None, [], "demo")
+    splits = {split: max(4, count // 8) if quick else count for split, count in SPLITS[scenario].items()}
+    metadata = synthetic_metadata(splits, num_classes=config.demo.num_classes, heads=HEADS[scenario],
+                                  storage=StorageSettings.of(CacheConfig()), dataset="demo", lpm_name=scenario)
+    root = WORK / "read-checks"
+    for path, existing, _ in list_caches(root):
+        if existing is not None and existing.complete and existing.cache_key == metadata.cache_key:
+            return path
+    return write_synthetic_cache(root, metadata, show_progress=True)
+
+
+def run(store: Path, epochs: int, check: bool, scenario: str) -> dict:
+    command = [sys.executable, "-c", TRAIN_ONE, str(store), str(WORK / "read-checks-runs"), str(epochs),
+               "on" if check else "off", scenario]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", nargs="+", default=["demo", "vitb512"], choices=sorted(SPLITS))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating pairs of fresh processes")
+    parser.add_argument("--quick", action="store_true", help="an eighth of the images, one round of 2 epochs")
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.rounds = 2, 1
+    from cache.catalog import folder_bytes
+
+    rows, payload = [], {}
+    for scenario in args.scenarios:
+        store = build(scenario, args.quick)
+        runs: dict[str, list[dict]] = {"on": [], "off": []}
+        for index in range(args.rounds):
+            order = ("on", "off") if index % 2 == 0 else ("off", "on")
+            for state in order:
+                runs[state].append(run(store, args.epochs, state == "on", scenario))
+
+        def median(state: str, part) -> float:
+            return statistics.median(part(r) for r in runs[state])
+
+        def later(r: dict) -> float:
+            return statistics.mean(r["epochs"][1:]) if len(r["epochs"]) > 1 else float("nan")
+
+        figures = {}
+        for name, part in (("first epoch", lambda r: r["epochs"][0]), ("later epochs", later),
+                           ("whole run", lambda r: r["total"])):
+            on, off = median("on", part), median("off", part)
+            figures[name] = {"on_s": on, "off_s": off, "cost_percent": (on / off - 1) * 100}
+            rows.append([scenario, name, off, on, f"{(on / off - 1) * 100:+.1f} %"])
+        payload[scenario] = {"store_mb": folder_bytes(store) / 1e6, "splits": SPLITS[scenario], "figures": figures,
+                             "runs": runs}
+    print_table(f"Read checks on and off, {args.epochs} epochs, medians of {args.rounds} alternating fresh processes",
+                ["scenario", "part", "check off (s)", "check on (s)", "cost"], rows)
+    write_results("read_checks", {"epochs": args.epochs, "rounds": args.rounds, "scenarios": payload})
+
+
+if __name__ == "__main__":
+    main()
