@@ -1,15 +1,19 @@
-"""What the read-time shard checks cost a stage-two run: train-side with and without them, side by side.
+"""What the read-time checks cost a stage-two run: train-side with each of them and with none, side by side.
 
-    python bench/read_checks.py [--scenarios demo vitb512] [--epochs 3] [--rounds 3] [--quick]
+    python bench/read_checks.py [--scenarios demo vitb512] [--epochs 4] [--rounds 5] [--quick]
 
-Every reader re-hashes (sha256) each shard file it reads once per process, before its samples are
-used (cache/integrity.ShardReadCheck). So the first epoch pays for hashing the train split and the
-first validation for the val split; later epochs pay nothing. This bench runs `train_side` on a
-synthetic cache written by the real writer at a scenario's shapes (the default demo: L=6, H=3,
-n=205, Dh=64, 240/80/120 images; ViT-B/512: H=12, 64/16/16 images; float16, the default codec
-and shards), in fresh processes, alternating with the check on and off (off: the check replaced
-by a no-op in that process only), and reports the medians of: the first epoch's training time,
-the later epochs' mean, and the whole run (training, evaluation, test). Figures, not assertions.
+Two checks keep damaged data from being used (docs/cache-format.md):
+  crc32c  every chunk ends with a crc32c that zarr checks on every read (stores fpt writes);
+  sha256  in a store whose chunks carry none, each shard file is re-hashed against its recorded
+          sha256 once per process before it is read (the first epoch pays for the train split,
+          the first validation for the val split, later epochs pay nothing);
+  none    the same store as sha256 with its check replaced by a no-op: the baseline.
+`train_side` runs on synthetic caches written by the real writer at a scenario's shapes (the
+default demo: L=6, H=3, n=205, Dh=64, 240/80/120 images; ViT-B/512: H=12, 64/16/16 images;
+float16, the default codec and shards), one store with chunk checksums and one without, in fresh
+processes, the three variants in a rotating order each round; the table gives the medians of the
+first epoch's training time, the later epochs' mean, and the whole run (training, evaluation,
+test). Figures, not assertions: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, WORK, print_table, write_results  # noqa: E402
+
+from cache.layout import compressors as COMPRESSORS  # noqa: E402
 
 SPLITS = {"demo": {"train": 240, "val": 80, "test": 120}, "vitb512": {"train": 64, "val": 16, "test": 16}}
 HEADS = {"demo": 3, "vitb512": 12}
@@ -46,7 +52,8 @@ print(json.dumps({"epochs": epochs, "total": total}))
 """
 
 
-def build(scenario: str, quick: bool) -> Path:
+def build(scenario: str, quick: bool, chunk_checksums: bool) -> Path:
+    import cache.layout
     from cache.catalog import list_caches
     from cache.metadata import StorageSettings
     from cache.synthetic import synthetic_metadata, write_synthetic_cache
@@ -56,11 +63,16 @@ def build(scenario: str, quick: bool) -> Path:
     splits = {split: max(4, count // 8) if quick else count for split, count in SPLITS[scenario].items()}
     metadata = synthetic_metadata(splits, num_classes=config.demo.num_classes, heads=HEADS[scenario],
                                   storage=StorageSettings.of(CacheConfig()), dataset="demo", lpm_name=scenario)
-    root = WORK / "read-checks"
+    root = WORK / "read-checks" / ("crc32c" if chunk_checksums else "plain")
     for path, existing, _ in list_caches(root):
         if existing is not None and existing.complete and existing.cache_key == metadata.cache_key:
             return path
-    return write_synthetic_cache(root, metadata, show_progress=True)
+    if not chunk_checksums:  # as stores were written before their chunks carried a crc32c
+        cache.layout.compressors = cache.layout._compressor
+    try:
+        return write_synthetic_cache(root, metadata, show_progress=True)
+    finally:
+        cache.layout.compressors = COMPRESSORS
 
 
 def run(store: Path, epochs: int, check: bool, scenario: str) -> dict:
@@ -86,29 +98,31 @@ def main() -> None:
 
     rows, payload = [], {}
     for scenario in args.scenarios:
-        store = build(scenario, args.quick)
-        runs: dict[str, list[dict]] = {"on": [], "off": []}
+        stores = {True: build(scenario, args.quick, True), False: build(scenario, args.quick, False)}
+        variants = {"none": (stores[False], False), "crc32c": (stores[True], True), "sha256": (stores[False], True)}
+        runs: dict[str, list[dict]] = {name: [] for name in variants}
+        names = list(variants)
         for index in range(args.rounds):
-            order = ("on", "off") if index % 2 == 0 else ("off", "on")
-            for state in order:
-                runs[state].append(run(store, args.epochs, state == "on", scenario))
-
-        def median(state: str, part) -> float:
-            return statistics.median(part(r) for r in runs[state])
+            for name in names[index % 3:] + names[:index % 3]:
+                store, check = variants[name]
+                runs[name].append(run(store, args.epochs, check, scenario))
 
         def later(r: dict) -> float:
             return statistics.mean(r["epochs"][1:]) if len(r["epochs"]) > 1 else float("nan")
 
         figures = {}
-        for name, part in (("first epoch", lambda r: r["epochs"][0]), ("later epochs", later),
-                           ("whole run", lambda r: r["total"])):
-            on, off = median("on", part), median("off", part)
-            figures[name] = {"on_s": on, "off_s": off, "cost_percent": (on / off - 1) * 100}
-            rows.append([scenario, name, off, on, f"{(on / off - 1) * 100:+.1f} %"])
-        payload[scenario] = {"store_mb": folder_bytes(store) / 1e6, "splits": SPLITS[scenario], "figures": figures,
-                             "runs": runs}
-    print_table(f"Read checks on and off, {args.epochs} epochs, medians of {args.rounds} alternating fresh processes",
-                ["scenario", "part", "check off (s)", "check on (s)", "cost"], rows)
+        for part, measure in (("first epoch", lambda r: r["epochs"][0]), ("later epochs", later),
+                              ("whole run", lambda r: r["total"])):
+            medians = {name: statistics.median(measure(r) for r in runs[name]) for name in variants}
+            base = medians["none"]
+            figures[part] = {name: {"seconds": value, "cost_percent": (value / base - 1) * 100}
+                             for name, value in medians.items()}
+            rows.append([scenario, part, base, medians["crc32c"], f"{(medians['crc32c'] / base - 1) * 100:+.1f} %",
+                         medians["sha256"], f"{(medians['sha256'] / base - 1) * 100:+.1f} %"])
+        payload[scenario] = {"store_mb": folder_bytes(stores[True]) / 1e6, "splits": SPLITS[scenario],
+                             "figures": figures, "runs": runs}
+    print_table(f"Read checks, {args.epochs} epochs, medians of {args.rounds} rounds of fresh processes",
+                ["scenario", "part", "none (s)", "crc32c (s)", "crc32c cost", "sha256 (s)", "sha256 cost"], rows)
     write_results("read_checks", {"epochs": args.epochs, "rounds": args.rounds, "scenarios": payload})
 
 

@@ -2,9 +2,11 @@
 
 Each sharded array's shard file (e.g. `keys/c/3/0/0/0/0`) is hashed as it lies on disk, so any
 changed byte is found, whether or not the codec would still decode it (a flipped bit inside
-blosc-lz4's payload decodes to a wrong number without an error). `fpt cache verify` re-hashes a
-whole store; every reader (training, evaluation, sweeps, transcoding) re-hashes each shard file it
-reads once per process, before the samples are used (`ShardReadCheck`).
+blosc-lz4's payload decodes to a wrong number without an error). `fpt cache verify` and `fpt
+extract` re-hash a whole store. Reading, zarr checks the crc32c that ends every chunk
+(cache/layout.compressors); in a store written without chunk checksums, every reader (training,
+evaluation, sweeps, transcoding) instead re-hashes each shard file it reads once per process,
+before the samples are used (`ShardReadCheck`).
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class ShardReadCheck:
             bad = [name for name in arrays if name in self.names and not self._matches(name, shard)]
             if bad:
                 raise damaged_shard_error(self.store, self.metadata, shard, bad,
-                                          [str(x) for x in self.group["sample_ids"][slice(*self.metadata.shard_range(shard))]])
+                                          [str(x) for x in self.group["sample_ids"][slice(*self.metadata.shard_range(shard))]],
+                                          "no longer matches the checksum recorded when it was written")
 
     def _matches(self, name: str, shard: int) -> bool:
         want = self.recorded[shard, self.names.index(name)]
@@ -122,12 +125,14 @@ class ShardReadCheck:
         return True
 
 
-def damaged_shard_error(store: Path, metadata: CacheMetadata, shard: int, arrays: list[str], sample_ids: list[str]) -> UserError:
+def damaged_shard_error(store: Path, metadata: CacheMetadata, shard: int, arrays: list[str], sample_ids: list[str],
+                        why: str) -> UserError:
+    """The message for a shard whose data cannot be trusted: `why` says how it was found."""
     shown = ", ".join(sample_ids[:5]) + (f" and {len(sample_ids) - 5} more" if len(sample_ids) > 5 else "")
     origin = f"dataset {metadata.dataset}" + (f" from {metadata.sources[0]}" if metadata.sources else "")
     return UserError(
-        f"The cache {store} is damaged: shard {shard} ({', '.join(arrays)}) no longer matches the checksum recorded "
-        f"when it was written, so its samples ({shown}) would be read wrong; the command stopped before using them.",
+        f"The cache {store} is damaged: shard {shard} ({', '.join(arrays)}) {why}, so its samples ({shown}) "
+        "would be read wrong; the command stopped before using them.",
         f"Run the `fpt extract` command that built this store again ({origin}, the same settings): it checks every "
         f"shard and extracts only the damaged ones again. `fpt cache verify {store}` lists every damaged shard.",
     )

@@ -12,6 +12,7 @@
         shard_sha256  (num_shards, A, 32) uint8    sha256 of each sharded array's stored shard file
         shard_complete (num_shards,)     uint8     1 once that shard's data and checksums are written
 
+Every chunk of a sharded array ends with a crc32c that zarr checks as it reads it (`compressors`).
 docs/cache-format.md describes this for readers that use zarr or dask alone.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
 
 from cache.encoding import has_scales, scale_name, stored_dtype
 from cache.metadata import CacheMetadata, StorageSettings
@@ -48,6 +49,13 @@ def store_name(dataset: str, cache_key: str) -> str:
 
 
 def compressors(storage: StorageSettings) -> tuple:
+    """The byte codecs of every per-sample chunk: the configured compressor, then a crc32c of the
+    compressed bytes, which zarr checks on every read of the chunk (a flipped bit in the compressed
+    payload may otherwise decode to a wrong number without an error); about 13 GB/s on one core."""
+    return _compressor(storage) + (Crc32cCodec(),)
+
+
+def _compressor(storage: StorageSettings) -> tuple:
     level = storage.codec_level
     if storage.codec == "zstd":
         return (ZstdCodec(level=level),)
@@ -60,6 +68,13 @@ def compressors(storage: StorageSettings) -> tuple:
     if storage.codec == "none":
         return ()
     raise ValueError(f"unknown codec {storage.codec!r}")
+
+
+def chunks_checksummed(array: zarr.Array) -> bool:
+    """Whether every chunk of this sharded array carries a crc32c that zarr checks as it reads it (the
+    shard index always does; its chunks do in stores written with `compressors`)."""
+    return any(isinstance(inner, Crc32cCodec)
+               for codec in array.metadata.codecs if isinstance(codec, ShardingCodec) for inner in codec.codecs)
 
 
 def feature_numpy_dtype(storage: StorageSettings) -> np.dtype:

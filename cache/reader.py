@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from zarr.core.buffer import default_buffer_prototype
 
 from cache.encoding import decode, has_scales, scale_name
-from cache.integrity import ShardReadCheck
-from cache.layout import aligned_blocks
+from cache.integrity import ShardReadCheck, damaged_shard_error
+from cache.layout import aligned_blocks, chunks_checksummed
 from cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, CacheMetadata
 from pipeline.errors import UserError
 
@@ -89,10 +89,14 @@ class CacheReader:
                     f"The cache {path} says it is complete but shards {unfinished[:10].tolist()} are not marked as written.",
                     "Run `fpt cache verify` on it, then delete it and run `fpt extract` again.",
                 )
-            self._shard_check = ShardReadCheck(path, self.group, self.metadata)
+            # zarr checks each chunk's crc32c as it reads it; stores written without chunk checksums
+            # have their shard files hashed instead, once per process
+            if not chunks_checksummed(self.array("keys")):
+                self._shard_check = ShardReadCheck(path, self.group, self.metadata)
 
     def _check(self, start: int, stop: int, arrays: tuple[str, ...] | list[str]) -> None:
-        """Damaged data is never used: the shard files of these arrays are checked (once per process)."""
+        """Damaged data is never used: in a store without chunk checksums, the shard files of these arrays
+        are hashed (once per process) before they are read."""
         if self._shard_check is not None and stop > start:
             self._shard_check.check(start, stop, arrays)
 
@@ -107,29 +111,30 @@ class CacheReader:
         return self._arrays[name]
 
     @contextmanager
-    def _decoding(self, start: int, stop: int) -> Iterator[None]:
-        """Codec errors of a damaged shard file, as the message that says what to do."""
+    def _decoding(self, start: int, stop: int, name: str) -> Iterator[None]:
+        """Errors reading array `name` of samples [start, stop) (all in one shard: reads never cross one),
+        a crc32c mismatch of a chunk among them, as the message that names the shard and says what to do."""
         try:
             yield
         except (RuntimeError, ValueError, OSError) as error:
-            raise UserError(
-                f"Samples {start}..{stop - 1} of the cache {self.path} cannot be decoded ({error}).",
-                f"Run `fpt cache verify {self.path}` to name the damaged samples, then rebuild the cache with `fpt extract`.",
-            ) from None
+            shard = start // self.metadata.storage.shard_size
+            sample_ids = [str(x) for x in self.group["sample_ids"][slice(*self.metadata.shard_range(shard))]]
+            raise damaged_shard_error(self.path, self.metadata, shard, [name], sample_ids,
+                                      f"fails its checksum or cannot be decoded ({error})") from None
 
     def read(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
         """Arrays of samples [start, stop): keys, values (if asked; decoded to floats), side_images, labels."""
-        self._check(start, stop, ("side_images",) + (self.stored_feature_arrays() if with_features else ()))
-        with self._decoding(start, stop):
-            out = {
-                "side_images": self.array("side_images")[start:stop],
-                "labels": self.array("labels")[start:stop].astype(np.int64),
-            }
-            if with_features:
-                stored = {name: self.array(name)[start:stop] for name in self.stored_feature_arrays()}
-                dtype = self.metadata.storage.dtype
-                for name in ("keys", "values"):
-                    out[name] = decode(stored[name], stored.get(scale_name(name)), dtype)
+        names = ("side_images",) + (self.stored_feature_arrays() if with_features else ())
+        self._check(start, stop, names)
+        stored = {}
+        for name in names:
+            with self._decoding(start, stop, name):
+                stored[name] = self.array(name)[start:stop]
+        out = {"side_images": stored["side_images"], "labels": self.array("labels")[start:stop].astype(np.int64)}
+        if with_features:
+            dtype = self.metadata.storage.dtype
+            for name in ("keys", "values"):
+                out[name] = decode(stored[name], stored.get(scale_name(name)), dtype)
         return out
 
     def read_stored_into(self, start: int, stop: int, rows: dict[str, np.ndarray]) -> None:
@@ -137,12 +142,12 @@ class CacheReader:
         with samples [start, stop) in place: no temporary copy of a shard. Labels become int64.
         Large arrays are read in pieces of whole chunks (`read_pieces`)."""
         self._check(start, stop, list(rows))
-        with self._decoding(start, stop):
-            for name, destination in rows.items():
-                if name == "labels":
-                    destination[:] = self.array("labels")[start:stop]
-                    continue
-                array = self.array(name)
+        for name, destination in rows.items():
+            if name == "labels":
+                destination[:] = self.array("labels")[start:stop]
+                continue
+            array = self.array(name)
+            with self._decoding(start, stop, name):
                 for a, b in read_pieces(start, stop, self.metadata.storage.chunk_size, destination[:1].nbytes):
                     array.get_basic_selection(slice(a, b), out=as_nd_buffer(destination[a - start : b - start]))
 

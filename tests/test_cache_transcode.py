@@ -42,8 +42,10 @@ def _assert_same_store(got: Path, want: Path) -> None:
 
 
 def _compressor(path: Path, array: str) -> dict:
-    sharding = json.loads((path / array / "zarr.json").read_text())["codecs"][0]
-    return sharding["configuration"]["codecs"][-1]
+    """The compressor of an array's chunks: the codec before the crc32c that ends each chunk."""
+    chunk_codecs = json.loads((path / array / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
+    assert chunk_codecs[-1]["name"] == "crc32c"
+    return chunk_codecs[-2]
 
 
 def test_extract_in_another_codec_reencodes_the_same_features_without_the_lpm(tmp_path: Path, monkeypatch):

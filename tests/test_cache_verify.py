@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 import zarr
+
+import cache.integrity
+import cache.layout
 from typer.testing import CliRunner
 
 from cache.integrity import shard_file, verify_store
+from cache.layout import chunks_checksummed
 from cache.metadata import StorageSettings
 from cache.reader import read_metadata
 from cache.synthetic import synthetic_metadata, write_synthetic_cache
@@ -16,11 +20,18 @@ from pipeline.cli import app
 from pipeline.errors import UserError
 
 
-def _store(root: Path, dtype: str) -> Path:
+def _store(root: Path, dtype: str, chunk_checksums: bool = True) -> Path:
+    """A small store; without chunk checksums, as stores were written before each chunk ended with a crc32c."""
     storage = StorageSettings(dtype=dtype, codec="zstd", codec_level=3, shard_size=4, chunk_size=2)
     metadata = synthetic_metadata({"train": 6, "val": 3, "test": 3}, selected=5, head_dim=8, side_store_size=16,
                                   storage=storage)
-    return write_synthetic_cache(root, metadata)
+    with pytest.MonkeyPatch.context() as patch:
+        if not chunk_checksums:
+            patch.setattr(cache.layout, "compressors", cache.layout._compressor)
+        path = write_synthetic_cache(root, metadata)
+    group = zarr.open_group(path, mode="r")
+    assert all(chunks_checksummed(group[name]) == chunk_checksums for name in ("keys", "values", "side_images"))
+    return path
 
 
 def _flip_byte(path: Path, offset: int) -> None:
@@ -66,9 +77,11 @@ def _batches_until_error(store: Path) -> tuple[list[int], UserError]:
     return received, error.value
 
 
+@pytest.mark.parametrize("chunk_checksums", [True, False])
 @pytest.mark.parametrize("damage", ["flipped byte", "cut short"])
-def test_training_stops_at_a_damaged_shard_before_using_its_samples(tmp_path: Path, damage: str) -> None:
-    store = _store(tmp_path, "float16")
+def test_training_stops_at_a_damaged_shard_before_using_its_samples(tmp_path: Path, damage: str,
+                                                                     chunk_checksums: bool) -> None:
+    store = _store(tmp_path, "float16", chunk_checksums)
     damaged = shard_file(store, zarr.open_group(store, mode="r")["keys"], 1)
     if damage == "flipped byte":  # inside the compressed payload: blosc and zstd may still decode it
         _flip_byte(damaged, len(damaged.read_bytes()) // 3)
@@ -82,17 +95,19 @@ def test_training_stops_at_a_damaged_shard_before_using_its_samples(tmp_path: Pa
     assert "`fpt extract` command that built this store again" in message and "fpt cache verify" in message
 
 
-def test_each_shard_is_hashed_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cache.integrity as integrity
-
-    store = _store(tmp_path, "float16")
+@pytest.mark.parametrize("chunk_checksums", [True, False])
+def test_shard_files_are_hashed_once_per_process_only_without_chunk_checksums(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_checksums: bool) -> None:
+    store = _store(tmp_path, "float16", chunk_checksums)
     hashed: list[Path] = []
-    real = integrity.file_digest
-    monkeypatch.setattr(integrity, "file_digest", lambda path: hashed.append(path) or real(path))
+    real = cache.integrity.file_digest
+    monkeypatch.setattr(cache.integrity, "file_digest", lambda path: hashed.append(path) or real(path))
     for _ in range(2):  # two epochs, each from a reader of its own
         assert len(_all_train_batches(store)) == 3
-    # 6 train samples in shards 0 and 1 (4 per shard): keys, values and side images of each, once
-    assert len(hashed) == 6 and len(set(hashed)) == 6
+    if chunk_checksums:  # zarr checks every chunk's crc32c as it reads: no second read of the files
+        assert hashed == []
+    else:  # 6 train samples in shards 0 and 1 (4 per shard): keys, values and side images of each, once
+        assert len(hashed) == 6 and len(set(hashed)) == 6
 
 
 def _all_train_batches(store: Path) -> list:
