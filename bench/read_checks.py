@@ -13,7 +13,12 @@ default demo: L=6, H=3, n=205, Dh=64, 240/80/120 images; ViT-B/512: H=12, 64/16/
 float16, the default codec and shards), one store with chunk checksums and one without, in fresh
 processes, the three variants in a rotating order each round; the table gives the medians of the
 first epoch's training time, the later epochs' mean, and the whole run (training, evaluation,
-test). Figures, not assertions: the machine may be shared.
+test). "reading only" times the same epochs of the train split's batches without a model (read,
+decode to float32): the checks' share of that is the most they can cost an epoch. Fresh processes
+here differ by 10-15 % from run to run, more than the checks cost, so a last table reads the
+train split of both stores in one process, alternating store each epoch, and times the sha256
+of the split's shard files (what the check on a store without chunk checksums does once) against
+that epoch. Figures, not assertions: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -32,6 +37,58 @@ from cache.layout import compressors as COMPRESSORS  # noqa: E402
 
 SPLITS = {"demo": {"train": 240, "val": 80, "test": 120}, "vitb512": {"train": 64, "val": 16, "test": 16}}
 HEADS = {"demo": 3, "vitb512": 12}
+
+READ_ONE = """
+import json, sys, time
+from pathlib import Path
+import cache.integrity
+from cache.reader import CacheReader
+from stages.cache_batches import SplitBatches
+store, epochs, check = Path(sys.argv[1]), int(sys.argv[3]), sys.argv[4] == "on"
+if not check:
+    cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None
+batches = SplitBatches(CacheReader(store), "train", 16, shuffle=True, with_features=True)
+times = []
+for _ in range(epochs):
+    began = time.perf_counter()
+    for batch in batches.batches(reuse=1):
+        pass
+    times.append(time.perf_counter() - began)
+print(json.dumps({"epochs": times, "total": sum(times)}))
+"""
+
+INTERLEAVED = """
+import json, statistics, sys, time
+from pathlib import Path
+import cache.integrity
+from cache.integrity import file_digest, shard_file
+from cache.reader import CacheReader
+from stages.cache_batches import SplitBatches
+checked, plain, epochs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None  # the plain store: no check
+readers = {"crc32c": CacheReader(checked), "none": CacheReader(plain)}
+batches = {name: SplitBatches(reader, "train", 16, shuffle=True, with_features=True) for name, reader in readers.items()}
+times = {name: [] for name in readers}
+for epoch in range(epochs + 1):  # the first round only warms both stores and the allocator
+    for name in (("crc32c", "none") if epoch % 2 else ("none", "crc32c")):
+        began = time.perf_counter()
+        for batch in batches[name].batches(reuse=1):
+            pass
+        if epoch:
+            times[name].append(time.perf_counter() - began)
+reader = readers["none"]
+start, stop = reader.split_range("train")
+shards = range(start // reader.metadata.storage.shard_size, (stop - 1) // reader.metadata.storage.shard_size + 1)
+hashing = []
+for _ in range(3):  # what the sha256 check does once per process: hash the split's shard files
+    began = time.perf_counter()
+    for shard in shards:
+        for name in reader.stored_feature_arrays() + ("side_images",):
+            file_digest(shard_file(plain, reader.array(name), shard))
+    hashing.append(time.perf_counter() - began)
+print(json.dumps({"epoch_none": statistics.median(times["none"]), "epoch_crc32c": statistics.median(times["crc32c"]),
+                  "sha256_split": statistics.median(hashing), "epochs": times}))
+"""
 
 TRAIN_ONE = """
 import json, sys, time
@@ -75,9 +132,9 @@ def build(scenario: str, quick: bool, chunk_checksums: bool) -> Path:
         cache.layout.compressors = COMPRESSORS
 
 
-def run(store: Path, epochs: int, check: bool, scenario: str) -> dict:
-    command = [sys.executable, "-c", TRAIN_ONE, str(store), str(WORK / "read-checks-runs"), str(epochs),
-               "on" if check else "off", scenario]
+def run(store: Path, epochs: int, check: bool, scenario: str, reading_only: bool) -> dict:
+    command = [sys.executable, "-c", READ_ONE if reading_only else TRAIN_ONE, str(store), str(WORK / "read-checks-runs"),
+               str(epochs), "on" if check else "off", scenario]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     if done.returncode:
@@ -96,33 +153,51 @@ def main() -> None:
         args.epochs, args.rounds = 2, 1
     from cache.catalog import folder_bytes
 
-    rows, payload = [], {}
+    rows, interleaved_rows, payload = [], [], {}
     for scenario in args.scenarios:
         stores = {True: build(scenario, args.quick, True), False: build(scenario, args.quick, False)}
         variants = {"none": (stores[False], False), "crc32c": (stores[True], True), "sha256": (stores[False], True)}
-        runs: dict[str, list[dict]] = {name: [] for name in variants}
         names = list(variants)
-        for index in range(args.rounds):
-            for name in names[index % 3:] + names[:index % 3]:
-                store, check = variants[name]
-                runs[name].append(run(store, args.epochs, check, scenario))
+        payload[scenario] = {"store_mb": folder_bytes(stores[True]) / 1e6, "splits": SPLITS[scenario]}
+        for what, reading_only in (("train-side", False), ("reading only", True)):
+            runs: dict[str, list[dict]] = {name: [] for name in variants}
+            for index in range(args.rounds):
+                for name in names[index % 3:] + names[:index % 3]:
+                    store, check = variants[name]
+                    runs[name].append(run(store, args.epochs, check, scenario, reading_only))
 
-        def later(r: dict) -> float:
-            return statistics.mean(r["epochs"][1:]) if len(r["epochs"]) > 1 else float("nan")
+            def later(r: dict) -> float:
+                return statistics.mean(r["epochs"][1:]) if len(r["epochs"]) > 1 else float("nan")
 
-        figures = {}
-        for part, measure in (("first epoch", lambda r: r["epochs"][0]), ("later epochs", later),
-                              ("whole run", lambda r: r["total"])):
-            medians = {name: statistics.median(measure(r) for r in runs[name]) for name in variants}
-            base = medians["none"]
-            figures[part] = {name: {"seconds": value, "cost_percent": (value / base - 1) * 100}
-                             for name, value in medians.items()}
-            rows.append([scenario, part, base, medians["crc32c"], f"{(medians['crc32c'] / base - 1) * 100:+.1f} %",
-                         medians["sha256"], f"{(medians['sha256'] / base - 1) * 100:+.1f} %"])
-        payload[scenario] = {"store_mb": folder_bytes(stores[True]) / 1e6, "splits": SPLITS[scenario],
-                             "figures": figures, "runs": runs}
+            figures = {}
+            for part, measure in (("first epoch", lambda r: r["epochs"][0]), ("later epochs", later),
+                                  ("whole run", lambda r: r["total"])):
+                medians = {name: statistics.median(measure(r) for r in runs[name]) for name in variants}
+                base = medians["none"]
+                figures[part] = {name: {"seconds": value, "cost_percent": (value / base - 1) * 100}
+                                 for name, value in medians.items()}
+                rows.append([scenario, what, part, base, medians["crc32c"],
+                             f"{(medians['crc32c'] / base - 1) * 100:+.1f} %", medians["sha256"],
+                             f"{(medians['sha256'] / base - 1) * 100:+.1f} %"])
+            payload[scenario][what] = {"figures": figures, "runs": runs}
+        done = subprocess.run([sys.executable, "-c", INTERLEAVED, str(stores[True]), str(stores[False]),
+                               str(max(args.epochs, 2) * (1 if args.quick else 3))],
+                              cwd=ROOT, capture_output=True, text=True, check=False,
+                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+        if done.returncode:
+            raise SystemExit(done.stderr[-3000:])
+        interleaved = json.loads(done.stdout.strip().splitlines()[-1])
+        payload[scenario]["interleaved"] = interleaved
+        base = interleaved["epoch_none"]
+        interleaved_rows.append([scenario, base, interleaved["epoch_crc32c"],
+                                 f"{(interleaved['epoch_crc32c'] / base - 1) * 100:+.1f} %", interleaved["sha256_split"],
+                                 f"{interleaved['sha256_split'] / base * 100:.1f} %"])
+    print_table("Reading the train split, one process, stores alternating each epoch (medians)",
+                ["scenario", "epoch, no check (s)", "epoch, crc32c (s)", "crc32c cost per epoch",
+                 "sha256 of the split (s)", "sha256, once, of an epoch"], interleaved_rows)
     print_table(f"Read checks, {args.epochs} epochs, medians of {args.rounds} rounds of fresh processes",
-                ["scenario", "part", "none (s)", "crc32c (s)", "crc32c cost", "sha256 (s)", "sha256 cost"], rows)
+                ["scenario", "measured", "part", "none (s)", "crc32c (s)", "crc32c cost", "sha256 (s)", "sha256 cost"],
+                rows)
     write_results("read_checks", {"epochs": args.epochs, "rounds": args.rounds, "scenarios": payload})
 
 

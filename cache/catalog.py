@@ -69,11 +69,12 @@ def find_cache(config: PipelineConfig, source: Path, explicit: Path | None = Non
             )
         problems = contradictions(config, metadata, source)
         if problems:
+            moved = any(problem.startswith("images:") for problem in problems)
             raise UserError(
                 f"The cache {explicit} was built with other settings than this run asks for: " + "; ".join(problems) + ".",
-                "Train with settings that match the cache, or run `fpt extract` with the new settings first "
-                "(for images that moved, `fpt extract --data-root NEW_FOLDER` adds the folder to the cache "
-                "without running the LPM when the images are the same).",
+                "Train with settings that match the cache, or run `fpt extract` with the new settings first"
+                + (f" (if the images moved, `{extract_command_for(config.dataset.name, source)}` adds their folder to "
+                   "the cache without running the LPM when they are the same images)." if moved else "."),
             )
         return explicit
     extract_command = extract_command_for(config.dataset.name, source)

@@ -83,7 +83,7 @@ def extract(
 def train_side_command(
     from_cache: Annotated[bool, typer.Option("--from-cache", help="Train from the feature cache (the only mode; the LPM is never loaded).")] = True,
     dataset: DatasetOption = None,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="A specific cache store (default: the newest matching one).")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="A specific cache store (default: the one extracted from this dataset's images with these settings).")] = None,
     no_prompts: Annotated[bool, typer.Option("--no-prompts", help="Train the side network alone (baseline).")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -223,7 +223,7 @@ def sweep(
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="tcp://HOST:PORT of a running dask scheduler (default: a LocalCluster sized to this machine).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="At most this many local dask workers.")] = None,
     dataset: DatasetOption = None,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="A specific cache store (default: the newest matching one).")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="A specific cache store (default: the one extracted from this dataset's images with these settings).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     data_root: DataRootOption = None,
