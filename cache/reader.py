@@ -119,8 +119,9 @@ class CacheReader:
         except (RuntimeError, ValueError, OSError) as error:
             shard = start // self.metadata.storage.shard_size
             sample_ids = [str(x) for x in self.group["sample_ids"][slice(*self.metadata.shard_range(shard))]]
-            raise damaged_shard_error(self.path, self.metadata, shard, [name], sample_ids,
-                                      f"fails its checksum or cannot be decoded ({error})") from None
+            why = ("fails its chunk checksum (crc32c)" if "checksum" in str(error).lower()
+                   else f"cannot be decoded ({error})")
+            raise damaged_shard_error(self.path, self.metadata, shard, [name], sample_ids, why) from None
 
     def read(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
         """Arrays of samples [start, stop): keys, values (if asked; decoded to floats), side_images, labels."""

@@ -280,23 +280,29 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
     from cache.catalog import folder_bytes, list_caches
 
     cfg = _load(config, set_, None)
+    caches = list_caches(cfg.cache.root)
     table = Table(title=f"Caches under {cfg.cache.root}")
-    for column in ("store", "dataset", "images from", "LPM", "layers", "ratio", "importance", "dtype", "samples", "size",
-                   "state"):
-        # store names and sources are copied into commands: folded onto several lines, never cut
+    # a store's name is copied into commands: kept whole on one line, the other columns wrap
+    longest = max([len(path.name) for path, _, _ in caches] + [5])
+    table.add_column("store", no_wrap=True, min_width=longest)
+    for column in ("dataset", "LPM", "layers", "ratio", "importance", "dtype", "samples", "size", "state"):
         table.add_column(column, overflow="fold")
-    for path, meta, problem in list_caches(cfg.cache.root):
+    for path, meta, problem in caches:
         size = folder_bytes(path)
         if meta is None:
-            table.add_row(path.name, "?", "?", "?", "?", "?", "?", "?", "?", f"{size / 1e6:.1f} MB", problem)
+            table.add_row(path.name, "?", "?", "?", "?", "?", "?", "?", f"{size / 1e6:.1f} MB", problem)
             continue
         table.add_row(
-            path.name, meta.dataset, "\n".join(meta.sources) or "not recorded", meta.lpm.name,
-            ",".join(map(str, meta.extraction.layers)), f"{meta.extraction.token_ratio:g}", meta.extraction.importance,
-            f"{meta.storage.dtype}/{meta.storage.codec}", str(meta.num_samples), f"{size / 1e6:.1f} MB",
-            "complete" if meta.complete else "INCOMPLETE",
+            path.name, meta.dataset, meta.lpm.name, ",".join(map(str, meta.extraction.layers)),
+            f"{meta.extraction.token_ratio:g}", meta.extraction.importance, f"{meta.storage.dtype}/{meta.storage.codec}",
+            str(meta.num_samples), f"{size / 1e6:.1f} MB", "complete" if meta.complete else "INCOMPLETE",
         )
     console.print(table)
+    # where each store's images came from, one line each, whole (paths are long and copied)
+    for path, meta, _ in caches:
+        if meta is not None:
+            sources = ", ".join(meta.sources) or "not recorded (running `fpt extract` on the same images records it)"
+            console.print(f"{path.name}: images from {sources}", highlight=False, soft_wrap=True)
 
 
 @cache_app.command("transcode")

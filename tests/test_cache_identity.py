@@ -53,8 +53,10 @@ def test_changed_setting_or_image_builds_a_new_cache_beside_the_old(tmp_path: Pa
 
     result = CliRunner().invoke(app, ["cache", "list", *cli_args(tiny_assignments(tmp_path))], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.output.splitlines() if ".zarr" in line]
+    rows = [line for line in result.output.splitlines() if ".zarr" in line and line.startswith("│")]
     assert len(rows) == 3
+    sources = [line for line in result.output.splitlines() if ".zarr: images from " in line]
+    assert sorted(sources) == sorted(f"{name}: images from {demo_source(tmp_path)}" for name in stores)
     ratio_column = {name.split(".zarr")[0]: line for line in rows for name in stores if name.split(".zarr")[0] in line}
     assert "0.5" in ratio_column[other_ratio.path.stem] and "0.5" not in ratio_column[base.path.stem]
     for line, path in ((ratio_column[p.stem], p) for p in (base.path, other_ratio.path, changed_image.path)):
