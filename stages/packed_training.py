@@ -45,13 +45,13 @@ from stages.rng_stream import RngStream
 from stages.settings_check import raise_side_problems, side_problems
 from stages.stacked_model import StackedModels, stackable
 from stages.stack_threads import StackThreads
-from stages.trained_run import read_run
 from stages.stacked_step import StepMember, dropout_masks, member_update, stacked_losses
 from stages.train_side import (
     EpochRecord, ReadyBatch, TrainResult, adamw, half_cycle_cosine, model_spec, optimization_step, predict_many,
     predict_models, ready_batches, use_prefetch,
 )
 from stages.resume_state import keep_epoch_lines, metrics_from_state, metrics_to_state, resume_path, save_resume_state
+from stages.trained_run import read_run
 from stages.run_folder import (
     append_jsonl, copy_file, load_checkpoint, new_run_dir, save_checkpoint, save_tensors, write_config, write_json,
     write_predictions,

@@ -9,9 +9,9 @@ Stage two checks the same side settings against the cache's LPM before it builds
 
 from __future__ import annotations
 
+from cache.metadata import ExtractionSettings
 from pipeline.config import PipelineConfig, SideConfig
 from pipeline.errors import UserError
-from cache.metadata import ExtractionSettings
 from stages.lpm import LPMIdentity, lpm_architecture
 from stages.token_selection import num_selected
 
