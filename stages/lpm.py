@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from pipeline.config import LPMConfig
 from pipeline.errors import UserError
+from stages.lpm_families import check_family
 
 
 class LPMIdentity(BaseModel):
@@ -31,6 +32,7 @@ class LPMIdentity(BaseModel):
     depth: int
     num_prefix_tokens: int
     num_params: int
+    class_token: bool = True  # token 0 is a class token (global-pool models have none)
 
 
 def file_sha256(path: Path, block_size: int = 1 << 22) -> str:
@@ -113,24 +115,20 @@ def lpm_architecture(config: LPMConfig, input_size: int) -> LPMIdentity:
 
 
 def describe_lpm(model: torch.nn.Module, name: str, source: str, identity: str) -> LPMIdentity:
-    blocks = getattr(model, "blocks", None)
-    attn = getattr(blocks[0], "attn", None) if blocks is not None and len(blocks) else None
-    if attn is None or not hasattr(attn, "qkv"):
-        raise UserError(
-            f"The model {name} is not a ViT with standard self-attention blocks "
-            "(blocks[i].attn.qkv), so its keys and values cannot be read.",
-            "Use a timm VisionTransformer such as vit_base_patch16_384 or vit_base_patch8_224.dino.",
-        )
+    check_family(model, name)
+    attn = model.blocks[0].attn
     patch = model.patch_embed.patch_size
+    head_dim = getattr(attn, "head_dim", None) or model.embed_dim // attn.num_heads
     return LPMIdentity(
         name=name,
         weights_source=source,
         weights_identity=identity,
         embed_dim=model.embed_dim,
         num_heads=attn.num_heads,
-        head_dim=attn.head_dim,
+        head_dim=head_dim,
         patch_size=int(patch[0] if isinstance(patch, (tuple, list)) else patch),
-        depth=len(blocks),
+        depth=len(model.blocks),
         num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
         num_params=sum(p.numel() for p in model.parameters()),
+        class_token=getattr(model, "cls_token", None) is not None,
     )

@@ -29,6 +29,12 @@ def extraction_settings(config: PipelineConfig, lpm: LPMIdentity) -> ExtractionS
             f"extract.layers asks for layer {max(extract.layers)} but {lpm.name} has {lpm.depth} blocks (0..{lpm.depth - 1}).",
             "Choose layers inside that range, e.g. the last half of the blocks.",
         )
+    if extract.importance == "class_token" and not lpm.class_token:
+        raise UserError(
+            f"extract.importance is class_token, but {lpm.name} has no class token (it pools its patch tokens), "
+            "so there is no class query to rank the tokens by.",
+            "Use extract.importance=global, or an LPM with a class token.",
+        )
     tokens = lpm.num_prefix_tokens + (extract.input_size // lpm.patch_size) ** 2
     return ExtractionSettings(
         input_size=extract.input_size,
