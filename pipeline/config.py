@@ -63,6 +63,11 @@ class LPMConfig(StrictModel):
         "explicit), or a path to a local .safetensors/.pth/.bin file.",
     )
     init_seed: int = 0
+    checkpoint_key: str = Field(
+        default="auto",
+        description="Where a weights file keeps the encoder's state dict: auto (the file itself, or under "
+                    "model, state_dict, teacher, ...), or a key such as model or teacher.",
+    )
 
 
 class ExtractConfig(StrictModel):

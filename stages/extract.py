@@ -160,7 +160,7 @@ def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: s
             "Every split needs at least one labelled image.",
         )
     fingerprint = dataset_fingerprint(dataset.samples)
-    vit, lpm = build_lpm(config.lpm, config.extract.input_size)
+    vit, lpm = build_lpm(config.lpm, config.extract.input_size, dataset.notes)
     metadata = build_metadata(config, dataset, lpm, fingerprint)
     path = config.cache.root / store_name(dataset.name, metadata.cache_key)
     source = dataset_source(config)

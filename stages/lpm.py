@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from pipeline.config import LPMConfig
 from pipeline.errors import UserError
+from stages.lpm_checkpoint import load_encoder
 from stages.lpm_families import check_family
 
 
@@ -54,7 +55,7 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
 def _create(name: str, input_size: int, **kwargs: object) -> torch.nn.Module:
     import timm
 
-    if not timm.is_model(name):
+    if not name.startswith("hf-hub:") and not timm.is_model(name):  # hf-hub:org/repo is timm's own name for a hub repo
         raise UserError(
             f"timm knows no model called {name!r} (lpm.name).",
             "Use a timm ViT name such as vit_base_patch16_384.orig_in21k_ft_in1k; "
@@ -63,8 +64,9 @@ def _create(name: str, input_size: int, **kwargs: object) -> torch.nn.Module:
     return timm.create_model(name, img_size=input_size, num_classes=0, **kwargs)
 
 
-def build_lpm(config: LPMConfig, input_size: int) -> tuple[torch.nn.Module, LPMIdentity]:
-    """The frozen LPM in eval mode at `input_size`, and its identity."""
+def build_lpm(config: LPMConfig, input_size: int, notes: list[str] | None = None) -> tuple[torch.nn.Module, LPMIdentity]:
+    """The frozen LPM in eval mode at `input_size`, and its identity; what loading a weights file found
+    (wrappers, prefixes, keys left out) is appended to `notes`."""
     weights = config.weights.strip()
     if weights.lower() == "none":
         torch.manual_seed(config.init_seed)
@@ -89,17 +91,10 @@ def build_lpm(config: LPMConfig, input_size: int) -> tuple[torch.nn.Module, LPMI
                 f"The LPM weights file {path} (lpm.weights) does not exist.",
                 "Give the path to a .safetensors, .pth or .bin file, 'hub', or 'none'.",
             )
-        try:
-            model = _create(
-                config.name, input_size, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
-            )
-        except UserError:
-            raise
-        except Exception as error:
-            raise UserError(
-                f"The weights in {path} do not load into {config.name} ({error}).",
-                "Check that lpm.name is the architecture the file was saved from.",
-            ) from None
+        model = _create(config.name, input_size, pretrained=False)
+        found = load_encoder(model, path, config.checkpoint_key, config.name)
+        if notes is not None:
+            notes.extend(found)
         source, identity = "file", "sha256:" + file_sha256(path)
     model.eval().requires_grad_(False)
     return model, describe_lpm(model, config.name, source, identity)
