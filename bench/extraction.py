@@ -157,7 +157,7 @@ def main() -> None:
                   f"{torch.get_num_threads()} torch threads")
 
     def selector(chunk: int) -> TokenSelectingLPM:
-        return TokenSelectingLPM(vit, extract.layers, extract.token_ratio, extract.importance, chunk).to(device)
+        return TokenSelectingLPM(vit, extract.resolved_layers(len(vit.blocks)), extract.token_ratio, extract.importance, chunk).to(device)
 
     if args.pairs:
         time_pairs(args, config, sets, vit, lpm, batches, device, count)

@@ -156,7 +156,7 @@ def run_variant(args: argparse.Namespace) -> dict:
 
             vit, _ = build_lpm(config.lpm, config.extract.input_size)
             extract = config.extract
-            selector = TokenSelectingLPM(vit, extract.layers, extract.token_ratio, extract.importance, extract.query_chunk)
+            selector = TokenSelectingLPM(vit, extract.resolved_layers(len(vit.blocks)), extract.token_ratio, extract.importance, extract.query_chunk)
             step_seconds: list[float] = []
             began = time.perf_counter()
             for side, lpm_input, labels in loader:

@@ -31,7 +31,7 @@ class ExtractionSettings(BaseModel):
 class Normalization(BaseModel):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    source: Literal["dataset", "auto", "imagenet"]
+    source: Literal["dataset", "auto", "imagenet", "lpm"]
 
 
 class StorageSettings(BaseModel):

@@ -271,7 +271,7 @@ def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
     for layout, expects in {spec.layout: spec.expects for spec in REGISTRY.values()}.items():
         console.print(f"[bold]{layout}[/bold]: {expects}", highlight=False)
     console.print("Files are looked for in dataset.data_root/<name>; set dataset.path (or pass --data-root to "
-                  "extract) for another folder. auto mean/std: computed from the train split, stored in the cache.")
+                  "extract) for another folder. auto mean/std: computed from the train split at full resolution, stored in the cache.")
 
 
 @cache_app.command("list")

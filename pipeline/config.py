@@ -31,9 +31,10 @@ class DatasetConfig(StrictModel):
     )
     csv: Path | None = Field(default=None, description="For the `csv` layout: path,label[,split] file.")
     classes: list[str] | None = Field(default=None, description="Class names for `folder`/`csv`.")
-    normalization: Literal["dataset", "auto", "imagenet"] = Field(
+    normalization: Literal["dataset", "auto", "imagenet", "lpm"] = Field(
         default="dataset",
-        description="dataset: the registry's values; auto: computed from the train split.",
+        description="dataset: the paper's published values for its datasets (auto for others); auto: computed "
+                    "from the train split at full resolution; imagenet; lpm: timm's mean/std of the LPM.",
     )
     keep_ungradable: bool = False
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
@@ -72,7 +73,11 @@ class LPMConfig(StrictModel):
 
 class ExtractConfig(StrictModel):
     input_size: int = Field(default=512, ge=32)
-    layers: list[int] = Field(default_factory=lambda: [6, 7, 8, 9, 10, 11], min_length=1)
+    layers: list[int] | Literal["last_half"] = Field(
+        default="last_half",
+        description="The LPM blocks whose attention is used: last_half (the paper's choice: 6..11 of 12 blocks, "
+                    "12..23 of ViT-L's 24) or a list of block indices.",
+    )
     token_ratio: float = Field(default=0.2, gt=0, le=1)
     importance: Literal["global", "class_token"] = "global"
     batch_size: int = Field(default=8, ge=1)
@@ -96,12 +101,20 @@ class ExtractConfig(StrictModel):
 
     @field_validator("layers")
     @classmethod
-    def _layers_sorted_unique(cls, layers: list[int]) -> list[int]:
+    def _layers_sorted_unique(cls, layers: list[int] | str) -> list[int] | str:
+        if isinstance(layers, str):
+            return layers
+        if not layers:
+            raise ValueError("give at least one layer, or last_half")
         if any(layer < 0 for layer in layers):
             raise ValueError("layer indices must be >= 0")
         if len(set(layers)) != len(layers):
             raise ValueError("layer indices must be unique")
         return sorted(layers)
+
+    def resolved_layers(self, depth: int) -> list[int]:
+        """The chosen block indices for an LPM of `depth` blocks."""
+        return list(range(depth // 2, depth)) if self.layers == "last_half" else list(self.layers)
 
 
 class CacheConfig(StrictModel):

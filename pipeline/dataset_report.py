@@ -24,8 +24,8 @@ def print_dataset_report(report: DatasetReport, console: Console) -> None:
     for note in report.notes:
         console.print(note, highlight=False)
     if report.mean is not None and report.std is not None:
-        mean = ", ".join(f"{x:.4f}" for x in report.mean)
-        std = ", ".join(f"{x:.4f}" for x in report.std)
+        mean = ", ".join(f"{x:.5f}" for x in report.mean)
+        std = ", ".join(f"{x:.5f}" for x in report.std)
         console.print(f"Normalisation ({report.normalization_source}): mean ({mean}), std ({std}).")
     for problem in report.problems:
         style = "bold red" if problem.severity == "error" else "yellow"

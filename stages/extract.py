@@ -247,7 +247,8 @@ def _extract_into(
 ) -> int:
     metadata = writer.metadata
     extract = config.extract
-    selector = TokenSelectingLPM(vit, extract.layers, extract.token_ratio, extract.importance, extract.query_chunk).to(device)
+    selector = TokenSelectingLPM(vit, metadata.extraction.layers, extract.token_ratio, extract.importance,
+                                 extract.query_chunk).to(device)
     assert dataset.mean is not None and dataset.std is not None
     images = ExtractionImages(dataset.samples, indices, extract.input_size, extract.side_store_size,
                               metadata.normalization.mean, metadata.normalization.std)

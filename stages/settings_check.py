@@ -24,10 +24,11 @@ def extraction_settings(config: PipelineConfig, lpm: LPMIdentity) -> ExtractionS
             f"extract.input_size {extract.input_size} is not a multiple of the LPM's patch size {lpm.patch_size}.",
             f"Use e.g. {max(1, extract.input_size // lpm.patch_size) * lpm.patch_size}.",
         )
-    if max(extract.layers) >= lpm.depth:
+    layers = extract.resolved_layers(lpm.depth)
+    if max(layers) >= lpm.depth:
         raise UserError(
-            f"extract.layers asks for layer {max(extract.layers)} but {lpm.name} has {lpm.depth} blocks (0..{lpm.depth - 1}).",
-            "Choose layers inside that range, e.g. the last half of the blocks.",
+            f"extract.layers asks for layer {max(layers)} but {lpm.name} has {lpm.depth} blocks (0..{lpm.depth - 1}).",
+            "Choose layers inside that range, or extract.layers=last_half (the last half of the blocks).",
         )
     if extract.importance == "class_token" and not lpm.class_token:
         raise UserError(
@@ -38,7 +39,7 @@ def extraction_settings(config: PipelineConfig, lpm: LPMIdentity) -> ExtractionS
     tokens = lpm.num_prefix_tokens + (extract.input_size // lpm.patch_size) ** 2
     return ExtractionSettings(
         input_size=extract.input_size,
-        layers=extract.layers,
+        layers=layers,
         token_ratio=extract.token_ratio,
         importance=extract.importance,
         num_tokens=tokens,

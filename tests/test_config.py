@@ -18,7 +18,9 @@ def test_pipeline_yaml_holds_the_paper_defaults():
     assert config.lpm.name == "vit_base_patch16_384.orig_in21k_ft_in1k"
     assert config.lpm.weights == "hub"
     assert config.extract.input_size == 512
-    assert config.extract.layers == [6, 7, 8, 9, 10, 11]
+    assert config.extract.layers == "last_half"
+    assert config.extract.resolved_layers(12) == [6, 7, 8, 9, 10, 11]  # ViT-B/16: the paper's 6..11
+    assert config.extract.resolved_layers(24) == list(range(12, 24))  # ViT-L (RETFound): its last half
     assert config.extract.token_ratio == 0.2
     assert config.extract.importance == "global"
     assert config.side.num_prompts == 16 and config.side.reduction == 8 and config.side.input_size == 128

@@ -75,7 +75,7 @@ def test_dry_run_on_a_good_ddr_tree_counts_the_ungradable(tmp_path, no_lpm, wide
     assert result.exit_code == 0, result.output
     assert "2 image(s), ungradable (grade 5)" in result.output
     assert "ready for extraction" in result.output
-    assert "mean (0.4237, 0.2609, 0.1284)" in result.output  # DDR's published normalisation
+    assert "mean (0.42374, 0.26095, 0.12840), std (0.29483, 0.20167, 0.13668)" in result.output  # published (METHOD.md)
 
 
 def test_structural_errors_stop_extraction_before_the_lpm(tmp_path, no_lpm):
@@ -230,3 +230,25 @@ def test_a_split_missing_a_class_is_a_warning_and_a_note(tmp_path, no_lpm, wide_
     assert "ready for extraction" in result.output and "not ready" not in result.output
     dataset = resolve_dataset(config_for("folder", root), show_progress=False)
     assert any("test split has no images of class(es) ['c']" in note for note in dataset.notes)
+
+
+def test_auto_normalisation_is_taken_at_full_resolution(tmp_path):
+    """One-pixel detail: a thumbnail averages it away (std near 0); the full-resolution std is 0.5."""
+    root = tmp_path / "tree"
+    checker = (np.indices((256, 256)).sum(0) % 2 * 255).astype(np.uint8)
+    for name in ("train/a/1.png", "train/b/2.png", "val/a/3.png", "val/b/4.png", "test/a/5.png", "test/b/6.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.stack([checker] * 3, axis=-1)).save(root / name)
+    dataset = resolve_dataset(config_for("folder", root, "dataset.normalization=auto"), show_progress=False)
+    assert np.allclose(dataset.mean, 0.5, atol=1e-6) and np.allclose(dataset.std, 0.5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lpm, expected_mean", [
+    ("vit_small_patch14_dinov2", (0.485, 0.456, 0.406)),  # ImageNet's
+    ("eva02_tiny_patch14_224", (0.48145466, 0.4578275, 0.40821073)),  # CLIP's
+])
+def test_lpm_normalisation_is_the_one_the_lpm_was_trained_with(tmp_path, lpm, expected_mean):
+    root = class_tree(tmp_path / "tree", ["a", "b"])
+    dataset = resolve_dataset(config_for("folder", root, "dataset.normalization=lpm", f"lpm.name={lpm}"),
+                              show_progress=False)
+    assert dataset.mean == pytest.approx(expected_mean)

@@ -58,7 +58,7 @@ class DatasetReport(BaseModel):
 def validate_dataset(config: PipelineConfig, show_progress: bool = True) -> DatasetReport:
     began = time.perf_counter()
     spec, layout = read_layout(config, show_progress)
-    checks = scan_images(layout.samples, show_progress)
+    checks = scan_images(layout.samples, show_progress, full_resolution_stats=normalization_source(config) == "auto")
     counts = {split: [0] * len(layout.class_names) for split in SPLITS}
     for check in checks:
         if check.ok and 0 <= check.sample.label < len(layout.class_names):
