@@ -12,13 +12,19 @@ from pipeline.errors import UserError
 
 
 class Metrics(BaseModel):
+    """The paper's scores. For more than two classes F1, precision and recall are macro averages; for a
+    binary task (isic2016, cmmd, chncxr) they are the positive class's (label 1), as published, and
+    sensitivity and specificity are given too (None for more than two classes)."""
+
     accuracy: float
-    macro_f1: float
+    macro_f1: float  # the macro F1, or the positive class's F1 for a binary task
     auc: float  # one-vs-rest macro for > 2 classes; NaN if a class is absent
     precision: float
     recall: float
     kappa: float  # quadratic-weighted
     loss: float | None = None
+    sensitivity: float | None = None  # binary tasks: the positive class's recall
+    specificity: float | None = None  # binary tasks: the negative class's recall
 
 
 def auc_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -85,12 +91,17 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, loss: 
     counts = confusion_counts(labels, probabilities.argmax(axis=1), probabilities.shape[1])
     correct = np.diag(counts).astype(np.float64)
     predicted, actual = counts.sum(axis=0), counts.sum(axis=1)
+    f1, precision, recall = _share(2 * correct, predicted + actual), _share(correct, predicted), _share(correct, actual)
+    binary = probabilities.shape[1] == 2
     return Metrics(
         accuracy=float(correct.sum() / max(len(labels), 1)),
-        macro_f1=float(_share(2 * correct, predicted + actual).mean()),
+        # a binary task reports the positive class's scores (METHOD.md), the others their macro averages
+        macro_f1=float(f1[1] if binary else f1.mean()),
         auc=auc_score(labels, probabilities),
-        precision=float(_share(correct, predicted).mean()),
-        recall=float(_share(correct, actual).mean()),
+        precision=float(precision[1] if binary else precision.mean()),
+        recall=float(recall[1] if binary else recall.mean()),
         kappa=quadratic_kappa(counts),
         loss=loss,
+        sensitivity=float(recall[1]) if binary else None,
+        specificity=float(recall[0]) if binary else None,
     )

@@ -94,3 +94,23 @@ def test_confusion_matrix_scores_equal_sklearns(case: str) -> None:
     assert metrics.macro_f1 == pytest.approx(f1, abs=1e-12)
     # sklearn's kappa is NaN (0 / 0) when no disagreement is expected by chance; we report 0
     assert metrics.kappa == pytest.approx(0.0 if np.isnan(kappa) else kappa, abs=1e-12)
+
+
+@pytest.mark.parametrize("case", ["random", "positive class never predicted"])
+def test_binary_tasks_report_the_positive_class_with_sensitivity_and_specificity(case: str) -> None:
+    from sklearn.metrics import precision_recall_fscore_support, recall_score
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 120)
+    probabilities = rng.dirichlet(np.ones(2), 120)
+    if case == "positive class never predicted":
+        probabilities[:, 1] = 0.0
+    predictions = probabilities.argmax(axis=1)
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, pos_label=1, average="binary",
+                                                               zero_division=0)
+    metrics = classification_metrics(labels, probabilities)
+    assert metrics.precision == pytest.approx(precision, abs=1e-12)
+    assert metrics.recall == pytest.approx(recall, abs=1e-12) and metrics.sensitivity == pytest.approx(recall)
+    assert metrics.macro_f1 == pytest.approx(f1, abs=1e-12)
+    assert metrics.specificity == pytest.approx(recall_score(labels, predictions, pos_label=0), abs=1e-12)
+    assert classification_metrics(rng.integers(0, 3, 50), rng.dirichlet(np.ones(3), 50)).sensitivity is None
