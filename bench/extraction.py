@@ -43,7 +43,7 @@ def decoded_batches(config, batch_size: int) -> tuple[list[torch.Tensor], float]
 
     dataset = resolve_dataset(config, show_progress=False)
     images = ExtractionImages(dataset.samples, list(range(len(dataset.samples))), config.extract.input_size,
-                              config.extract.side_store_size, dataset.mean, dataset.std)
+                              config.extract.side_store_size, dataset.mean, dataset.std, config.extract.resize)
     began = time.perf_counter()
     tensors = [images[i][1] for i in range(len(images))]
     seconds = time.perf_counter() - began

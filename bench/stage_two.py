@@ -102,7 +102,8 @@ class OriginalImages(torch.utils.data.Dataset):
         side = self.transform(image)
         label = torch.tensor(entry["label"])
         if self.with_lpm_input:
-            lpm_input = normalized_tensor(resize_square(image, self.config.extract.input_size), self.norm.mean, self.norm.std)
+            lpm_input = normalized_tensor(resize_square(image, self.config.extract.input_size, self.config.extract.resize),
+                                          self.norm.mean, self.norm.std)
             return side, lpm_input, label
         tensors = load_file(entry["file"])
         return side, tensors["keys"], tensors["values"], label

@@ -91,6 +91,11 @@ class ExtractConfig(StrictModel):
     side_store_size: int = Field(
         default=144, description="Side images are stored at this size (uint8) for crop/flip."
     )
+    resize: Literal["pil-bilinear", "pil-bicubic"] = Field(
+        default="pil-bilinear",
+        description="How images are resized to the LPM input and the stored side size: PIL's antialiased "
+                    "bilinear (the published preprocessing) or bicubic.",
+    )
     query_chunk: int = Field(
         default=128, ge=1, description="Queries per block when scoring tokens (bounds memory; 128 was fastest on CPU)."
     )

@@ -69,13 +69,14 @@ class ExtractionImages(Dataset):
     """Decodes one image into (index, LPM input, stored side image, error message)."""
 
     def __init__(self, samples: list[Sample], indices: list[int], input_size: int, side_size: int,
-                 mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+                 mean: tuple[float, float, float], std: tuple[float, float, float], resize: str) -> None:
         self.samples = samples
         self.indices = indices
         self.input_size = input_size
         self.side_size = side_size
         self.mean = mean
         self.std = std
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -87,8 +88,8 @@ class ExtractionImages(Dataset):
         except ImageDecodeError as error:
             blank = torch.zeros(3, self.input_size, self.input_size)
             return index, blank, np.zeros((self.side_size, self.side_size, 3), np.uint8), error.reason
-        lpm_input = normalized_tensor(resize_square(image, self.input_size), self.mean, self.std)
-        return index, lpm_input, side_image(image, self.side_size), ""
+        lpm_input = normalized_tensor(resize_square(image, self.input_size, self.resize), self.mean, self.std)
+        return index, lpm_input, side_image(image, self.side_size, self.resize), ""
 
 
 @dataclass
@@ -251,7 +252,7 @@ def _extract_into(
                                  extract.query_chunk).to(device)
     assert dataset.mean is not None and dataset.std is not None
     images = ExtractionImages(dataset.samples, indices, extract.input_size, extract.side_store_size,
-                              metadata.normalization.mean, metadata.normalization.std)
+                              metadata.normalization.mean, metadata.normalization.std, metadata.extraction.resize)
     loader = DataLoader(
         images, batch_size=extract.batch_size, shuffle=False, num_workers=decode_workers(extract.num_workers, device),
         pin_memory=device.type == "cuda", persistent_workers=False,

@@ -117,7 +117,7 @@ def predict_images(
     settings, norm = metadata.extraction, metadata.normalization
     samples = [Sample(sample_id=str(path), path=path, label=-1, split="test") for path in files]
     images = ExtractionImages(samples, list(range(len(samples))), settings.input_size, settings.side_store_size,
-                              norm.mean, norm.std)
+                              norm.mean, norm.std, settings.resize)  # resized as the run's cache was
     loader = DataLoader(images, batch_size=config.extract.batch_size, shuffle=False,
                         num_workers=decode_workers(config.extract.num_workers, device))
     results: list[Prediction] = []

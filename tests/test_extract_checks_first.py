@@ -53,3 +53,27 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_refused_before_the_scan(tmp
     with pytest.raises(UserError) as refused:
         run_extract(tiny_config(tmp_path, "extract.device=cuda"), show_progress=False)
     assert "no CUDA GPU is available" in refused.value.paragraph()
+
+
+def test_the_lpm_input_is_resized_as_published_and_the_method_is_part_of_the_key(tmp_path: Path) -> None:
+    """PIL's antialiased bilinear resize by default (METHOD.md); bicubic on request, in another store."""
+    import numpy as np
+    from PIL import Image
+
+    from stages.extract import ExtractionImages
+    from stages.datasets.samples import Sample
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "image.png"
+    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(path)
+    sample = [Sample(sample_id="image.png", path=path, label=0, split="train")]
+    zero, one = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    for method, pil_filter in (("pil-bilinear", Image.Resampling.BILINEAR), ("pil-bicubic", Image.Resampling.BICUBIC)):
+        _, lpm_input, side, _ = ExtractionImages(sample, [0], 64, 40, zero, one, method)[0]
+        expected = np.asarray(Image.open(path).convert("RGB").resize((64, 64), pil_filter), dtype=np.float32) / 255
+        assert np.allclose(lpm_input.permute(1, 2, 0).numpy(), expected, atol=1e-6), method
+        assert side.shape == (40, 40, 3)
+    bilinear = run_extract(tiny_config(tmp_path), show_progress=False)
+    bicubic = run_extract(tiny_config(tmp_path, "extract.resize=pil-bicubic"), show_progress=False)
+    assert bilinear.metadata.extraction.resize == "pil-bilinear" and bicubic.metadata.extraction.resize == "pil-bicubic"
+    assert bilinear.path != bicubic.path

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
-RESAMPLE = Image.Resampling.BICUBIC
+# extract.resize: how the LPM input and the stored side image are resized. PIL's filters widen with
+# the scale when shrinking, so both are antialiased; bilinear is the published preprocessing (METHOD.md).
+RESIZE_FILTERS = {"pil-bilinear": Image.Resampling.BILINEAR, "pil-bicubic": Image.Resampling.BICUBIC}
 MAX_DECODED_PIXELS = 2 * 89_478_485
 ORIENTATION_TAG = 0x0112
 Image.MAX_IMAGE_PIXELS = None  # replaced by the check on the decoded size in open_rgb
@@ -95,10 +97,11 @@ def open_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
         raise ImageDecodeError(path, f"cannot decode image ({error})") from None
 
 
-def resize_square(image: Image.Image, size: int) -> Image.Image:
+def resize_square(image: Image.Image, size: int, method: str = "pil-bilinear") -> Image.Image:
+    """`image` resized to size x size (the aspect is not kept, as published) with `method` (RESIZE_FILTERS)."""
     if image.size == (size, size):
         return image
-    return image.resize((size, size), RESAMPLE)
+    return image.resize((size, size), RESIZE_FILTERS[method])
 
 
 def normalized_tensor(
@@ -111,6 +114,6 @@ def normalized_tensor(
     return (array - mean_t) / std_t
 
 
-def side_image(image: Image.Image, stored_size: int) -> np.ndarray:
+def side_image(image: Image.Image, stored_size: int, method: str = "pil-bilinear") -> np.ndarray:
     """The side network's image as stored in the cache: stored_size x stored_size x 3 uint8."""
-    return np.asarray(resize_square(image, stored_size), dtype=np.uint8).copy()
+    return np.asarray(resize_square(image, stored_size, method), dtype=np.uint8).copy()
