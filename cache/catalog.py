@@ -40,8 +40,9 @@ def contradictions(config: PipelineConfig, metadata: CacheMetadata, source: Path
         problems.append(f"images: cache extracted from {' and '.join(metadata.sources)}, requested {source}")
     if metadata.lpm.name != config.lpm.name:
         problems.append(f"lpm.name: cache has {metadata.lpm.name}, requested {config.lpm.name}")
-    if have.layers != wanted.resolved_layers(metadata.lpm.depth):
-        problems.append(f"extract.layers: cache has {have.layers}, requested {wanted.resolved_layers(metadata.lpm.depth)}")
+    layers = wanted.resolved_layers(metadata.lpm.depth)
+    if have.layers != layers:
+        problems.append(f"extract.layers: cache has {have.layers}, requested {layers}")
     if have.token_ratio != wanted.token_ratio:
         problems.append(f"extract.token_ratio: cache has {have.token_ratio}, requested {wanted.token_ratio}")
     if have.importance != wanted.importance:

@@ -109,8 +109,7 @@ class ShardReadCheck:
         for shard in range(start // size, (stop - 1) // size + 1):
             bad = [name for name in arrays if name in self.names and not self._matches(name, shard)]
             if bad:
-                raise damaged_shard_error(self.store, self.metadata, shard, bad,
-                                          [str(x) for x in self.group["sample_ids"][slice(*self.metadata.shard_range(shard))]],
+                raise damaged_shard_error(self.store, self.group, self.metadata, shard, bad,
                                           "no longer matches the checksum recorded when it was written")
 
     def _matches(self, name: str, shard: int) -> bool:
@@ -125,9 +124,10 @@ class ShardReadCheck:
         return True
 
 
-def damaged_shard_error(store: Path, metadata: CacheMetadata, shard: int, arrays: list[str], sample_ids: list[str],
+def damaged_shard_error(store: Path, group: zarr.Group, metadata: CacheMetadata, shard: int, arrays: list[str],
                         why: str) -> UserError:
-    """The message for a shard whose data cannot be trusted: `why` says how it was found."""
+    """The message for a shard whose data cannot be trusted, naming its samples: `why` says how it was found."""
+    sample_ids = [str(x) for x in group["sample_ids"][slice(*metadata.shard_range(shard))]]
     shown = ", ".join(sample_ids[:5]) + (f" and {len(sample_ids) - 5} more" if len(sample_ids) > 5 else "")
     origin = f"dataset {metadata.dataset}" + (f" from {metadata.sources[0]}" if metadata.sources else "")
     return UserError(

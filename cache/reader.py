@@ -117,11 +117,10 @@ class CacheReader:
         try:
             yield
         except (RuntimeError, ValueError, OSError) as error:
-            shard = start // self.metadata.storage.shard_size
-            sample_ids = [str(x) for x in self.group["sample_ids"][slice(*self.metadata.shard_range(shard))]]
             why = ("fails its chunk checksum (crc32c)" if "checksum" in str(error).lower()
                    else f"cannot be decoded ({error})")
-            raise damaged_shard_error(self.path, self.metadata, shard, [name], sample_ids, why) from None
+            raise damaged_shard_error(self.path, self.group, self.metadata, start // self.metadata.storage.shard_size,
+                                      [name], why) from None
 
     def read(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
         """Arrays of samples [start, stop): keys, values (if asked; decoded to floats), side_images, labels."""

@@ -61,14 +61,16 @@ def _create(name: str, input_size: int, **kwargs: object) -> torch.nn.Module:
             "Use a timm ViT name such as vit_base_patch16_384.orig_in21k_ft_in1k; "
             "`python -c \"import timm; print(timm.list_models('vit_*'))\"` lists them.",
         )
-    if name.startswith("hf-hub:") and not kwargs.get("pretrained"):
-        try:  # the architecture of a hub repo comes from its config.json, itself on the hub
-            return timm.create_model(name, img_size=input_size, num_classes=0, **kwargs)
-        except Exception as error:
-            raise UserError(f"Could not get the configuration of {name} from the hub ({error}).",
-                            "Without internet access, use the timm name of its architecture as lpm.name and "
-                            "the downloaded weights file as lpm.weights.") from None
-    return timm.create_model(name, img_size=input_size, num_classes=0, **kwargs)
+    try:
+        return timm.create_model(name, img_size=input_size, num_classes=0, **kwargs)
+    except Exception as error:
+        # the architecture of a hub repo comes from its config.json, itself on the hub; weights that
+        # cannot be fetched are reported by the caller, which knows they were asked for
+        if not name.startswith("hf-hub:") or kwargs.get("pretrained"):
+            raise
+        raise UserError(f"Could not get the configuration of {name} from the hub ({error}).",
+                        "Without internet access, use the timm name of its architecture as lpm.name and "
+                        "the downloaded weights file as lpm.weights.") from None
 
 
 def build_lpm(config: LPMConfig, input_size: int, notes: list[str] | None = None) -> tuple[torch.nn.Module, LPMIdentity]:

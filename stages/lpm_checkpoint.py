@@ -8,11 +8,11 @@
 - any of these with a `module.`, `backbone.`, `encoder.` or `model.` prefix on every key.
 
 Pickled files are read with `torch.load(weights_only=True)`, which runs no code from the file; the
-harmless types such files hold beside the tensors (`argparse.Namespace`) are allow-listed. The
-state dict is loaded non-strictly only after fpt has sorted its keys: every encoder parameter of
-the model must come from the file (a missing one is refused by name), and keys that are not the
-encoder's are left out and listed. timm alone would load such a file non-strictly and keep the
-random initial values of whatever it did not find.
+harmless types such files hold beside the tensors (`argparse.Namespace`) are allow-listed. fpt
+sorts the keys first and then loads the encoder's strictly: every encoder parameter of the model
+must come from the file (a missing one is refused by name), and keys that are not the encoder's
+are left out and listed. timm alone would load such a file non-strictly and keep the random
+initial values of whatever it did not find.
 """
 
 from __future__ import annotations
