@@ -18,8 +18,9 @@
 #   1. train_memory  torch.cuda.max_memory_allocated of a ViT-B/512 stage-two step, batch 16 (paper: 736 MB)
 #   2. sweep_bench   one trial vs 16 packed on the default demo (issue 7's < 4x), an 8-trial sweep on
 #                    dask GPU workers (resources GPU=1) and their peak memory
-#   3. extraction    fpt extract's loop vs bare timm forward_features at ViT-B/512 on the GPU (+ bf16)
-#   4. tests         the training tests with train.device auto = cuda (stacked packs, resume, end to end)
+#   3. extraction    fpt extract's loop vs bare timm forward_features at ViT-B/512 on the GPU
+#   4. precision     extract.precision bf16 and fp16 vs fp32 at ViT-B/512: speed and selected tokens changed
+#   5. tests         the training tests with train.device auto = cuda (stacked packs, resume, end to end)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -69,13 +70,15 @@ if [ "$SMOKE" = 1 ]; then
     check train_memory 300 $PY bench/train_memory.py --quick
     check sweep_bench 600 $PY bench/sweep_bench.py --repeats 1 --packed 4 --sweep-trials 2
     check extraction 300 $PY bench/extraction.py --quick --scenario demo --pairs 1
+    check precision 300 $PY bench/extract_precision.py --quick --scenario demo
     check tests 600 $PY -m pytest -q -x tests/test_train_resume.py
 else
     check train_memory 60 $PY bench/train_memory.py --device cuda
     check sweep_bench 200 $PY bench/sweep_bench.py --default-demo --repeats 3
-    check extraction 90 $PY bench/extraction.py --device cuda --scenario vitb512 --num-images 128 --batch-size 16 \
-        --autocast bf16
-    check tests 90 $PY -m pytest -q -x tests/test_sweep_packed.py tests/test_train_resume.py tests/test_end_to_end.py
+    check extraction 90 $PY bench/extraction.py --device cuda --scenario vitb512 --num-images 128 --batch-size 16
+    check precision 80 $PY bench/extract_precision.py --device cuda --scenario vitb512 --num-images 64 \
+        --batch-size 16 --precisions bf16 fp16 --rounds 2
+    check tests 80 $PY -m pytest -q -x tests/test_sweep_packed.py tests/test_train_resume.py tests/test_end_to_end.py
 fi
 
 cp bench/results/*.json "$LOGS"/ 2>/dev/null

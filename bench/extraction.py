@@ -1,6 +1,6 @@
 """Extraction throughput: `fpt extract`'s path vs a bare timm forward_features, and what speeds it up.
 
-    python bench/extraction.py [--quick] [--scenario vitb512|demo] [--device cpu|cuda] [--autocast bf16|fp16]
+    python bench/extraction.py [--quick] [--scenario vitb512|demo] [--device cpu|cuda]
 
 Over the same demo images in the same batch size, it times:
   bare      timm `forward_features` on images already decoded into memory (all 12 blocks)
@@ -8,14 +8,12 @@ Over the same demo images in the same batch size, it times:
             (the LPM built beforehand, so one-time setup is reported apart)
 and the parts (decode alone, token selection alone, shard writes alone), plus the speed-ups:
 query_chunk sweep, channels-last input, decode workers 0 vs 2 (default auto: 0 on CPU), overlapped shard writes on/off.
-With --autocast it runs the selection in bf16/fp16 and counts how many selected tokens differ
-from float32 on the same images (works on CPU with bf16, and on CUDA).
+bench/extract_precision.py measures extract.precision (bf16/fp16) against fp32.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 import statistics
 import sys
@@ -26,14 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import apply_threads, bench_config, console, print_table, sync, write_results  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-
-def autocast(device: torch.device, name: str | None):
-    if not name:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[name])
 
 
 def decoded_batches(config, batch_size: int) -> tuple[list[torch.Tensor], float]:
@@ -43,7 +34,8 @@ def decoded_batches(config, batch_size: int) -> tuple[list[torch.Tensor], float]
 
     dataset = resolve_dataset(config, show_progress=False)
     images = ExtractionImages(dataset.samples, list(range(len(dataset.samples))), config.extract.input_size,
-                              config.extract.side_store_size, dataset.mean, dataset.std, config.extract.resize)
+                              config.extract.side_store_size, dataset.mean, dataset.std, config.extract.resize,
+                              config.extract.jpeg_draft)
     began = time.perf_counter()
     tensors = [images[i][1] for i in range(len(images))]
     seconds = time.perf_counter() - began
@@ -105,23 +97,6 @@ def time_extract(config, vit: torch.nn.Module, lpm, repeats: int, sets: list[str
     return best
 
 
-def selection_agreement(selector, batches: list[torch.Tensor], device: torch.device, precision: str) -> dict:
-    """How many selected tokens change when the selection runs under autocast instead of float32."""
-    changed = total = 0
-    with torch.inference_mode():
-        for batch in batches:
-            batch = batch.to(device)
-            _, _, reference = selector(batch)
-            with autocast(device, precision):
-                _, _, low = selector(batch)
-            ref_sets = reference.flatten(0, 2).cpu().numpy()
-            low_sets = low.flatten(0, 2).cpu().numpy()
-            for a, b in zip(ref_sets, low_sets):
-                changed += len(a) - len(np.intersect1d(a, b))
-                total += len(a)
-    return {"precision": precision, "selected_tokens": total, "changed": changed, "changed_fraction": changed / max(total, 1)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -130,8 +105,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None,
-                        help="also time the selection under autocast and count changed tokens vs float32")
     parser.add_argument("--chunks", type=int, nargs="*", default=None, help="query_chunk values to sweep")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--pairs", type=int, default=None,
@@ -196,19 +169,11 @@ def main() -> None:
                      f"shard writes {run['write_s']:.2f} s; whole run_extract {run['total_s']:.2f} s"])
     for chunk, seconds in sweep.items():
         rows.append([f"  first batch only: selection, query_chunk {chunk}", seconds, len(first[0]) / seconds, seconds / bare1, ""])
-    agreement = None
-    if args.autocast:
-        low = timed(lambda x: _autocast_call(default, x, device, args.autocast), first, device, repeats)
-        agreement = selection_agreement(default, batches, device, args.autocast)
-        rows.append([f"  first batch only: selection under {args.autocast} autocast", low, len(first[0]) / low, low / bare1,
-                     f"{agreement['changed']} of {agreement['selected_tokens']} selected tokens differ from float32 "
-                     f"({100 * agreement['changed_fraction']:.2f}%)"])
     print_table(f"Extraction, {count} images, {lpm.name} @ {extract.input_size}px, batch {args.batch_size}, {device}",
                 ["path", "seconds", "images/s", "x bare forward", "note"], rows)
     write_results(f"extraction_{args.scenario}_{device.type}" + ("_quick" if args.quick else ""), {
         "images": count, "batch_size": args.batch_size, "device": str(device), "lpm": lpm.model_dump(),
         "repeats_best_of": repeats, "threads": args.threads, "figures": figures, "extract_runs": runs, "query_chunk_sweep": sweep,
-        "autocast_agreement": agreement,
     })
 
 
@@ -231,11 +196,6 @@ def time_pairs(args, config, sets: list[str], vit: torch.nn.Module, lpm, batches
         "images": count, "batch_size": args.batch_size, "device": str(device), "threads": args.threads,
         "pairs_s": pairs, "ratios": ratios, "median_ratio": statistics.median(ratios),
     })
-
-
-def _autocast_call(selector, x: torch.Tensor, device: torch.device, precision: str):
-    with autocast(device, precision):
-        return selector(x)
 
 
 if __name__ == "__main__":

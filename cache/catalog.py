@@ -47,6 +47,10 @@ def contradictions(config: PipelineConfig, metadata: CacheMetadata, source: Path
         problems.append(f"extract.token_ratio: cache has {have.token_ratio}, requested {wanted.token_ratio}")
     if have.importance != wanted.importance:
         problems.append(f"extract.importance: cache has {have.importance}, requested {wanted.importance}")
+    if have.jpeg_draft is not None and have.jpeg_draft != wanted.jpeg_draft:
+        problems.append(f"extract.jpeg_draft: cache has {have.jpeg_draft}, requested {wanted.jpeg_draft}")
+    if have.precision != wanted.precision:
+        problems.append(f"extract.precision: cache has {have.precision}, requested {wanted.precision}")
     if have.input_size != wanted.input_size:
         problems.append(f"extract.input_size: cache has {have.input_size}, requested {wanted.input_size}")
     if have.side_store_size < config.side.input_size:

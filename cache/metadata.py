@@ -26,6 +26,12 @@ class ExtractionSettings(BaseModel):
     num_selected: int  # n = floor(N * token_ratio)
     side_store_size: int
     resize: str = "pil-bicubic"
+    # The draft margin JPEGs were decoded with (extract.jpeg_draft); None, and left out of the dump, when
+    # no image is a JPEG, so the setting does not split the stores of PNG or TIFF datasets.
+    jpeg_draft: int | None = Field(default=None, exclude_if=lambda value: value is None)
+    # Left out of the dump at fp32, so an fp32 store's metadata and key are those of a store whose
+    # settings never named a precision: the setting only adds a distinction where it makes one.
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", exclude_if=lambda value: value == "fp32")
 
 
 class Normalization(BaseModel):

@@ -94,6 +94,7 @@ def train_side_command(
     """Stage two: train the fusion modules and side network from the cache of the dataset's images."""
     from cache.catalog import find_cache
     from stages.datasets.registry import dataset_source
+    from stages.metrics import is_binary, reported_scores, score_header
     from stages.train_side import train_side
 
     if not from_cache:
@@ -120,9 +121,10 @@ def train_side_command(
     result = train_side(cfg, cache, show_progress=not quiet, resume_run=resume)
     table = Table(title=f"Test metrics ({result.run_dir})")
     table.add_column("model")
-    fields = ["accuracy", "macro_f1", "auc", "precision", "recall", "kappa"]
+    binary = is_binary(result.test_best)
+    fields = reported_scores(binary)
     for name in fields:
-        table.add_column(name, justify="right")
+        table.add_column(score_header(name, binary), justify="right")
     for label, metrics in ((f"best (epoch {result.best_epoch})", result.test_best), ("final", result.test_last)):
         table.add_row(label, *[f"{getattr(metrics, name):.4f}" for name in fields])
     console.print(table)
@@ -175,12 +177,14 @@ def evaluate(
 ) -> None:
     """Recompute a run's metrics from its cache, write them (JSON) and redraw its report."""
     from stages.evaluate import evaluate_run
+    from stages.metrics import is_binary, reported_scores, score_header
 
     result = evaluate_run(run, split, _checkpoint(checkpoint), cache, set_)  # type: ignore[arg-type]
     table = Table(title=f"{split} metrics, {checkpoint} checkpoint ({result.num_samples} images)")
-    fields = ["accuracy", "macro_f1", "auc", "precision", "recall", "kappa"]
+    binary = is_binary(result.metrics)
+    fields = reported_scores(binary)
     for name in fields:
-        table.add_column(name, justify="right")
+        table.add_column(score_header(name, binary), justify="right")
     table.add_row(*[f"{getattr(result.metrics, name):.4f}" for name in fields])
     console.print(table)
     console.print(f"Metrics: {result.metrics_file}; report: {run / 'report.md'}")

@@ -96,6 +96,20 @@ class ExtractConfig(StrictModel):
         description="How images are resized to the LPM input and the stored side size: PIL's antialiased "
                     "bilinear (the published preprocessing) or bicubic.",
     )
+    jpeg_draft: int = Field(
+        default=2, ge=0,
+        description="A JPEG is decoded at the largest reduced scale (1/2, 1/4, 1/8, in the DCT domain: faster) that "
+                    "keeps it at least this many times the LPM input on each side, then resized as usual; 0 decodes "
+                    "every pixel. At 2 the LPM input changes about as much as the JPEG compression itself changes it; "
+                    "at 1, four to six times as much (bench/README.md).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="Arithmetic of the LPM's forward pass: fp32, or bf16/fp16 autocast (matrix products in 16 bits, "
+                    "norms and softmax in fp32). bf16 is faster on GPUs and on CPUs with AVX512-BF16 or AMX; "
+                    "fp16 is for GPUs only (emulated, several times slower, on a CPU). Part of the cache key; "
+                    "bench/README.md gives the share of selected tokens it changes.",
+    )
     query_chunk: int = Field(
         default=128, ge=1, description="Queries per block when scoring tokens (bounds memory; 128 was fastest on CPU)."
     )

@@ -40,14 +40,12 @@ from pipeline.task_stop import (
     StopRequested, TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt,
 )
 from stages.datasets.registry import dataset_source
+from stages.metrics import is_binary, reported_scores
 from stages.packed_training import pack_key
 from stages.resume_state import saved_epoch
 from stages.run_folder import atomic_write_text, replacing
 from stages.search_space import Trial, build_trials
 from stages.writable_folder import writable_folder
-
-METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
-
 
 class TrialReport(BaseModel):
     """The outcome of one trial, as it crosses back from a dask worker."""
@@ -83,8 +81,9 @@ def _report_from_final(trial: Trial, run_dir: Path, status: str, lpm_disabled: b
     return TrialReport(
         trial_id=trial.trial_id, settings=trial.settings, status=status, run_dir=run_dir,
         val_auc=result.best_val.auc, best_epoch=result.best_epoch,
-        test_best=result.test_best.model_dump(include=set(METRIC_FIELDS)),
-        test_last=result.test_last.model_dump(include=set(METRIC_FIELDS)), seconds=result.seconds,
+        test_best=result.test_best.model_dump(include=set(reported_scores(is_binary(result.test_best)))),
+        test_last=result.test_last.model_dump(include=set(reported_scores(is_binary(result.test_last)))),
+        seconds=result.seconds,
         lpm_disabled=lpm_disabled,
     )
 
@@ -229,17 +228,18 @@ def _sort_key(report: TrialReport) -> tuple:
 
 def write_results_csv(path: Path, reports: list[TrialReport]) -> None:
     names = sorted({name for r in reports for name in r.settings})
+    scores = reported_scores(any(is_binary(r.test_best) for r in reports if r.test_best))
     with replacing(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["rank", "trial", "status", *names, "val_auc", "best_epoch",
-                         *[f"test_best_{m}" for m in METRIC_FIELDS], *[f"test_last_{m}" for m in METRIC_FIELDS],
+                         *[f"test_best_{m}" for m in scores], *[f"test_last_{m}" for m in scores],
                          "resumed_from_epoch", "seconds", "run_dir", "error"])
         for rank, r in enumerate(reports, 1):
             writer.writerow([
                 rank, r.trial_id, r.status, *[r.settings.get(n, "") for n in names],
                 "" if r.val_auc is None else f"{r.val_auc:.6f}", r.best_epoch or "",
-                *[f"{(r.test_best or {}).get(m, float('nan')):.6f}" if r.test_best else "" for m in METRIC_FIELDS],
-                *[f"{(r.test_last or {}).get(m, float('nan')):.6f}" if r.test_last else "" for m in METRIC_FIELDS],
+                *[f"{(r.test_best or {}).get(m, float('nan')):.6f}" if r.test_best else "" for m in scores],
+                *[f"{(r.test_last or {}).get(m, float('nan')):.6f}" if r.test_last else "" for m in scores],
                 r.resumed_from_epoch or "", "" if r.seconds is None else f"{r.seconds:.2f}", str(r.run_dir),
                 _first_line(r.error),
             ])

@@ -32,7 +32,9 @@ from pipeline.cluster import machine_cores
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.task_stop import StopRequested
-from stages.datasets.images import ImageDecodeError, normalized_tensor, open_rgb, resize_square, side_image
+from stages.datasets.images import (
+    ImageDecodeError, is_jpeg, lpm_draft_size, normalized_tensor, open_rgb, resize_square, side_image,
+)
 from stages.datasets.registry import dataset_source, normalization_source, resolve_dataset
 from stages.datasets.samples import SPLITS, ResolvedDataset, Sample
 from stages.lpm import LPMIdentity, build_lpm
@@ -69,7 +71,8 @@ class ExtractionImages(Dataset):
     """Decodes one image into (index, LPM input, stored side image, error message)."""
 
     def __init__(self, samples: list[Sample], indices: list[int], input_size: int, side_size: int,
-                 mean: tuple[float, float, float], std: tuple[float, float, float], resize: str) -> None:
+                 mean: tuple[float, float, float], std: tuple[float, float, float], resize: str,
+                 jpeg_draft: int | None) -> None:
         self.samples = samples
         self.indices = indices
         self.input_size = input_size
@@ -77,6 +80,7 @@ class ExtractionImages(Dataset):
         self.mean = mean
         self.std = std
         self.resize = resize
+        self.draft_size = lpm_draft_size(input_size, jpeg_draft)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -84,7 +88,7 @@ class ExtractionImages(Dataset):
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor, np.ndarray, str]:
         index = self.indices[position]
         try:
-            image = open_rgb(self.samples[index].path, draft_size=self.input_size)
+            image = open_rgb(self.samples[index].path, draft_size=self.draft_size)
         except ImageDecodeError as error:
             blank = torch.zeros(3, self.input_size, self.input_size)
             return index, blank, np.zeros((self.side_size, self.side_size, 3), np.uint8), error.reason
@@ -105,6 +109,8 @@ class ExtractResult:
 
 def build_metadata(config: PipelineConfig, dataset: ResolvedDataset, lpm: LPMIdentity, fingerprint: str) -> CacheMetadata:
     settings = extraction_settings(config, lpm)
+    if any(is_jpeg(sample.path) for sample in dataset.samples):  # the draft margin matters only for JPEGs
+        settings = settings.model_copy(update={"jpeg_draft": config.extract.jpeg_draft})
     assert dataset.mean is not None and dataset.std is not None
     normalization = Normalization(mean=dataset.mean, std=dataset.std, source=normalization_source(config))
     storage = StorageSettings.of(config.cache)
@@ -192,6 +198,9 @@ def _fill_store(config: PipelineConfig, dataset: ResolvedDataset, vit: torch.nn.
     if equivalent is not None:  # the same features in another codec or shard layout: no need for the LPM
         transcode(equivalent, config.cache.root, metadata.storage, show_progress=show_progress)
         return ExtractResult(path, read_metadata(path), False, 0, 0.0, notes, equivalent)
+    if metadata.extraction.precision == "fp16" and device.type == "cpu":
+        notes.append("extract.precision=fp16 ran on the CPU, which has no fp16 arithmetic: torch emulates it, several "
+                     "times slower than fp32 (bench/README.md). bf16 is the 16-bit choice on a CPU.")
     if existing is not None:
         metadata = existing
         dataset = _in_store_order(dataset, path)
@@ -249,10 +258,11 @@ def _extract_into(
     metadata = writer.metadata
     extract = config.extract
     selector = TokenSelectingLPM(vit, metadata.extraction.layers, extract.token_ratio, extract.importance,
-                                 extract.query_chunk).to(device)
+                                 extract.query_chunk, metadata.extraction.precision).to(device)
     assert dataset.mean is not None and dataset.std is not None
     images = ExtractionImages(dataset.samples, indices, extract.input_size, extract.side_store_size,
-                              metadata.normalization.mean, metadata.normalization.std, metadata.extraction.resize)
+                              metadata.normalization.mean, metadata.normalization.std, metadata.extraction.resize,
+                              metadata.extraction.jpeg_draft)
     loader = DataLoader(
         images, batch_size=extract.batch_size, shuffle=False, num_workers=decode_workers(extract.num_workers, device),
         pin_memory=device.type == "cuda", persistent_workers=False,

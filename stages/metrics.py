@@ -27,6 +27,26 @@ class Metrics(BaseModel):
     specificity: float | None = None  # binary tasks: the negative class's recall
 
 
+SCORES = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")  # the paper's six
+BINARY_SCORES = ("sensitivity", "specificity")
+
+
+def reported_scores(binary: bool) -> tuple[str, ...]:
+    """The scores a table shows: the paper's six, with sensitivity and specificity for a binary task."""
+    return SCORES + BINARY_SCORES if binary else SCORES
+
+
+def is_binary(metrics: Metrics | dict) -> bool:
+    """Whether these metrics are a binary task's (only those have a sensitivity)."""
+    value = metrics.get("sensitivity") if isinstance(metrics, dict) else metrics.sensitivity
+    return value is not None
+
+
+def score_header(name: str, binary: bool) -> str:
+    """A score's column title: for a binary task macro_f1 holds the positive class's F1."""
+    return "f1" if binary and name == "macro_f1" else name
+
+
 def auc_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """ROC AUC; one-vs-rest macro average over the classes present for more than two classes.
 

@@ -76,7 +76,8 @@ def frozen_selector(config: PipelineConfig, metadata: CacheMetadata) -> TokenSel
             + "), so its features would not match what the side network was trained on.",
             _same_lpm_hint(recorded),
         )
-    return TokenSelectingLPM(vit, settings.layers, settings.token_ratio, settings.importance, config.extract.query_chunk)
+    return TokenSelectingLPM(vit, settings.layers, settings.token_ratio, settings.importance, config.extract.query_chunk,
+                             settings.precision)
 
 
 def _same_lpm_hint(recorded: LPMIdentity) -> str:
@@ -116,8 +117,10 @@ def predict_images(
     model = load_run_model(run_dir, run, checkpoint, device)
     settings, norm = metadata.extraction, metadata.normalization
     samples = [Sample(sample_id=str(path), path=path, label=-1, split="test") for path in files]
+    # decoded and resized as the run's cache was; JPEGs as extract.jpeg_draft says if its images held none
+    draft = settings.jpeg_draft if settings.jpeg_draft is not None else config.extract.jpeg_draft
     images = ExtractionImages(samples, list(range(len(samples))), settings.input_size, settings.side_store_size,
-                              norm.mean, norm.std, settings.resize)  # resized as the run's cache was
+                              norm.mean, norm.std, settings.resize, draft)
     loader = DataLoader(images, batch_size=config.extract.batch_size, shuffle=False,
                         num_workers=decode_workers(config.extract.num_workers, device))
     results: list[Prediction] = []

@@ -23,10 +23,9 @@ from pydantic import BaseModel  # noqa: E402
 from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from stages.metrics import confusion_counts  # noqa: E402
+from stages.metrics import confusion_counts, is_binary, reported_scores, score_header  # noqa: E402
 from stages.run_folder import atomic_write_text, replacing  # noqa: E402
 
-METRIC_FIELDS = ("accuracy", "macro_f1", "auc", "precision", "recall", "kappa")
 
 
 class SplitPredictions(BaseModel):
@@ -170,11 +169,16 @@ def _markdown(run_dir: Path, pictures: dict[str, Path], epochs: list[dict]) -> s
         ]
     rows = _metric_rows(run_dir)
     if rows:
-        lines += ["## Metrics", "", "| | " + " | ".join(METRIC_FIELDS) + " |",
-                  "|---|" + "---:|" * len(METRIC_FIELDS)]
-        lines += [f"| {label} | " + " | ".join(_format(metrics.get(f)) for f in METRIC_FIELDS) + " |"
+        binary = is_binary(rows[0][1])
+        fields = reported_scores(binary)
+        lines += ["## Metrics", "", "| | " + " | ".join(score_header(f, binary) for f in fields) + " |",
+                  "|---|" + "---:|" * len(fields)]
+        lines += [f"| {label} | " + " | ".join(_format(metrics.get(f)) for f in fields) + " |"
                   for label, metrics in rows]
-        lines += ["", "AUC is one-vs-rest macro for more than two classes; kappa is quadratic-weighted.", ""]
+        lines += ["", ("F1, precision and recall are the positive class's (the second class); sensitivity and "
+                       "specificity are the recall of the positive and of the negative class." if binary else
+                       "F1, precision and recall are macro averages; AUC is one-vs-rest macro."),
+                  "Kappa is quadratic-weighted.", ""]
     # One page: the curves and the first (split, model) pair are shown, the rest are linked.
     tags = [key[4:] for key in pictures if key.startswith("roc_")]
     shown = {"training_curves", *(f"{kind}_{tags[0]}" for kind in ("roc", "confusion") if tags)}

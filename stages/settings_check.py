@@ -46,6 +46,7 @@ def extraction_settings(config: PipelineConfig, lpm: LPMIdentity) -> ExtractionS
         num_selected=num_selected(tokens, extract.token_ratio),
         side_store_size=extract.side_store_size,
         resize=extract.resize,
+        precision=extract.precision,
     )
 
 

@@ -17,6 +17,7 @@ scores are kept. stages/lpm_families.py lists the attention classes known to mak
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Literal
 
@@ -28,6 +29,16 @@ from torch.overrides import TorchFunctionMode
 from pipeline.errors import UserError
 
 Importance = Literal["global", "class_token"]
+Precision = Literal["fp32", "bf16", "fp16"]
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def lpm_arithmetic(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context the LPM's forward runs in: autocast to 16 bits for bf16/fp16 (matrix products in
+    16 bits, norms and softmax in fp32, as torch's autocast lists them), nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def num_selected(num_tokens: int, token_ratio: float) -> int:
@@ -137,7 +148,8 @@ class TokenSelectingLPM(nn.Module):
     """
 
     def __init__(
-        self, vit: nn.Module, layers: list[int], token_ratio: float, importance: Importance, query_chunk: int = 128
+        self, vit: nn.Module, layers: list[int], token_ratio: float, importance: Importance, query_chunk: int = 128,
+        precision: Precision = "fp32",
     ) -> None:
         super().__init__()
         depth = len(vit.blocks)
@@ -148,6 +160,7 @@ class TokenSelectingLPM(nn.Module):
         self.token_ratio = token_ratio
         self.importance: Importance = importance
         self.query_chunk = query_chunk
+        self.precision: Precision = precision
         self.kept: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._active: _SelectingAttention | None = None
         for layer in self.layers:
@@ -175,6 +188,19 @@ class TokenSelectingLPM(nn.Module):
                 "Use a model of a supported family (stages/lpm_families.py lists them).",
             )
 
+    def _refuse_non_finite(self) -> None:
+        """Refuse keys or values that overflowed: they would be written to the cache as inf or NaN."""
+        broken = [layer for layer, (keys, values, _) in self.kept.items()
+                  if not (torch.isfinite(keys).all() and torch.isfinite(values).all())]
+        if not broken:
+            return
+        where = f"The LPM's keys or values in block(s) {', '.join(map(str, sorted(broken)))} are not finite (inf or NaN)"
+        if self.precision == "fp16":
+            raise UserError(f"{where} at extract.precision=fp16: this model's activations exceed fp16's range "
+                            "(largest value 65504).", "Use extract.precision=bf16 (the range of fp32) or fp32.")
+        raise UserError(f"{where} at extract.precision={self.precision}: the weights hold inf or NaN, or the "
+                        "input does.", "Check the weights file (lpm.weights) and the images' normalisation.")
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.kept = {}
         # hooks for this forward only: the model itself stays as timm made it
@@ -182,12 +208,14 @@ class TokenSelectingLPM(nn.Module):
             self.vit.blocks[layer].register_forward_pre_hook(self._entering(layer)),
             self.vit.blocks[layer].register_forward_hook(self._leaving))]
         try:
-            self.vit.forward_features(images)
+            with lpm_arithmetic(self.precision, images.device):
+                self.vit.forward_features(images)
         except _LastChosenLayerDone:
             pass
         finally:
             for handle in handles:
                 handle.remove()
             self._stop_selecting()
+        self._refuse_non_finite()
         kept = [self.kept[layer] for layer in self.layers]
         return tuple(torch.stack([part[i] for part in kept], 1) for i in range(3))  # type: ignore[return-value]

@@ -69,7 +69,7 @@ def test_the_lpm_input_is_resized_as_published_and_the_method_is_part_of_the_key
     sample = [Sample(sample_id="image.png", path=path, label=0, split="train")]
     zero, one = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     for method, pil_filter in (("pil-bilinear", Image.Resampling.BILINEAR), ("pil-bicubic", Image.Resampling.BICUBIC)):
-        _, lpm_input, side, _ = ExtractionImages(sample, [0], 64, 40, zero, one, method)[0]
+        _, lpm_input, side, _ = ExtractionImages(sample, [0], 64, 40, zero, one, method, None)[0]
         expected = np.asarray(Image.open(path).convert("RGB").resize((64, 64), pil_filter), dtype=np.float32) / 255
         assert np.allclose(lpm_input.permute(1, 2, 0).numpy(), expected, atol=1e-6), method
         assert side.shape == (40, 40, 3)

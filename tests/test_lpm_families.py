@@ -3,7 +3,8 @@ are refused with a message: rotary embeddings (EVA02, DINOv3, rope ViTs), relati
 (BEiT, relpos ViTs), post-norm blocks, registers and distillation tokens, global-pool models.
 
 The reference is timm's unfused attention (fused_attn off): the attention map each block really
-computes is captured where it enters `attn_drop`, and each block's output by a hook."""
+computes is captured where it enters `attn_drop`, the keys and values it multiplies at its two
+matrix products, and each block's output by a hook."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import timm
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from cache_testing import tiny_config
 from pipeline.errors import UserError
@@ -44,20 +46,53 @@ def tiny_model(name: str, size: int) -> nn.Module:
     return model
 
 
-def reference(model: nn.Module, images: torch.Tensor) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """timm's unfused attention maps (B, H, N, N) and block outputs of every block."""
-    maps, outputs, handles = {}, {}, []
+class MultipliedOperands(TorchFunctionMode):
+    """Keeps the keys and values an unfused attention multiplies: k from `q @ k^T`, v from `attn @ v`."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__) and all(a.dim() == 4 for a in args[:2]):
+            left, right = args[:2]
+            if left.shape[-1] == self.tokens:  # attention weights (B, H, N, N) @ v (B, H, N, Dh)
+                self.values = right.detach().clone()
+            elif right.shape[-1] == self.tokens:  # q (B, H, N, Dh) @ k^T (B, H, Dh, N)
+                self.keys = right.transpose(-2, -1).detach().clone()
+        return func(*args, **(kwargs or {}))
+
+
+def reference(model: nn.Module, images: torch.Tensor) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor],
+                                                               dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """timm's unfused attention maps (B, H, N, N), block outputs, and the (keys, values) (B, H, N, Dh)
+    each attention multiplied, as rotary embeddings and norms left them, for every block."""
+    maps, outputs, operands, handles = {}, {}, {}, []
+    tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+
+    def entering(module, inputs, index):
+        operands[index] = MultipliedOperands(tokens)
+        operands[index].__enter__()
+
+    def leaving(module, inputs, output, index):
+        operands[index].__exit__(None, None, None)
+        operands[index] = (operands[index].keys, operands[index].values)
+
     for index, block in enumerate(model.blocks):
         block.attn.fused_attn = False
         handles.append(block.attn.attn_drop.register_forward_hook(
             lambda module, inputs, output, index=index: maps.__setitem__(index, inputs[0].detach())))
         handles.append(block.register_forward_hook(
             lambda module, inputs, output, index=index: outputs.__setitem__(index, output.detach())))
+        handles.append(block.attn.register_forward_pre_hook(lambda m, i, index=index: entering(m, i, index)))
+        handles.append(block.attn.register_forward_hook(lambda m, i, o, index=index: leaving(m, i, o, index)))
     with torch.no_grad():
         model.forward_features(images)
     for handle in handles:
         handle.remove()
-    return maps, outputs
+    return maps, outputs, operands
 
 
 @pytest.mark.parametrize("name, size", MODELS)
@@ -65,7 +100,7 @@ def test_each_family_selects_the_tokens_timm_attends_to(name: str, size: int) ->
     model = tiny_model(name, size)
     assert check_family(model, name) in FAMILIES.values()
     images = torch.randn(2, 3, size, size)
-    maps, outputs = reference(model, images)
+    maps, outputs, operands = reference(model, images)
     importances = ["global"] + (["class_token"] if getattr(model, "cls_token", None) is not None else [])
     for importance in importances:
         seen: dict[int, torch.Tensor] = {}
@@ -83,6 +118,11 @@ def test_each_family_selects_the_tokens_timm_attends_to(name: str, size: int) ->
             scores = attention.mean(dim=2) if importance == "global" else attention[:, :, 0]
             expected = torch.topk(scores, count, dim=-1).indices.sort(dim=-1).values
             assert torch.equal(indices[:, position], expected), (name, importance, layer)
+            # the kept keys and values are the rows timm's attention multiplied (rotated keys for rotary families)
+            reference_keys, reference_values = operands[layer]
+            gather = expected.unsqueeze(-1).expand(-1, -1, -1, reference_keys.shape[-1])
+            torch.testing.assert_close(keys[:, position], reference_keys.gather(2, gather), rtol=1e-4, atol=3e-5)
+            torch.testing.assert_close(values[:, position], reference_values.gather(2, gather), rtol=1e-4, atol=3e-5)
         # every block before the last chosen one ran as timm runs it; none after it ran
         for index in range(LAYERS[-1]):
             torch.testing.assert_close(seen[index], outputs[index], rtol=1e-4, atol=3e-5)

@@ -73,8 +73,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def is_jpeg(path: Path) -> bool:
+    """Whether the file is a JPEG, by its first bytes (the SOI marker), whatever its name says."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(3) == b"\xff\xd8\xff"
+    except OSError:
+        return False
+
+
+def lpm_draft_size(input_size: int, jpeg_draft: int | None) -> int | None:
+    """The size `open_rgb` may decode a JPEG down to for an LPM input of `input_size` (extract.jpeg_draft)."""
+    return input_size * jpeg_draft if jpeg_draft else None
+
+
 def open_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
-    """Open and fully decode an image as RGB; `draft_size` lets JPEG decode at reduced scale."""
+    """Open and fully decode an image as RGB; `draft_size` lets a JPEG decode at the largest reduced scale
+    that keeps it at least draft_size pixels on each side."""
     try:
         with Image.open(path) as image:
             if draft_size is not None and image.format == "JPEG":
