@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.catalog import folder_bytes  # noqa: E402
-from cache.layout import sharded_arrays  # noqa: E402
-from cache.metadata import StorageSettings  # noqa: E402
-from cache.reader import CacheReader  # noqa: E402
-from cache.transcode import transcode  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from stages.extract import run_extract  # noqa: E402
+from fpt.cache.catalog import folder_bytes  # noqa: E402
+from fpt.cache.layout import sharded_arrays  # noqa: E402
+from fpt.cache.metadata import StorageSettings  # noqa: E402
+from fpt.cache.reader import CacheReader  # noqa: E402
+from fpt.cache.transcode import transcode  # noqa: E402
+from fpt.pipeline.config import load_config  # noqa: E402
+from fpt.stages.extract.run import run_extract  # noqa: E402
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 CODECS = ("none", "zstd", "blosc-zstd", "blosc-lz4", "gzip")
@@ -73,7 +73,7 @@ def main() -> None:
 
     if args.no_auc:
         return
-    from stages.train_side import train_side
+    from fpt.stages.train.train_side import train_side
 
     print(f"\n{'dtype':9} {'test AUC (best val)':>20} {'test AUC (final)':>17} {'seconds':>8}")
     for dtype in DTYPES:
@@ -83,8 +83,8 @@ def main() -> None:
 
 def _existing(root: Path, source: Path, storage: StorageSettings) -> Path | None:
     """A store already transcoded with these settings (the bench may be re-run)."""
-    from cache.identity import store_key
-    from cache.layout import store_name
+    from fpt.cache.identity import store_key
+    from fpt.cache.layout import store_name
 
     old = CacheReader(source).metadata
     key = store_key(old.dataset, old.dataset_fingerprint, old.lpm, old.extraction, old.normalization, storage)

@@ -3,7 +3,7 @@
     python bench/cache_size.py [--quick] [--scenario vitb512|demo] [--num-images N]
 
 The LPM runs once (float32, uncompressed store); then the same keys/values and side images are
-written with every dtype that cache.dtype allows (read from pipeline.config.CacheConfig) and
+written with every dtype that cache.dtype allows (read from fpt.pipeline.config.CacheConfig) and
 every codec, through cache/layout.py and cache/writer.py. A dtype the store cannot write yet is
 reported as 'not supported'. Sizes are the files on disk divided by the number of images.
 Features of random-weight LPMs may compress differently from pre-trained ones.
@@ -27,7 +27,7 @@ TARGETS_MB = {"float16": 3.8, "int8": 2.0}
 
 
 def allowed(field: str) -> list[str]:
-    from pipeline.config import CacheConfig
+    from fpt.stages.core.settings import CacheConfig
 
     return list(typing.get_args(CacheConfig.model_fields[field].annotation))
 
@@ -41,11 +41,11 @@ def main() -> None:
     args = parser.parse_args()
     apply_threads(args.threads)
 
-    from cache.catalog import folder_bytes
-    from cache.layout import create_store
-    from cache.reader import CacheReader
-    from cache.writer import ShardWriter
-    from stages.extract import run_extract
+    from fpt.cache.catalog import folder_bytes
+    from fpt.cache.layout import create_store
+    from fpt.cache.reader import CacheReader
+    from fpt.cache.writer import ShardWriter
+    from fpt.stages.extract.run import run_extract
 
     num_train = args.num_images or (4 if args.quick else 8)
     config, _ = bench_config(args.scenario, num_train, ["cache.dtype=float32", "cache.codec=none", "cache.shard_size=4",

@@ -43,8 +43,8 @@ SCENARIO_LPM_SHAPES: dict[str, tuple[int, int]] = {"demo": (192, 3), "vitb512": 
 def stage_two_shapes(scenario: str, num_classes: int):
     """A scenario's stage-two model at fpt's defaults (6 chosen layers, 128 px side input), and the
     tokens kept per head at the default token ratio (205 of 1025)."""
-    from stages.fpt_model import ModelSpec
-    from stages.token_selection import num_selected
+    from fpt.stages.lpm.token_selection import num_selected
+    from fpt.stages.model.fpt_model import ModelSpec
 
     width, heads = SCENARIO_LPM_SHAPES[scenario]
     spec = ModelSpec(num_classes=num_classes, lpm_dim=width, num_heads=heads, patch_size=16, num_layers=6,
@@ -62,7 +62,7 @@ def sync(device) -> None:
 
 def bench_config(scenario: str, num_train: int, extra: list[str] | None = None, num_val: int = 4, num_test: int = 4):
     """The pipeline configuration of a scenario, with the benchmark's own data and cache folders."""
-    from pipeline.config import load_config
+    from fpt.pipeline.config import load_config
 
     sets = [
         f"dataset.data_root={WORK / 'data' / f'{num_train}-{num_val}-{num_test}'}",

@@ -16,10 +16,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
-from stages.datasets import images  # noqa: E402
-from stages.datasets.registry import resolve_dataset  # noqa: E402
+from fpt.cache.errors import UserError  # noqa: E402
+from fpt.pipeline.config import load_config  # noqa: E402
+from fpt.stages.datasets import images  # noqa: E402
+from fpt.stages.datasets.registry import resolve_dataset  # noqa: E402
 
 
 def image(path: Path, value: int = 100, size: int = 16, mode: str = "RGB") -> Path:

@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_threads, bench_config, console, print_table, run_fresh, sync, write_results  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import apply_threads, bench_config, console, print_table, run_fresh, sync, write_results  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
@@ -36,8 +35,9 @@ def child(args: argparse.Namespace) -> None:
     import json
 
     from extraction import decoded_batches
-    from stages.lpm import build_lpm
-    from stages.token_selection import TokenSelectingLPM
+
+    from fpt.stages.lpm.build import build_lpm
+    from fpt.stages.lpm.token_selection import TokenSelectingLPM
 
     device = torch.device(args.device)
     config, _ = bench_config(args.scenario, args.num_images, [f"extract.device={args.device}"])

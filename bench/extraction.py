@@ -4,7 +4,7 @@
 
 Over the same demo images in the same batch size, it times:
   bare      timm `forward_features` on images already decoded into memory (all 12 blocks)
-  extract   stages/extract.py's loop: DataLoader decode + TokenSelectingLPM + zarr shard writes
+  extract   stages/extract/run.py's loop: DataLoader decode + TokenSelectingLPM + zarr shard writes
             (the LPM built beforehand, so one-time setup is reported apart)
 and the parts (decode alone, token selection alone, shard writes alone), plus the speed-ups:
 query_chunk sweep, channels-last input, decode workers 0 vs 2 (default auto: 0 on CPU), overlapped shard writes on/off.
@@ -22,15 +22,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_threads, bench_config, console, print_table, sync, write_results  # noqa: E402
-
 import torch  # noqa: E402
+from common import apply_threads, bench_config, console, print_table, sync, write_results  # noqa: E402
 
 
 def decoded_batches(config, batch_size: int) -> tuple[list[torch.Tensor], float]:
     """The LPM inputs of every image, decoded in this process; and the seconds decoding took."""
-    from stages.datasets.registry import resolve_dataset
-    from stages.extract import ExtractionImages
+    from fpt.stages.datasets.registry import resolve_dataset
+    from fpt.stages.extract.run import ExtractionImages
 
     dataset = resolve_dataset(config, show_progress=False)
     images = ExtractionImages(dataset.samples, list(range(len(dataset.samples))), config.extract.input_size,
@@ -58,8 +57,8 @@ def timed(fn, batches: list[torch.Tensor], device: torch.device, repeats: int) -
 
 def time_extract(config, vit: torch.nn.Module, lpm, repeats: int, sets: list[str]) -> dict[str, float]:
     """Seconds of the extract loop (decode + select + write) and of its shard writes, best of `repeats`."""
-    from cache.writer import ShardWriter
-    import stages.extract as extract_module
+    import fpt.stages.extract.run as extract_module
+    from fpt.cache.writer import ShardWriter
 
     best = {"loop_s": float("inf"), "write_s": 0.0, "total_s": float("inf")}
     original_loop, original_write, original_build = extract_module._extract_into, ShardWriter.write_shard, extract_module.build_lpm
@@ -114,8 +113,8 @@ def main() -> None:
     args = parser.parse_args()
     apply_threads(args.threads)
 
-    from stages.lpm import build_lpm
-    from stages.token_selection import TokenSelectingLPM
+    from fpt.stages.lpm.build import build_lpm
+    from fpt.stages.lpm.token_selection import TokenSelectingLPM
 
     num_images = args.num_images or (8 if args.quick else 32)
     repeats = args.repeats or (1 if args.quick else 2)

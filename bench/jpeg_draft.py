@@ -26,15 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import console, print_table, write_results  # noqa: E402
-
 import numpy as np  # noqa: E402
+from common import console, print_table, write_results  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
 def source_images(folder: Path, width: int, height: int, count: int, quality: int) -> list[tuple[Path, Path]]:
     """(lossless PNG, JPEG) pairs of demo renders at width x height."""
-    from stages.datasets.demo import render_image
+    from fpt.stages.datasets.demo import render_image
 
     pairs = []
     for index in range(count):
@@ -51,7 +50,7 @@ def source_images(folder: Path, width: int, height: int, count: int, quality: in
 
 def lpm_input(path: Path, input_size: int, draft_size: int | None) -> tuple[np.ndarray, tuple[int, int], float]:
     """The LPM input as uint8 (before normalisation), the decoded size, and the best-of-3 seconds."""
-    from stages.datasets.images import open_rgb, resize_square
+    from fpt.stages.datasets.images import open_rgb, resize_square
 
     best = float("inf")
     for _ in range(3):

@@ -5,7 +5,7 @@ backward, for a stack of 1 model and of K, and how much stacking saves per model
 
 Shapes are those of the cache a scenario extracts at its defaults (batch 16, 6 layers, 20 % of
 the tokens kept, 16 prompts, 128 px side images); inputs are random, as only time is measured.
-Each part is timed on the stacked model (`stages/stacked_model.py`), the code a pack and a lone
+Each part is timed on the stacked model (`stages/model/stacked_model.py`), the code a pack and a lone
 trial both run; the stacks of 1 and of K are timed alternately, `--rounds` times, and the median
 of each is reported. "per model in the stack" is the K-stack's time over K; "stacking gain" is
 K one-model steps over one K-stack step. Figures, not assertions: the machine may be shared.
@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_threads, print_table, stage_two_shapes, sync, write_results  # noqa: E402
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from common import apply_threads, print_table, stage_two_shapes, sync, write_results  # noqa: E402
+
 
 def _timed(action: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Mean milliseconds of `repeats` calls after one warm-up call."""
@@ -52,9 +52,9 @@ def main() -> None:
     if args.quick:
         args.models, args.rounds, args.repeats = 2, 1, 1
 
-    from stages.flat_parameters import FlatParameters
-    from stages.fpt_model import FPTPlus
-    from stages.stacked_model import StackedModels
+    from fpt.stages.model.flat_parameters import FlatParameters
+    from fpt.stages.model.fpt_model import FPTPlus
+    from fpt.stages.model.stacked_model import StackedModels
 
     device = torch.device(args.device)
     spec, kept = stage_two_shapes(args.scenario, num_classes=3)

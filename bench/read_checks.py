@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, WORK, print_table, write_results  # noqa: E402
 
-from cache.layout import compressors as COMPRESSORS  # noqa: E402
+from fpt.cache.layout import compressors as COMPRESSORS  # noqa: E402
 
 SPLITS = {"demo": {"train": 240, "val": 80, "test": 120}, "vitb512": {"train": 64, "val": 16, "test": 16}}
 HEADS = {"demo": 3, "vitb512": 12}
@@ -41,12 +41,12 @@ HEADS = {"demo": 3, "vitb512": 12}
 READ_ONE = """
 import json, sys, time
 from pathlib import Path
-import cache.integrity
-from cache.reader import CacheReader
-from stages.cache_batches import SplitBatches
+import fpt.cache.integrity
+from fpt.cache.reader import CacheReader
+from fpt.stages.train.cache_batches import SplitBatches
 store, epochs, check = Path(sys.argv[1]), int(sys.argv[3]), sys.argv[4] == "on"
 if not check:
-    cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None
+    fpt.cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None
 batches = SplitBatches(CacheReader(store), "train", 16, shuffle=True, with_features=True)
 times = []
 for _ in range(epochs):
@@ -60,12 +60,12 @@ print(json.dumps({"epochs": times, "total": sum(times)}))
 INTERLEAVED = """
 import json, statistics, sys, time
 from pathlib import Path
-import cache.integrity
-from cache.integrity import file_digest, shard_file
-from cache.reader import CacheReader
-from stages.cache_batches import SplitBatches
+import fpt.cache.integrity
+from fpt.cache.integrity import file_digest, shard_file
+from fpt.cache.reader import CacheReader
+from fpt.stages.train.cache_batches import SplitBatches
 checked, plain, epochs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None  # the plain store: no check
+fpt.cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None  # the plain store: no check
 readers = {"crc32c": CacheReader(checked), "none": CacheReader(plain)}
 batches = {name: SplitBatches(reader, "train", 16, shuffle=True, with_features=True) for name, reader in readers.items()}
 times = {name: [] for name in readers}
@@ -93,12 +93,12 @@ print(json.dumps({"epoch_none": statistics.median(times["none"]), "epoch_crc32c"
 TRAIN_ONE = """
 import json, sys, time
 from pathlib import Path
-import cache.integrity
-from pipeline.config import load_config
-from stages.train_side import train_side
+import fpt.cache.integrity
+from fpt.pipeline.config import load_config
+from fpt.stages.train.train_side import train_side
 store, runs, epochs, check, lpm = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "on", sys.argv[5]
 if not check:
-    cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None
+    fpt.cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None
 config = load_config(None, [f"train.runs_root={runs}", f"train.epochs={epochs}", "train.device=cpu",
                             f"lpm.name={lpm}"], "demo")
 began = time.perf_counter()
@@ -110,26 +110,27 @@ print(json.dumps({"epochs": epochs, "total": total}))
 
 
 def build(scenario: str, quick: bool, chunk_checksums: bool) -> Path:
-    import cache.layout
-    from cache.catalog import list_caches
-    from cache.metadata import StorageSettings
-    from cache.synthetic import synthetic_metadata, write_synthetic_cache
-    from pipeline.config import CacheConfig, load_config
+    import fpt.cache.layout
+    from fpt.cache.catalog import list_caches
+    from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
+    from fpt.pipeline.config import load_config
+    from fpt.stages.core.settings import CacheConfig
+    from fpt.stages.extract.settings_check import storage_settings
 
     config = load_config(None, [], "demo")
     splits = {split: max(4, count // 8) if quick else count for split, count in SPLITS[scenario].items()}
     metadata = synthetic_metadata(splits, num_classes=config.demo.num_classes, heads=HEADS[scenario],
-                                  storage=StorageSettings.of(CacheConfig()), dataset="demo", lpm_name=scenario)
+                                  storage=storage_settings(CacheConfig()), dataset="demo", lpm_name=scenario)
     root = WORK / "read-checks" / ("crc32c" if chunk_checksums else "plain")
     for path, existing, _ in list_caches(root):
         if existing is not None and existing.complete and existing.cache_key == metadata.cache_key:
             return path
     if not chunk_checksums:  # as stores were written before their chunks carried a crc32c
-        cache.layout.compressors = cache.layout._compressor
+        fpt.cache.layout.compressors = fpt.cache.layout._compressor
     try:
         return write_synthetic_cache(root, metadata, show_progress=True)
     finally:
-        cache.layout.compressors = COMPRESSORS
+        fpt.cache.layout.compressors = COMPRESSORS
 
 
 def run(store: Path, epochs: int, check: bool, scenario: str, reading_only: bool) -> dict:
@@ -151,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.rounds = 2, 1
-    from cache.catalog import folder_bytes
+    from fpt.cache.catalog import folder_bytes
 
     rows, interleaved_rows, payload = [], [], {}
     for scenario in args.scenarios:

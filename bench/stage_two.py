@@ -25,26 +25,27 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_threads, WORK, bare_torch_rss_mb, bench_config, console, peak_rss_mb, print_table, run_fresh, write_results  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import (  # noqa: E402
+    WORK, apply_threads, bare_torch_rss_mb, bench_config, console, peak_rss_mb, print_table, run_fresh, write_results,
+)
 
 SCRIPT = Path(__file__).resolve()
 
 
 # ---------------------------------------------------------------- child side: one variant
 class Trainer:
-    """The optimisation step of `fpt train-side` (a stack of one, stages/stacked_step.py), on the
+    """The optimisation step of `fpt train-side` (a stack of one, stages/train/stacked_step.py), on the
     model it would build."""
 
     def __init__(self, config, metadata, steps_per_epoch: int, epochs: int) -> None:
-        from stages.flat_parameters import FlatParameters
-        from stages.fpt_model import FPTPlus
-        from stages.rng_stream import RngStream
-        from stages.stacked_model import StackedModels
-        from stages.stacked_step import StepMember
-        from stages.train_side import adamw, half_cycle_cosine, model_spec
+        from fpt.stages.model.flat_parameters import FlatParameters
+        from fpt.stages.model.fpt_model import FPTPlus
+        from fpt.stages.model.stacked_model import StackedModels
+        from fpt.stages.train.rng_stream import RngStream
+        from fpt.stages.train.stacked_step import StepMember
+        from fpt.stages.train.recipe import adamw, half_cycle_cosine, model_spec
 
         self.config = config
         torch.manual_seed(config.train.seed)
@@ -59,7 +60,7 @@ class Trainer:
         self.member = StepMember(self.model, optimizer, scheduler, stream, train.grad_clip)
 
     def step(self, images: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, labels: torch.Tensor) -> float:
-        from stages.stacked_step import step_together
+        from fpt.stages.train.stacked_step import step_together
 
         return float(step_together(self.stack, [self.member], images, keys.float(), values.float(), labels)[0])
 
@@ -95,7 +96,7 @@ class OriginalImages(torch.utils.data.Dataset):
     def __getitem__(self, position: int):
         from safetensors.torch import load_file
 
-        from stages.datasets.images import normalized_tensor, open_rgb, resize_square
+        from fpt.stages.datasets.images import normalized_tensor, open_rgb, resize_square
 
         entry = self.entries[position]
         image = open_rgb(Path(entry["image"]))
@@ -110,7 +111,7 @@ class OriginalImages(torch.utils.data.Dataset):
 
 
 def run_variant(args: argparse.Namespace) -> dict:
-    from cache.reader import CacheReader
+    from fpt.cache.reader import CacheReader
 
     config, _ = bench_config(args.scenario, args.num_train, [f"train.batch_size={args.batch_size}"])
     reader = CacheReader(Path(args.cache))
@@ -119,9 +120,9 @@ def run_variant(args: argparse.Namespace) -> dict:
     epoch_seconds: list[float] = []
     timed_steps, extrapolated = 0, False
     if args.variant == "a":
-        from stages.augment import train_images
-        from stages.cache_batches import SplitBatches
-        from stages.train_side import ready_batches
+        from fpt.stages.train.augment import train_images
+        from fpt.stages.train.cache_batches import SplitBatches
+        from fpt.stages.train.recipe import ready_batches
 
         batches = SplitBatches(reader, "train", batch_size, shuffle=True, with_features=True, seed=config.train.seed,
                                buffer_shards=config.train.shuffle_buffer_shards, in_memory=config.train.in_memory)
@@ -152,8 +153,8 @@ def run_variant(args: argparse.Namespace) -> dict:
                     trainer.step(side, keys, values, labels)
                 epoch_seconds.append(time.perf_counter() - began)
         else:
-            from stages.lpm import build_lpm
-            from stages.token_selection import TokenSelectingLPM
+            from fpt.stages.lpm.build import build_lpm
+            from fpt.stages.lpm.token_selection import TokenSelectingLPM
 
             vit, _ = build_lpm(config.lpm, config.extract.input_size)
             extract = config.extract
@@ -194,8 +195,8 @@ def write_preload_layout(cache: Path, config, folder: Path, original_size: int |
     from PIL import Image
     from safetensors.numpy import save_file
 
-    from cache.reader import CacheReader
-    from stages.datasets.registry import resolve_dataset
+    from fpt.cache.reader import CacheReader
+    from fpt.stages.datasets.registry import resolve_dataset
 
     if (folder / "index.json").exists():
         return folder
@@ -223,9 +224,9 @@ def write_preload_layout(cache: Path, config, folder: Path, original_size: int |
 
 def grown_cache(cache: Path, factor: int, codec: str | None = None) -> Path:
     """A copy of the cache whose train split holds every train sample `factor` times (optionally another codec)."""
-    from cache.layout import create_store, store_name
-    from cache.reader import CacheReader
-    from cache.writer import ShardWriter
+    from fpt.cache.layout import create_store, store_name
+    from fpt.cache.reader import CacheReader
+    from fpt.cache.writer import ShardWriter
 
     reader = CacheReader(cache)
     meta = reader.metadata
@@ -255,7 +256,7 @@ def grown_cache(cache: Path, factor: int, codec: str | None = None) -> Path:
 
 
 def run_scenario(scenario: str, num_train: int, quick: bool, args: argparse.Namespace, bare_mb: float) -> list[dict]:
-    from stages.extract import run_extract
+    from fpt.stages.extract.run import run_extract
 
     config, _ = bench_config(scenario, num_train)
     console.print(f"[bold]{scenario}[/bold]: extracting {num_train} train images ({config.lpm.name} at {config.extract.input_size} px)")

@@ -21,15 +21,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cache.catalog import folder_bytes  # noqa: E402
+from fpt.cache.catalog import folder_bytes  # noqa: E402
 
 DEMO_SPLITS = {"train": 240, "val": 80, "test": 120}
 
 TRAIN_ONE = """
 import json, resource, sys, time
 from pathlib import Path
-from pipeline.config import load_config
-from stages.train_side import train_side
+from fpt.pipeline.config import load_config
+from fpt.stages.train.train_side import train_side
 store, runs, epochs, in_memory = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 config = load_config(None, [f"train.runs_root={runs}", f"train.epochs={epochs}", "train.device=cpu",
                             f"train.in_memory={in_memory}"], "demo")
@@ -40,9 +40,9 @@ print(json.dumps({"peak_rss_mib": peak_kib / 1024, "seconds": result.seconds, "t
 
 
 def build(root: Path, scale: int) -> Path:
-    from cache.catalog import list_caches
-    from cache.synthetic import synthetic_metadata, write_synthetic_cache
-    from pipeline.config import load_config
+    from fpt.cache.catalog import list_caches
+    from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
+    from fpt.pipeline.config import load_config
 
     config = load_config(None, [], "demo")
     splits = {split: count * scale for split, count in DEMO_SPLITS.items()}

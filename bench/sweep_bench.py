@@ -58,11 +58,12 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.cluster import machine_cores
-    from pipeline.config import SweepConfig, load_config
-    from pipeline.sweep import run_sweep
-    from stages.extract import run_extract
-    from stages.packed_training import train_pack
+    from fpt.pipeline.cluster import machine_cores
+    from fpt.pipeline.config import load_config
+    from fpt.pipeline.sweep import run_sweep
+    from fpt.stages.core.settings import SweepConfig
+    from fpt.stages.extract.run import run_extract
+    from fpt.stages.train.packed_training import train_pack
 
     root = args.root.resolve()
     runs = root / "runs"

@@ -4,7 +4,7 @@
 
 On CUDA: torch.cuda.max_memory_allocated over a few training steps with inputs shaped as the
 cache delivers them (float16 keys/values copied to the device, then cast to float32, as
-stages/train_side.py does). Without a GPU it reports 'no GPU' for that figure and measures the
+stages/train/train_side.py does). Without a GPU it reports 'no GPU' for that figure and measures the
 CPU-side equivalents: parameters + gradients + AdamW state, the tensors autograd saves for
 backward (counted with saved_tensors_hooks), the batch, and this process's peak RSS growth.
 """
@@ -17,11 +17,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_threads, print_table, stage_two_shapes, write_results  # noqa: E402
-
 import psutil  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from common import apply_threads, print_table, stage_two_shapes, write_results  # noqa: E402
 
 PAPER_MB = 736
 
@@ -36,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     apply_threads(args.threads)
 
-    from stages.fpt_model import FPTPlus
+    from fpt.stages.model.fpt_model import FPTPlus
 
     rss_start = psutil.Process().memory_info().rss
     device = torch.device(args.device)

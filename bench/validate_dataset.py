@@ -19,10 +19,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_config  # noqa: E402
-from stages.datasets import image_scan  # noqa: E402
-from stages.datasets.registry import read_layout  # noqa: E402
-from stages.datasets.validate import validate_dataset  # noqa: E402
+from fpt.pipeline.config import load_config  # noqa: E402
+from fpt.stages.datasets import image_scan  # noqa: E402
+from fpt.stages.datasets.registry import read_layout  # noqa: E402
+from fpt.stages.datasets.validate import validate_dataset  # noqa: E402
 
 CLASSES = ["a", "b", "c"]
 SAVE_OPTIONS = {"png": {"compress_level": 1}, "jpg": {"quality": 90}}

@@ -1,31 +1,18 @@
 """A cache's identity: what went into it, hashed. Same inputs -> same key -> same store.
 
 The key covers the LPM weights' identity, every extraction and storage setting, the
-normalisation, and the dataset's content (file hashes with labels and splits, not paths).
+normalisation, and the dataset's content (its fingerprint: file hashes with labels and splits,
+not paths; stages/datasets/fingerprint.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from pydantic import BaseModel
 
-from cache.metadata import FORMAT_VERSION
-from stages.datasets.samples import Sample
-from stages.lpm import LPMIdentity, file_sha256
-
-
-def dataset_fingerprint(samples: list[Sample], workers: int = 4) -> str:
-    """sha256 over (content hash, label, split) of every sample, in sample order."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        hashes = list(pool.map(lambda s: file_sha256(Path(s.path)), samples))
-    digest = hashlib.sha256()
-    for sample, content in zip(samples, hashes):
-        digest.update(f"{content}:{sample.label}:{sample.split}\n".encode())
-    return digest.hexdigest()
+from fpt.cache.metadata import FORMAT_VERSION, LPMIdentity
 
 
 def store_key(dataset: str, fingerprint: str, lpm: LPMIdentity, settings: BaseModel, normalization: BaseModel,

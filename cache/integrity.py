@@ -18,9 +18,9 @@ import numpy as np
 import zarr
 from pydantic import BaseModel, Field
 
-from cache.layout import write_metadata
-from cache.metadata import CacheMetadata
-from pipeline.errors import UserError
+from fpt.cache.errors import UserError
+from fpt.cache.layout import write_metadata
+from fpt.cache.metadata import CacheMetadata
 
 
 def shard_file(store: Path, array: zarr.Array, shard: int) -> Path:

@@ -24,8 +24,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
 
-from cache.encoding import has_scales, scale_name, stored_dtype
-from cache.metadata import CacheMetadata, StorageSettings
+from fpt.cache.encoding import has_scales, scale_name, stored_dtype
+from fpt.cache.metadata import CacheMetadata, StorageSettings
 
 FEATURE_ARRAYS = ("keys", "values")
 SAMPLE_ARRAYS = FEATURE_ARRAYS + ("side_images",)

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from stages.lpm import LPMIdentity
-
-if TYPE_CHECKING:
-    from pipeline.config import CacheConfig
-
 FORMAT_VERSION = 2  # 2: shard_sha256 checksums, bfloat16 and int8 storage
 ATTRIBUTE_KEY = "fpt"
+
+
+class LPMIdentity(BaseModel):
+    """What the cache records about the LPM that produced it."""
+
+    name: str
+    weights_source: str  # "hub", "file" or "none"
+    weights_identity: str  # "sha256:<hex>" or "random:<seed>"
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    patch_size: int
+    depth: int
+    num_prefix_tokens: int
+    num_params: int
+    class_token: bool = True  # token 0 is a class token (global-pool models have none)
 
 
 class ExtractionSettings(BaseModel):
@@ -46,12 +57,6 @@ class StorageSettings(BaseModel):
     codec_level: int
     shard_size: int
     chunk_size: int
-
-    @classmethod
-    def of(cls, cache: CacheConfig) -> StorageSettings:
-        """The storage settings of a store built with this `cache:` configuration."""
-        return cls(dtype=cache.dtype, codec=cache.codec, codec_level=cache.codec_level, shard_size=cache.shard_size,
-                   chunk_size=cache.chunk_size)
 
 
 class SkippedImage(BaseModel):

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 from pydantic import ValidationError
-
 from zarr.core.buffer import default_buffer_prototype
 
-from cache.encoding import decode, has_scales, scale_name
-from cache.integrity import ShardReadCheck, damaged_shard_error
-from cache.layout import aligned_blocks, chunks_checksummed
-from cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, CacheMetadata
-from pipeline.errors import UserError
+from fpt.cache.encoding import decode, has_scales, scale_name
+from fpt.cache.errors import UserError
+from fpt.cache.integrity import ShardReadCheck, damaged_shard_error
+from fpt.cache.layout import aligned_blocks, chunks_checksummed
+from fpt.cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, CacheMetadata
 
 
 def read_metadata(path: Path) -> CacheMetadata:

@@ -13,19 +13,34 @@ written sorted by an earlier version stays valid and is read chunk by chunk as b
 
 from __future__ import annotations
 
+from typing import Protocol, TypeVar
+
 import numpy as np
 
-from pipeline.errors import UserError
-from stages.datasets.samples import SPLITS, Sample
+from fpt.cache.errors import UserError
+from fpt.cache.layout import SPLIT_CODES
 
 SHUFFLED_SPLITS = ("train",)
 ORDER_SEED = 0
 
 
+class StoredSample(Protocol):
+    """What the order needs of a dataset's sample."""
+
+    @property
+    def sample_id(self) -> str: ...
+
+    @property
+    def split(self) -> str: ...
+
+
+Sample = TypeVar("Sample", bound=StoredSample)
+
+
 def storage_order(samples: list[Sample]) -> list[Sample]:
     """Split-ordered samples (train, val, test) with the train split in one seeded random order."""
     ordered: list[Sample] = []
-    for split in SPLITS:
+    for split in SPLIT_CODES:  # train, val, test
         part = [s for s in samples if s.split == split]
         if split in SHUFFLED_SPLITS:
             permutation = np.random.default_rng(ORDER_SEED).permutation(len(part))

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import UserError
+from fpt.cache.errors import UserError
 
 _held: set[Path] = set()  # stores this process holds: a nested writer (a transcode inside extract) goes on
 

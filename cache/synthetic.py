@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from cache.layout import SPLIT_CODES, create_store, store_name
-from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, StorageSettings
-from cache.writer import ShardWriter
-from stages.lpm import LPMIdentity
+from fpt.cache.layout import SPLIT_CODES, create_store, store_name
+from fpt.cache.metadata import CacheMetadata, ExtractionSettings, LPMIdentity, Normalization, StorageSettings
+from fpt.cache.writer import ShardWriter
 
 
 def synthetic_metadata(split_counts: dict[str, int], num_classes: int = 3, layers: int = 6, heads: int = 3,

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cache.catalog import list_caches
-from cache.identity import store_key
-from cache.layout import create_store, store_name
-from cache.metadata import CacheMetadata, StorageSettings
-from cache.reader import CacheReader, read_metadata
-from cache.store_lock import store_lock
-from cache.writer import ShardWriter
-from pipeline.errors import UserError
+from fpt.cache.catalog import list_caches
+from fpt.cache.errors import UserError
+from fpt.cache.identity import store_key
+from fpt.cache.layout import create_store, store_name
+from fpt.cache.metadata import CacheMetadata, StorageSettings
+from fpt.cache.reader import CacheReader, read_metadata
+from fpt.cache.store_lock import store_lock
+from fpt.cache.writer import ShardWriter
 
 
 def transcoded_key(source: CacheMetadata, storage: StorageSettings) -> str:

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from cache.encoding import encode, scale_name
-from cache.integrity import shard_digests
-from cache.layout import FEATURE_ARRAYS, sharded_arrays, write_metadata
-from cache.metadata import CacheMetadata
-from pipeline.errors import UserError
+from fpt.cache.encoding import encode, scale_name
+from fpt.cache.errors import UserError
+from fpt.cache.integrity import shard_digests
+from fpt.cache.layout import FEATURE_ARRAYS, sharded_arrays, write_metadata
+from fpt.cache.metadata import CacheMetadata
 
 
 class ShardWriter:

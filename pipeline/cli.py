@@ -1,4 +1,10 @@
-"""The `fpt` command line."""
+"""The `fpt` command line.
+
+Each command imports the stages it runs when it runs: importing all of them at once (torch, timm,
+dask, matplotlib) takes about 7 s, which `fpt --help`, `fpt --version` and `fpt cache list`
+should not wait for. These are not dodged circles: the layer contracts (pyproject.toml) check the
+import graph with them included.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +17,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cache.io_thread import stop_zarr_io_thread
-from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import Interrupted, UserError
+from fpt.cache.errors import UserError
+from fpt.cache.io_thread import stop_zarr_io_thread
+from fpt import __version__
+from fpt.pipeline.config import config_files, load_config
+from fpt.stages.core.errors import Interrupted
+from fpt.stages.core.settings import PipelineConfig, config_to_yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="FPT+ as a two-stage pipeline: extract once, train the side network many times.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect, check and re-encode the feature caches.")
 app.add_typer(cache_app, name="cache")
+config_app = typer.Typer(no_args_is_help=True, help="The configuration: which files are read, and what they resolve to.")
+app.add_typer(config_app, name="config")
 console = Console()
 error_console = Console(stderr=True, soft_wrap=True)
 
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="Configuration file (default: ./pipeline.yaml).")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="Configuration file layered over the shipped defaults (default: ./pipeline.yaml where there is one).")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: --set train.lr=1e-4 (repeatable).")]
 DatasetOption = Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name (see `fpt datasets`).")]
 DataRootOption = Annotated[Optional[Path], typer.Option("--data-root", help="Folder of this dataset's files (sets dataset.path); a cache is used only for the images it was extracted from.")]
@@ -29,11 +40,39 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 SchedulerOption = Annotated[Optional[str], typer.Option("--scheduler", help="Run on dask: tcp://HOST:PORT of a running scheduler, or 'local' for a LocalCluster (see docs/sweeps.md).")]
 
 
-def _load(config: Path | None, assignments: list[str] | None, dataset: str | None, data_root: Path | None = None) -> PipelineConfig:
+def _load(config: Path | None, assignments: list[str] | None, dataset: str | None, data_root: Path | None = None,
+          announce: bool = True) -> PipelineConfig:
+    """The command's settings; with `announce`, a line naming the configuration files read."""
     extra = list(assignments or [])
     if data_root is not None:
         extra.append(f"dataset.path={data_root}")
-    return load_config(config, extra, dataset)
+    settings = load_config(config, extra, dataset)
+    if announce:
+        console.print(f"[dim]Configuration: {', '.join(str(path) for path in config_files(config))}[/dim]",
+                      highlight=False)
+    return settings
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print fpt's version and exit.")] = False,
+) -> None:
+    """FPT+ as a two-stage pipeline: extract once, train the side network many times."""
+
+
+@config_app.command("show")
+def config_show(dataset: DatasetOption = None, config: ConfigOption = None, set_: SetOption = None,
+                data_root: DataRootOption = None) -> None:
+    """Print the resolved configuration (defaults, files, the dataset's overrides and --set) as YAML."""
+    settings = _load(config, set_, dataset, data_root, announce=False)
+    print(f"# read: {', '.join(str(path) for path in config_files(config))}")
+    print(config_to_yaml(settings), end="")
 
 
 @app.command()
@@ -47,14 +86,14 @@ def extract(
     scheduler: SchedulerOption = None,
 ) -> None:
     """Stage one: run the frozen LPM once over the images and fill the feature cache."""
-    from cache.catalog import folder_bytes
-    from stages.extract import run_extract
+    from fpt.cache.catalog import folder_bytes
+    from fpt.pipeline.distributed_extract import run_extract
 
     cfg = _load(config, set_, dataset, data_root)
     if dry_run:
-        from pipeline.dataset_report import print_dataset_report
-        from stages.datasets.validate import validate_dataset
-        from stages.settings_check import check_before_scan
+        from fpt.pipeline.dataset_report import print_dataset_report
+        from fpt.stages.datasets.validate import validate_dataset
+        from fpt.stages.extract.settings_check import check_before_scan
 
         check_before_scan(cfg)  # settings the LPM cannot serve, from its shape alone: no weights are loaded
         report = validate_dataset(cfg, show_progress=not quiet)
@@ -92,15 +131,15 @@ def train_side_command(
     quiet: QuietOption = False,
 ) -> None:
     """Stage two: train the fusion modules and side network from the cache of the dataset's images."""
-    from cache.catalog import find_cache
-    from stages.datasets.registry import dataset_source
-    from stages.metrics import is_binary, reported_scores, score_header
-    from stages.train_side import train_side
+    from fpt.stages.datasets.registry import dataset_source
+    from fpt.stages.runs.metrics import is_binary, reported_scores, score_header
+    from fpt.stages.train.cache_choice import find_cache
+    from fpt.stages.train.train_side import train_side
 
     if not from_cache:
         raise UserError("train-side only trains from a cache.", "Run `fpt extract` first, then `fpt train-side --from-cache`.")
     if resume is not None:
-        from stages.trained_run import read_run, run_cache_metadata, run_config
+        from fpt.stages.runs.trained_run import read_run, run_cache_metadata, run_config
 
         if set_ or no_prompts or config is not None or dataset is not None or data_root is not None:
             raise UserError("--resume goes on with a run exactly as it was started, so it takes no --set, "
@@ -155,8 +194,8 @@ def predict(
     """Classify new images with a trained run: frozen LPM (checked against the cache) + side network."""
     import datetime as dt
 
-    from stages.predict import predict_images, write_prediction_csv
-    from stages.trained_run import read_run
+    from fpt.stages.inference.predict import predict_images, write_prediction_csv
+    from fpt.stages.runs.trained_run import read_run
 
     predictions = predict_images(run, images, _checkpoint(checkpoint), set_, cache, show_progress=not quiet)  # type: ignore[arg-type]
     target = output or run / f"predict-{dt.datetime.now():%Y%m%d-%H%M%S}.csv"
@@ -176,8 +215,8 @@ def evaluate(
     set_: SetOption = None,
 ) -> None:
     """Recompute a run's metrics from its cache, write them (JSON) and redraw its report."""
-    from stages.evaluate import evaluate_run
-    from stages.metrics import is_binary, reported_scores, score_header
+    from fpt.stages.inference.evaluate import evaluate_run
+    from fpt.stages.runs.metrics import is_binary, reported_scores, score_header
 
     result = evaluate_run(run, split, _checkpoint(checkpoint), cache, set_)  # type: ignore[arg-type]
     table = Table(title=f"{split} metrics, {checkpoint} checkpoint ({result.num_samples} images)")
@@ -195,7 +234,7 @@ def report(
     runs: Annotated[list[Path], typer.Argument(help="Run folder(s) under train.runs_root (a sweep's trials included).")],
 ) -> None:
     """Draw a run's pictures (training curves, ROC, confusion matrices) and rewrite its report.md."""
-    from stages.report import write_report
+    from fpt.stages.runs.report import write_report
 
     for run in runs:
         if not (run / "run.json").is_file():
@@ -213,11 +252,11 @@ def export_command(
     cache: RunCacheOption = None,
 ) -> None:
     """Export the side network + fusion weights (safetensors) with a JSON to rebuild them."""
-    from stages.export import export_run
+    from fpt.stages.runs.export import export_run
 
     folder = export_run(run, _checkpoint(checkpoint), output, cache)  # type: ignore[arg-type]
     console.print(f"[green]Exported[/green] to {folder}; load it with "
-                  f"`from stages.export import load_exported; model = load_exported({str(folder)!r})`.")
+                  f"`from fpt.stages.runs.export import load_exported; model = load_exported({str(folder)!r})`.")
 
 
 @app.command()
@@ -236,7 +275,7 @@ def sweep(
     """Hyperparameter search from the cache: grid or random trials on dask, packed on shared batches.
 
     Run the same command again after Ctrl-C, a kill or a crash: finished trials are skipped and the others go on from their last finished epoch."""
-    from pipeline.sweep import load_sweep_file, run_sweep
+    from fpt.pipeline.sweep import load_sweep_file, run_sweep
 
     if not from_cache:
         raise UserError("sweep only trains from a cache.", "Run `fpt extract` first, then `fpt sweep --from-cache`.")
@@ -259,7 +298,7 @@ def sweep(
 @app.command()
 def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
     """List the datasets fpt knows and where each expects its files."""
-    from stages.datasets.registry import REGISTRY, expected_location
+    from fpt.stages.datasets.registry import REGISTRY, expected_location
 
     cfg = _load(config, set_, None)
     table = Table(title="Datasets")
@@ -281,7 +320,7 @@ def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
 @cache_app.command("list")
 def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
     """List the caches under cache.root with their size and settings."""
-    from cache.catalog import folder_bytes, list_caches
+    from fpt.cache.catalog import folder_bytes, list_caches
 
     cfg = _load(config, set_, None)
     caches = list_caches(cfg.cache.root)
@@ -317,13 +356,13 @@ def cache_transcode(
     quiet: QuietOption = False,
 ) -> None:
     """Re-write a cache in the storage settings of the configuration (cache.dtype, codec, shards), without the LPM."""
-    from cache.catalog import folder_bytes
-    from cache.metadata import StorageSettings
-    from cache.reader import read_metadata
-    from cache.transcode import transcode
+    from fpt.cache.catalog import folder_bytes
+    from fpt.cache.reader import read_metadata
+    from fpt.cache.transcode import transcode
+    from fpt.stages.extract.settings_check import storage_settings
 
     cfg = _load(config, set_, None)
-    storage = StorageSettings.of(cfg.cache)
+    storage = storage_settings(cfg.cache)
     # an incomplete source is refused by the reader inside transcode, with its own message
     written = transcode(path, cfg.cache.root, storage, show_progress=not quiet,
                         resume_command="the same `fpt cache transcode` command")
@@ -343,9 +382,9 @@ def cache_verify(
     set_: SetOption = None,
 ) -> None:
     """Re-check every shard of a cache against the checksums recorded when it was written."""
-    from cache.catalog import list_caches
-    from cache.integrity import verify_store
-    from cache.reader import read_metadata
+    from fpt.cache.catalog import list_caches
+    from fpt.cache.integrity import verify_store
+    from fpt.cache.reader import read_metadata
 
     cfg = _load(config, set_, None)
     paths = [path] if path is not None else [p for p, _, _ in list_caches(cfg.cache.root)]

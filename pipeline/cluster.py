@@ -13,12 +13,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import psutil
 import torch
 from pydantic import BaseModel
 
-from cache.io_thread import stop_zarr_io_thread_at_exit
-from pipeline.errors import UserError
+from fpt.cache.errors import UserError
+from fpt.cache.io_thread import stop_zarr_io_thread_at_exit
+from fpt.stages.core.devices import machine_cores
 
 
 class ClusterPlan(BaseModel):
@@ -33,13 +33,6 @@ class ClusterPlan(BaseModel):
         if self.torch_threads > 0:
             return self.torch_threads
         return max(1, machine_cores() // max(1, self.threads_per_host.get(host, 1)))
-
-
-def machine_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return psutil.cpu_count(logical=True) or 1
 
 
 def plan_local(num_tasks: int, use_gpu: bool, max_workers: int | None = None) -> ClusterPlan:

@@ -1,379 +1,70 @@
-"""Every setting of the pipeline as pydantic models, loaded from `pipeline.yaml`.
+"""Which configuration files a command reads, and the settings they give.
 
-The defaults here are the paper's (METHOD.md); `pipeline.yaml` repeats them so users can see
-and edit them. Order of precedence: model defaults < pipeline.yaml < the yaml's
-`overrides.<dataset>` section < command-line `--set key.path=value` options.
+The defaults ship inside the package (`pipeline.yaml`, read with importlib.resources), so fpt
+behaves the same from any folder. A `pipeline.yaml` in the working directory, or the file given
+with `--config`, is layered on top. Each file's `overrides.<dataset>` section refines that file's
+own values, and a later file's values win over an earlier file's, overrides included: the demo's
+shipped tiny LPM applies unless your file names another, and a run folder's resolved config.yaml
+(which has no overrides section) gives back exactly that run's settings. The `--set` options apply
+last (stages/core/settings.py).
 """
 
 from __future__ import annotations
 
-import copy
+from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from fpt.stages.core.settings import (
+    PipelineConfig, deep_merge, parse_assignment, read_yaml_file, set_in, settings_from,
+)
 
-from pipeline.errors import UserError
-
-DEFAULT_CONFIG_FILE = Path("pipeline.yaml")
+LOCAL_CONFIG_FILE = Path("pipeline.yaml")
 
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def shipped_config_file() -> Path:
+    """The default configuration inside the installed package."""
+    with as_file(files("fpt") / "pipeline.yaml") as path:
+        return Path(path)
 
 
-class DatasetConfig(StrictModel):
-    name: str = "demo"
-    data_root: Path = Path("data")
-    path: Path | None = Field(
-        default=None, description="Folder of this dataset; default <data_root>/<name>."
-    )
-    csv: Path | None = Field(default=None, description="For the `csv` layout: path,label[,split] file.")
-    classes: list[str] | None = Field(default=None, description="Class names for `folder`/`csv`.")
-    normalization: Literal["dataset", "auto", "imagenet", "lpm"] = Field(
-        default="dataset",
-        description="dataset: the paper's published values for its datasets (auto for others); auto: computed "
-                    "from the train split at full resolution; imagenet; lpm: timm's mean/std of the LPM.",
-    )
-    keep_ungradable: bool = False
-    val_fraction: float = Field(default=0.15, gt=0, lt=1)
-    test_fraction: float = Field(default=0.2, gt=0, lt=1)
-    split_seed: int = 0
-
-    def root(self) -> Path:
-        return self.path if self.path is not None else self.data_root / self.name
+def config_files(config_file: Path | None = None) -> list[Path]:
+    """The files a command reads, in order: the shipped defaults, then `--config FILE` or, without
+    one, ./pipeline.yaml where it exists (and is not the shipped file itself, as in a checkout)."""
+    shipped = shipped_config_file()
+    chosen = [shipped]
+    extra = config_file if config_file is not None else (LOCAL_CONFIG_FILE if LOCAL_CONFIG_FILE.is_file() else None)
+    if config_file is not None or (extra is not None and extra.resolve() != shipped.resolve()):
+        chosen.append(extra)  # type: ignore[arg-type]
+    return chosen
 
 
-class DemoConfig(StrictModel):
-    """The built-in synthetic dataset: fundus-like discs whose class is the lesion density."""
-
-    num_train: int = Field(default=240, ge=4)
-    num_val: int = Field(default=80, ge=2)
-    num_test: int = Field(default=120, ge=2)
-    image_size: int = Field(default=512, ge=128)
-    num_classes: int = Field(default=3, ge=2, le=5)
-    seed: int = 0
-
-
-class LPMConfig(StrictModel):
-    name: str = "vit_base_patch16_384.orig_in21k_ft_in1k"
-    weights: str = Field(
-        default="hub",
-        description="'hub' (timm/Hugging Face weights of `name`), 'none' (random init, "
-        "explicit), or a path to a local .safetensors/.pth/.bin file.",
-    )
-    init_seed: int = 0
-    checkpoint_key: str = Field(
-        default="auto",
-        description="Where a weights file keeps the encoder's state dict: auto (the file itself, or under "
-                    "model, state_dict, teacher, ...), or a key such as model or teacher.",
-    )
+def load_config(config_file: Path | None = None, assignments: list[str] | None = None,
+                dataset: str | None = None) -> PipelineConfig:
+    """The settings of `config_files(config_file)`, each with its own overrides for the dataset, then
+    the `--set` assignments."""
+    paths = config_files(config_file)
+    layers = [read_yaml_file(path) for path in paths]
+    name = dataset_name(layers, assignments, dataset)
+    tree: dict = {}
+    for layer in layers:
+        own = (layer.get("overrides") or {}).get(name)
+        tree = deep_merge(tree, deep_merge(layer, own) if isinstance(own, dict) else layer)
+    if name is not None:
+        set_in(tree, ["dataset", "name"], name)
+    # the overrides applied above belong to their files; the settings keep the top file's own section
+    tree["overrides"] = layers[-1].get("overrides") or {}
+    return settings_from(tree, " and ".join(str(path) for path in paths), assignments, apply_overrides=False)
 
 
-class ExtractConfig(StrictModel):
-    input_size: int = Field(default=512, ge=32)
-    layers: list[int] | Literal["last_half"] = Field(
-        default="last_half",
-        description="The LPM blocks whose attention is used: last_half (the paper's choice: 6..11 of 12 blocks, "
-                    "12..23 of ViT-L's 24) or a list of block indices.",
-    )
-    token_ratio: float = Field(default=0.2, gt=0, le=1)
-    importance: Literal["global", "class_token"] = "global"
-    batch_size: int = Field(default=8, ge=1)
-    num_workers: int | Literal["auto"] = Field(
-        default="auto",
-        description="DataLoader processes decoding images. auto: none on the CPU (the LPM needs every core and "
-                    "decoding is a few % of it; workers made extraction slower, bench/README.md), "
-                    "cores - 1 (at most 8) on a GPU.",
-    )
-    device: str = "auto"
-    side_store_size: int = Field(
-        default=144, description="Side images are stored at this size (uint8) for crop/flip."
-    )
-    resize: Literal["pil-bilinear", "pil-bicubic"] = Field(
-        default="pil-bilinear",
-        description="How images are resized to the LPM input and the stored side size: PIL's antialiased "
-                    "bilinear (the published preprocessing) or bicubic.",
-    )
-    jpeg_draft: int = Field(
-        default=2, ge=0,
-        description="A JPEG is decoded at the largest reduced scale (1/2, 1/4, 1/8, in the DCT domain: faster) that "
-                    "keeps it at least this many times the LPM input on each side, then resized as usual; 0 decodes "
-                    "every pixel. At 2 the LPM input changes about as much as the JPEG compression itself changes it; "
-                    "at 1, four to six times as much (bench/README.md).",
-    )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        default="fp32",
-        description="Arithmetic of the LPM's forward pass: fp32, or bf16/fp16 autocast (matrix products in 16 bits, "
-                    "norms and softmax in fp32). bf16 is faster on GPUs and on CPUs with AVX512-BF16 or AMX; "
-                    "fp16 is for GPUs only (emulated, several times slower, on a CPU). Part of the cache key; "
-                    "bench/README.md gives the share of selected tokens it changes.",
-    )
-    query_chunk: int = Field(
-        default=128, ge=1, description="Queries per block when scoring tokens (bounds memory; 128 was fastest on CPU)."
-    )
-    on_decode_error: Literal["fatal", "skip"] = "fatal"
-    overlap_writes: bool = Field(
-        default=True, description="Compress and write a shard in a thread while the next batch is computed."
-    )
-
-    @field_validator("layers")
-    @classmethod
-    def _layers_sorted_unique(cls, layers: list[int] | str) -> list[int] | str:
-        if isinstance(layers, str):
-            return layers
-        if not layers:
-            raise ValueError("give at least one layer, or last_half")
-        if any(layer < 0 for layer in layers):
-            raise ValueError("layer indices must be >= 0")
-        if len(set(layers)) != len(layers):
-            raise ValueError("layer indices must be unique")
-        return sorted(layers)
-
-    def resolved_layers(self, depth: int) -> list[int]:
-        """The chosen block indices for an LPM of `depth` blocks."""
-        return list(range(depth // 2, depth)) if self.layers == "last_half" else list(self.layers)
-
-
-class CacheConfig(StrictModel):
-    root: Path = Path("outputs/cache")
-    dtype: Literal["float16", "bfloat16", "float32", "int8"] = "float16"
-    codec: Literal["zstd", "blosc-zstd", "blosc-lz4", "gzip", "none"] = "blosc-lz4"
-    codec_level: int = Field(default=3, ge=0, le=22)
-    shard_size: int = Field(default=32, ge=1, description="Samples per shard file.")
-    chunk_size: int = Field(default=4, ge=1, description="Samples per chunk inside a shard.")
-
-    @model_validator(mode="after")
-    def _shard_multiple_of_chunk(self) -> "CacheConfig":
-        if self.shard_size % self.chunk_size:
-            raise ValueError("shard_size must be a multiple of chunk_size")
-        return self
-
-
-class SideConfig(StrictModel):
-    input_size: int = Field(default=128, ge=16)
-    reduction: int = Field(default=8, ge=1, description="Side width d = D / reduction.")
-    num_prompts: int = Field(default=16, ge=1)
-    prompt_reduction: int = Field(default=1, ge=1, description="Prompt width Dp = D / this.")
-    prompt_norm: bool = True
-    prompt_projection: bool = False
-    use_prompts: bool = Field(default=True, description="False: the side network alone.")
-    fusion_dropout: float = Field(default=0.5, ge=0, lt=1)
-    mlp_ratio: float = Field(default=4.0, gt=0)
-
-
-class AugmentConfig(StrictModel):
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    crop_ratio: tuple[float, float] = (0.7, 1.3)
-    hflip: float = Field(default=0.5, ge=0, le=1)
-    brightness: float = Field(default=0.2, ge=0)
-    contrast: float = Field(default=0.2, ge=0)
-
-
-class TrainConfig(StrictModel):
-    lr: float | None = Field(default=None, gt=0, description="None: the dataset's default.")
-    weight_decay: float = Field(default=0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    grad_clip: float = Field(default=1.0, gt=0)
-    seed: int = 0
-    device: str = "auto"
-    runs_root: Path = Path("outputs/runs")
-    run_name: str | None = None
-    in_memory: bool = Field(default=False, description="Load the whole cache split into RAM.")
-    prefetch: bool | Literal["auto"] = Field(
-        default="auto",
-        description="Read the next batch in a background thread while a step runs. auto: on a GPU only "
-                    "(on the CPU the thread competes with the step for the cores; bench/README.md).",
-    )
-    shuffle_buffer_shards: int = Field(
-        default=4, ge=1,
-        description="Training shuffles within a buffer of this many shards of samples, filled from shards in random order "
-                    "(the train split is stored in random order; a store written sorted is read by chunks).",
-    )
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-
-
-class SweepRange(StrictModel):
-    """A continuous or integer range for random search."""
-
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "SweepRange":
-        if self.high < self.low:
-            raise ValueError("high must be >= low")
-        if self.log and self.low <= 0:
-            raise ValueError("a log range needs low > 0")
-        return self
-
-
-class SweepConfig(StrictModel):
-    """Hyperparameter search over train-side settings (`fpt sweep --from-cache`)."""
-
-    name: str | None = Field(default=None, description="Folder under train.runs_root; default sweep-<dataset>.")
-    method: Literal["grid", "random"] = "grid"
-    num_trials: int = Field(default=8, ge=1, description="Random search: trials drawn.")
-    seed: int = Field(default=0, description="Random search: seed of the draws.")
-    parameters: dict[str, list[Any] | SweepRange] = Field(
-        default_factory=dict,
-        description="Dotted setting (as in --set) -> list of values, or {low, high, log, integer} (random only).",
-    )
-    pack_size: int = Field(default=16, ge=1, description="Most trials trained side by side on one read of each batch.")
-
-
-class PipelineConfig(StrictModel):
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    demo: DemoConfig = Field(default_factory=DemoConfig)
-    lpm: LPMConfig = Field(default_factory=LPMConfig)
-    extract: ExtractConfig = Field(default_factory=ExtractConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
-    side: SideConfig = Field(default_factory=SideConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    sweep: SweepConfig = Field(default_factory=SweepConfig)
-    overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="Per-dataset settings applied when dataset.name matches.",
-    )
-
-    @model_validator(mode="after")
-    def _side_fits_store(self) -> "PipelineConfig":
-        if self.extract.side_store_size < self.side.input_size:
-            raise ValueError(
-                f"extract.side_store_size ({self.extract.side_store_size}) must be >= "
-                f"side.input_size ({self.side.input_size})"
-            )
-        return self
-
-
-def parse_assignment(text: str) -> tuple[list[str], Any]:
-    """`train.lr=1e-4` -> (['train', 'lr'], 1e-4). Values are read as YAML scalars/lists."""
-    if "=" not in text:
-        raise UserError(
-            f"The option --set {text!r} has no '='.",
-            "Write it as --set section.field=value, e.g. --set train.lr=1e-4.",
-        )
-    key, raw = text.split("=", 1)
-    path = [part for part in key.strip().split(".") if part]
-    if not path:
-        raise UserError(f"The option --set {text!r} names no field.", "Write --set train.lr=1e-4.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return path, value
-
-
-def set_in(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[path[-1]] = value
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def read_yaml_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(
-            f"The configuration file {path} does not exist.",
-            "Give an existing file with --config, or run from the folder that holds pipeline.yaml.",
-        ) from None
-    except OSError as error:
-        raise UserError(f"The configuration file {path} cannot be read ({error.strerror}).") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(
-            f"The configuration file {path} is not valid YAML{where}: "
-            f"{getattr(error, 'problem', None) or error}.",
-            "Fix the file (indentation with spaces, 'key: value' pairs) and run again.",
-        ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(
-            f"The configuration file {path} must hold a mapping of sections "
-            f"(dataset:, lpm:, extract:, ...), not a {type(data).__name__}.",
-            "Start from the pipeline.yaml shipped with fpt.",
-        )
-    return data
-
-
-def format_validation_error(error: ValidationError, source: str) -> UserError:
-    lines = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"{location}: {item['msg']} (got {item.get('input')!r})")
-    return UserError(
-        f"The configuration from {source} has invalid values: " + "; ".join(lines) + ".",
-        "Correct these fields in pipeline.yaml or in the --set options.",
-    )
-
-
-def load_config(
-    config_file: Path | None = None,
-    assignments: list[str] | None = None,
-    dataset: str | None = None,
-    apply_overrides: bool = True,
-) -> PipelineConfig:
-    """Load defaults, the YAML file, the dataset's overrides and the CLI assignments.
-
-    apply_overrides=False reads a resolved configuration (a run folder's config.yaml) as it is:
-    its values already hold its dataset's overrides, and applying them again would undo any
-    --set that the run was started with on an overridden key (train.epochs on the demo, say)."""
-    if config_file is None:
-        tree = read_yaml_file(DEFAULT_CONFIG_FILE) if DEFAULT_CONFIG_FILE.exists() else {}
-        source = str(DEFAULT_CONFIG_FILE) if DEFAULT_CONFIG_FILE.exists() else "the built-in defaults"
-    else:
-        tree = read_yaml_file(config_file)
-        source = str(config_file)
-    parsed = [parse_assignment(text) for text in assignments or []]
+def dataset_name(layers: list[dict], assignments: list[str] | None, dataset: str | None) -> str | None:
+    """The dataset the command runs on: --dataset, else a --set dataset.name=..., else the last file's."""
     if dataset is not None:
-        set_in(tree, ["dataset", "name"], dataset)
-    for path, value in parsed:
+        return dataset
+    for path, value in reversed([parse_assignment(text) for text in assignments or []]):
         if path == ["dataset", "name"]:
-            set_in(tree, path, value)
-    name = (tree.get("dataset") or {}).get("name", DatasetConfig().name)
-    dataset_overrides = (tree.get("overrides") or {}).get(name) if apply_overrides else None
-    if isinstance(dataset_overrides, dict):
-        tree = deep_merge(tree, dataset_overrides)
-    for path, value in parsed:
-        set_in(tree, path, value)
-    try:
-        return PipelineConfig.model_validate(tree)
-    except ValidationError as error:
-        raise format_validation_error(error, f"{source} and the command line") from None
-
-
-# libyaml's emitter where PyYAML was built with it: the same text, a quarter of the time (every
-# trial of a sweep writes its config.yaml)
-_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-def config_to_yaml(config: PipelineConfig) -> str:
-    """The configuration as resolved, for a run folder: without the `overrides` section, whose
-    settings are already in the values, so that `--config <run>/config.yaml` gives this very
-    configuration back."""
-    return yaml.dump(config.model_dump(mode="json", exclude={"overrides"}), Dumper=_SAFE_DUMPER, sort_keys=False)
+            return str(value)
+    for layer in reversed(layers):
+        name = (layer.get("dataset") or {}).get("name")
+        if name is not None:
+            return str(name)
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from stages.datasets.validate import DatasetReport
+from fpt.stages.datasets.validate import DatasetReport
 
 LISTED_FILES = 10
 

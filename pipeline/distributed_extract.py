@@ -13,15 +13,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.cluster import ClusterPlan, dask_client, in_daemon_process, plan_local, plan_remote, task_resources, worker_setup
-from pipeline.config import PipelineConfig
-from pipeline.errors import Interrupted
-from pipeline.task_stop import (
-    StopRequested, TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt,
+from fpt.pipeline.cluster import (
+    ClusterPlan, dask_client, in_daemon_process, plan_local, plan_remote, task_resources, worker_setup,
 )
+from fpt.pipeline.task_stop import TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt
+from fpt.stages.core.devices import wants_gpu
+from fpt.stages.core.errors import Interrupted, StopRequested
+from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.extract.run import ExtractResult, extract_shards
+from fpt.stages.extract.run import run_extract as extract_here
 
 LOCAL = "local"
 
@@ -49,8 +51,6 @@ def absolute_paths(config: PipelineConfig) -> PipelineConfig:
 def extract_task(config: PipelineConfig, path: Path, shards: list[int], plan: ClusterPlan,
                  stop_name: str | None = None) -> int:
     """A dask task: extract these shards; stops between batches when the client asks (pipeline/task_stop.py)."""
-    from stages.extract import extract_shards
-
     with stop_requests(stop_name) as should_stop:
         if should_stop():
             return 0
@@ -72,7 +72,7 @@ def extract_on_cluster(config: PipelineConfig, path: Path, pending: list[int], s
     if not pending:
         return 0
     device = config.extract.device
-    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    want_gpu = wants_gpu(device)
     address = None if scheduler == LOCAL else scheduler
     plan = plan_local(len(pending), want_gpu)
     config = absolute_paths(config)
@@ -102,3 +102,12 @@ def extract_on_cluster(config: PipelineConfig, path: Path, pending: list[int], s
                     "again: it extracts only the missing shards."
                     + still_running_hint(address, stopped.still_running, "shard is written")) from None
     return computed
+
+
+def run_extract(config: PipelineConfig, show_progress: bool = True, scheduler: str | None = None) -> ExtractResult:
+    """`fpt extract`: stage one in this process, or, with `scheduler` (an address, or 'local'), its
+    pending shards spread over dask workers."""
+    if scheduler is None:
+        return extract_here(config, show_progress)
+    return extract_here(config, show_progress,
+                        lambda config, path, pending, show: extract_on_cluster(config, path, pending, scheduler, show))

@@ -6,7 +6,7 @@
         results.csv            every trial, sorted by validation AUC, test metrics alongside
         best.yaml              the best trial's settings, ready to paste into pipeline.yaml
 
-Trials that share batch size, seed and data settings are packed (stages/packed_training.py):
+Trials that share batch size, seed and data settings are packed (stages/train/packed_training.py):
 one dask task trains up to sweep.pack_size of them on one read of each batch. Every trial keeps a
 resume state after each epoch (checkpoints/resume.pt, as `fpt train-side` does). When the same
 sweep runs again (after Ctrl-C, a kill or a lost worker), finished trials are skipped and
@@ -31,21 +31,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cache.catalog import find_cache
-from cache.reader import read_metadata
-from pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
-from pipeline.config import PipelineConfig, SweepConfig, set_in
-from pipeline.errors import Interrupted, UserError
-from pipeline.task_stop import (
-    StopRequested, TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt,
-)
-from stages.datasets.registry import dataset_source
-from stages.metrics import is_binary, reported_scores
-from stages.packed_training import pack_key
-from stages.resume_state import saved_epoch
-from stages.run_folder import atomic_write_text, replacing
-from stages.search_space import Trial, build_trials
-from stages.writable_folder import writable_folder
+from fpt.cache.errors import UserError
+from fpt.cache.reader import read_metadata
+from fpt.pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
+from fpt.pipeline.lpm_guard import lpm_disabled, lpm_forbidden
+from fpt.pipeline.search_space import Trial, build_trials
+from fpt.pipeline.task_stop import TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt
+from fpt.stages.core.devices import wants_gpu
+from fpt.stages.core.errors import Interrupted, StopRequested
+from fpt.stages.core.files import atomic_write_text, replacing, writable_folder
+from fpt.stages.core.settings import PipelineConfig, SweepConfig, format_validation_error, read_yaml_file, set_in
+from fpt.stages.datasets.registry import dataset_source
+from fpt.stages.runs.metrics import is_binary, reported_scores
+from fpt.stages.runs.report import write_report
+from fpt.stages.runs.trained_run import read_run
+from fpt.stages.train.cache_choice import find_cache
+from fpt.stages.train.packed_training import pack_key, train_pack
+from fpt.stages.train.recipe import TrainResult
+from fpt.stages.train.resume_state import load_resume_state, saved_epoch
+
 
 class TrialReport(BaseModel):
     """The outcome of one trial, as it crosses back from a dask worker."""
@@ -75,8 +79,6 @@ class SweepResult(BaseModel):
 
 
 def _report_from_final(trial: Trial, run_dir: Path, status: str, lpm_disabled: bool = False) -> TrialReport:
-    from stages.train_side import TrainResult
-
     result = TrainResult.model_validate_json((run_dir / "final_metrics.json").read_text())
     return TrialReport(
         trial_id=trial.trial_id, settings=trial.settings, status=status, run_dir=run_dir,
@@ -95,9 +97,6 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
 
     A trial whose folder holds a resume state goes on from it; any other unfinished folder starts
     over. Trials stopped at different epochs cannot share batches: each epoch's trials are a pack."""
-    from stages.lpm_guard import lpm_disabled, lpm_forbidden
-    from stages.packed_training import train_pack
-
     with stop_requests(stop_name) as should_stop:
         if should_stop():
             return []
@@ -142,8 +141,6 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
 def _resume_state(run_dir: Path) -> dict[str, Any] | None:
     """The state an interrupted sweep left in the trial's folder, or None; a folder without a usable
     state is emptied, so the trial starts over."""
-    from stages.resume_state import load_resume_state
-
     try:
         state: dict[str, Any] | None = load_resume_state(run_dir)
     except UserError:  # none, unreadable, or another version's
@@ -190,8 +187,6 @@ def split_into_packs(trials: list[Trial], pack_size: int, workers: int,
 def repeat_lines(run_dir: Path) -> list[str]:
     """How to train a sweep's trial again on its own, and how exactly that repeats it: bit for bit
     only where the trial ran on one CPU thread (docs/sweeps.md, "Packed trials")."""
-    from stages.trained_run import read_run
-
     try:
         run = read_run(run_dir)
     except UserError:
@@ -274,20 +269,15 @@ def sweep_dir(config: PipelineConfig, sweep: SweepConfig) -> Path:
 
 
 def _wants_gpu(device: str, scheduler: str | None) -> bool | None:
-    import torch
-
-    if device == "cpu":
-        return False
-    if device.startswith("cuda"):
-        return True
-    return torch.cuda.is_available() if scheduler is None else None  # auto on a cluster: what workers offer
+    if device == "auto" and scheduler is not None:
+        return None  # auto on a cluster: what its workers offer
+    return wants_gpu(device)
 
 
 def run_sweep(config: PipelineConfig, sweep: SweepConfig | None = None, cache_path: Path | None = None,
               scheduler: str | None = None, max_workers: int | None = None, processes: bool = True,
               show_progress: bool = True, console: Console | None = None) -> SweepResult:
     """Run every unfinished trial of the sweep on dask; write results.csv and best.yaml."""
-    from stages.lpm_guard import lpm_disabled
 
     with lpm_disabled():
         return _run_sweep(config, sweep, cache_path, scheduler, max_workers, processes, show_progress, console)
@@ -343,8 +333,6 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
         if best is not None:
             atomic_write_text(root / "best.yaml", best_yaml)
             if best.run_dir is not None and not (best.run_dir / "training_curves.png").is_file():
-                from stages.report import write_report
-
                 write_report(best.run_dir)
     except OSError as error:
         if error.errno != errno.ENOSPC:
@@ -425,8 +413,6 @@ def _how_to_go_on(trials: list[Trial], trials_root: Path, scheduler: str | None,
 def load_sweep_file(path: Path) -> SweepConfig:
     """A sweep from its own YAML file: either a top-level `sweep:` section or the fields themselves."""
     from pydantic import ValidationError
-
-    from pipeline.config import format_validation_error, read_yaml_file
 
     if not path.is_file():
         raise UserError(f"The sweep file {path} does not exist.",

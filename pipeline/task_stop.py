@@ -23,10 +23,6 @@ POLL_SECONDS = 1.0
 WAIT_SECONDS = 60.0
 
 
-class StopRequested(Exception):
-    """Raised inside a task, between two steps or batches, when its client asked the tasks to stop."""
-
-
 class TasksStopped(Exception):
     """Ctrl-C in the client, which asked its tasks to stop; `still_running` of them had not ended
     when it stopped waiting."""

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline.config import PipelineConfig, load_config
+from fpt.pipeline.config import load_config
+from fpt.stages.core.settings import PipelineConfig
 
 TINY = [
     "demo.num_train=12", "demo.num_val=6", "demo.num_test=6", "demo.image_size=128",

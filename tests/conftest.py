@@ -47,6 +47,6 @@ def tiny_assignments(tmp: Path) -> list[str]:
 
 @pytest.fixture
 def tiny_config(tmp_path: Path):
-    from pipeline.config import load_config
+    from fpt.pipeline.config import load_config
 
     return load_config(REPO / "pipeline.yaml", tiny_assignments(tmp_path), dataset="demo")

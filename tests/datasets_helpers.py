@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.config import PipelineConfig, load_config
+from fpt.pipeline.config import load_config
+from fpt.stages.core.settings import PipelineConfig
 
 
 def write_image(path: Path, value: int = 128, size: int = 16, suffix_format: str | None = None) -> Path:

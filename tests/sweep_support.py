@@ -22,12 +22,12 @@ def tiny_sets(root: Path) -> list[str]:
 
 
 def tiny_config(root: Path, extra: list[str] | None = None):
-    from pipeline.config import load_config
+    from fpt.pipeline.config import load_config
 
     return load_config(REPO / "pipeline.yaml", tiny_sets(root) + list(extra or []), dataset="demo")
 
 
 def build_tiny_cache(root: Path) -> Path:
-    from stages.extract import run_extract
+    from fpt.stages.extract.run import run_extract
 
     return run_extract(tiny_config(root), show_progress=False).path

@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from cache_testing import cli_args, tiny_assignments
 from sklearn.metrics import f1_score, recall_score
 from typer.testing import CliRunner
 
-from cache_testing import cli_args, tiny_assignments
-from pipeline.cli import app
-from pipeline.sweep import TrialReport, write_results_csv
+from fpt.pipeline.cli import app
+from fpt.pipeline.sweep import TrialReport, write_results_csv
 
 
 def _recomputed(predictions: Path) -> dict[str, float]:

@@ -9,11 +9,11 @@ import pytest
 import torch
 import zarr
 
-from cache.encoding import decode, encode
-from cache.metadata import FORMAT_VERSION, StorageSettings
-from cache.reader import CacheReader, read_metadata
-from cache.synthetic import sample_labels, synthetic_features, synthetic_metadata, write_synthetic_cache
-from pipeline.errors import UserError
+from fpt.cache.encoding import decode, encode
+from fpt.cache.errors import UserError
+from fpt.cache.metadata import FORMAT_VERSION, StorageSettings
+from fpt.cache.reader import CacheReader, read_metadata
+from fpt.cache.synthetic import sample_labels, synthetic_features, synthetic_metadata, write_synthetic_cache
 
 
 def _features(seed: int = 0) -> np.ndarray:

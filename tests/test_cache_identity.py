@@ -8,17 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cache_testing import cli_args, demo_source, tiny_assignments, tiny_config
 from PIL import Image
 from typer.testing import CliRunner
 
-from cache.catalog import find_cache
-from cache.identity import dataset_fingerprint
-from cache_testing import cli_args, demo_source, tiny_assignments, tiny_config
-from stages.datasets.registry import dataset_source
-from pipeline.cli import app
-from pipeline.errors import UserError
-from stages.datasets.registry import resolve_dataset
-from stages.extract import run_extract
+from fpt.cache.errors import UserError
+from fpt.pipeline.cli import app
+from fpt.stages.datasets.fingerprint import dataset_fingerprint
+from fpt.stages.datasets.registry import dataset_source, resolve_dataset
+from fpt.stages.extract.run import run_extract
+from fpt.stages.train.cache_choice import find_cache
 
 
 def _shard_mtimes(path: Path) -> dict[str, int]:
@@ -75,7 +74,7 @@ def test_fingerprint_hashes_content_not_paths(tmp_path: Path) -> None:
 
 
 def test_train_side_refuses_a_cache_with_other_layers(tmp_path: Path) -> None:
-    from stages.train_side import train_side
+    from fpt.stages.train.train_side import train_side
 
     built = run_extract(tiny_config(tmp_path), show_progress=False)
     other = tiny_config(tmp_path, "extract.layers=[8,9,10,11]")
@@ -90,9 +89,10 @@ def test_train_side_refuses_a_cache_with_other_layers(tmp_path: Path) -> None:
 
 
 def test_transcoded_store_is_the_store_extract_would_write(tmp_path: Path) -> None:
-    from cache.metadata import StorageSettings
-    from cache.transcode import transcode
     from cache_testing import stored_arrays
+
+    from fpt.cache.metadata import StorageSettings
+    from fpt.cache.transcode import transcode
 
     reference = run_extract(tiny_config(tmp_path, "cache.dtype=float32"), show_progress=False)
     storage = StorageSettings(dtype="int8", codec="blosc-lz4", codec_level=3, shard_size=4, chunk_size=2)

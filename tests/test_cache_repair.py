@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
-from cache.integrity import shard_file, verify_store
-from cache.reader import read_metadata
 from cache_testing import stored_arrays, tiny_config
-from pipeline.errors import UserError
-from stages.extract import run_extract
-from stages.train_side import train_side
+
+from fpt.cache.errors import UserError
+from fpt.cache.integrity import shard_file, verify_store
+from fpt.cache.reader import read_metadata
+from fpt.stages.extract.run import run_extract
+from fpt.stages.train.train_side import train_side
 
 
 def _flip_byte(path: Path) -> None:

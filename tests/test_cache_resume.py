@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
-from cache.catalog import find_cache
-from cache.integrity import verify_store
-from cache.metadata import StorageSettings
-from cache.reader import CacheReader, read_metadata
-from cache.synthetic import synthetic_metadata, write_synthetic_cache
-from cache.writer import ShardWriter
 from cache_testing import cli_args, demo_source, stored_arrays, tiny_assignments, tiny_config
-from pipeline.errors import UserError
-from stages.extract import run_extract
+
+from fpt.cache.errors import UserError
+from fpt.cache.integrity import verify_store
+from fpt.cache.metadata import StorageSettings
+from fpt.cache.reader import CacheReader, read_metadata
+from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
+from fpt.cache.writer import ShardWriter
+from fpt.stages.extract.run import run_extract
+from fpt.stages.train.cache_choice import find_cache
 
 REPO = Path(__file__).resolve().parents[1]
 # The real CLI, with a pause after each written shard so the test can interrupt it between shards.
@@ -32,13 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 SLOW_EXTRACT = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import cache.writer as writer
+import fpt.cache.writer as writer
 write_shard = writer.ShardWriter.write_shard
 def slowly(self, *args, **kwargs):
     write_shard(self, *args, **kwargs)
     time.sleep(0.3)
 writer.ShardWriter.write_shard = slowly
-from pipeline.cli import main
+from fpt.pipeline.cli import main
 sys.argv = ["fpt", *sys.argv[1:]]
 main()
 """
@@ -67,7 +67,7 @@ def _interrupt_after(process: subprocess.Popen, cache_root: Path, shards: int, s
 
 def _file_stamps(store: Path, shards: set[int]) -> dict[str, tuple[int, bytes]]:
     group = zarr.open_group(store, mode="r")
-    from cache.integrity import shard_file
+    from fpt.cache.integrity import shard_file
 
     stamps = {}
     for name in ("keys", "values", "side_images"):

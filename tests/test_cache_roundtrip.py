@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.layout import create_store
-from cache.metadata import CacheMetadata, ExtractionSettings, Normalization, StorageSettings
-from cache.reader import CacheReader
-from cache.writer import ShardWriter
-from pipeline.errors import UserError
-from stages.lpm import LPMIdentity
+from fpt.cache.errors import UserError
+from fpt.cache.layout import create_store
+from fpt.cache.metadata import CacheMetadata, ExtractionSettings, LPMIdentity, Normalization, StorageSettings
+from fpt.cache.reader import CacheReader
+from fpt.cache.writer import ShardWriter
 
 
 def make_metadata(count: int, dtype: str = "float16", shard: int = 4, chunk: int = 2) -> CacheMetadata:

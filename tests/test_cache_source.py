@@ -9,18 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cache_testing import TINY, cli_args
 from PIL import Image
 from typer.testing import CliRunner
 
-from cache.catalog import find_cache
-from cache.reader import read_metadata
-from cache_testing import TINY, cli_args
-from pipeline.cli import app
-from pipeline.config import DemoConfig, load_config
-from pipeline.errors import UserError
-from stages.datasets.demo import generate_demo
-from stages.extract import run_extract
-from stages.train_side import train_side
+from fpt.cache.errors import UserError
+from fpt.cache.reader import read_metadata
+from fpt.pipeline.cli import app
+from fpt.pipeline.config import load_config
+from fpt.stages.core.settings import DemoConfig
+from fpt.stages.datasets.demo import generate_demo
+from fpt.stages.extract.run import run_extract
+from fpt.stages.train.cache_choice import find_cache
+from fpt.stages.train.train_side import train_side
 
 
 def _project_sets(root: Path, images: Path) -> list[str]:

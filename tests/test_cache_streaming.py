@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cache.metadata import StorageSettings
-from cache.reader import CacheReader
-from cache.synthetic import synthetic_metadata, write_synthetic_cache
-from stages.cache_batches import SplitBatches
+from fpt.cache.metadata import StorageSettings
+from fpt.cache.reader import CacheReader
+from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
+from fpt.stages.train.cache_batches import SplitBatches
 
 SHARD = 4
 
@@ -80,7 +80,7 @@ def test_streaming_holds_a_bounded_number_of_samples(store: Path, monkeypatch: p
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
 def test_decode_rows_gathers_and_converts_like_decode(dtype: str) -> None:
-    from cache.encoding import decode, decode_rows, encode
+    from fpt.cache.encoding import decode, decode_rows, encode
 
     features = np.random.default_rng(0).normal(size=(9, 2, 3, 5, 8)).astype(np.float32)
     stored, scales = encode(features, dtype)
@@ -92,7 +92,7 @@ def test_decode_rows_gathers_and_converts_like_decode(dtype: str) -> None:
 
 
 def test_decode_rows_writes_into_a_given_tensor() -> None:
-    from cache.encoding import decode_rows, encode
+    from fpt.cache.encoding import decode_rows, encode
 
     stored, scales = encode(np.random.default_rng(1).normal(size=(6, 2, 4)).astype(np.float32), "int8")
     rows = np.array([5, 1])
@@ -112,7 +112,7 @@ def _copies(batches) -> list[tuple]:
 @pytest.mark.parametrize("in_memory", [False, True])
 @pytest.mark.parametrize("split,shuffle", [("train", True), ("val", False)])
 def test_reused_buffers_give_the_same_batches(store: Path, in_memory: bool, split: str, shuffle: bool) -> None:
-    from stages.train_side import ready_batches
+    from fpt.stages.train.recipe import ready_batches
 
     reader = CacheReader(store)
 
@@ -149,7 +149,7 @@ def test_large_reads_come_in_pieces_of_whole_chunks_with_the_same_data(
         store: Path, monkeypatch: pytest.MonkeyPatch, start: int, stop: int) -> None:
     import zarr
 
-    import cache.reader
+    import fpt.cache.reader
 
     reader = CacheReader(store)
     layout = reader.stored_row_layout(True)
@@ -166,7 +166,7 @@ def test_large_reads_come_in_pieces_of_whole_chunks_with_the_same_data(
         return int(np.prod(shape)) * dtype.itemsize
 
     budget = 3 * sample_bytes("keys")  # keys: one chunk (2 samples) per read
-    monkeypatch.setattr(cache.reader, "READ_PIECE_BYTES", budget)
+    monkeypatch.setattr(fpt.cache.reader, "READ_PIECE_BYTES", budget)
     selections: dict[str, list[tuple[int, int]]] = {}
     real = zarr.Array.get_basic_selection
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cache_testing import cli_args, demo_source, stored_arrays, tiny_assignments, tiny_config
 from typer.testing import CliRunner
 
-import stages.extract as extract_module
-from cache.catalog import find_cache
-from cache.reader import read_metadata
-from cache.writer import ShardWriter
-from cache_testing import cli_args, demo_source, stored_arrays, tiny_assignments, tiny_config
-from pipeline.cli import app
-from pipeline.errors import UserError
-from stages.extract import run_extract
+import fpt.stages.extract.run as extract_module
+from fpt.cache.errors import UserError
+from fpt.cache.reader import read_metadata
+from fpt.cache.writer import ShardWriter
+from fpt.pipeline.cli import app
+from fpt.stages.extract.run import run_extract
+from fpt.stages.train.cache_choice import find_cache
 
 OTHER_STORAGE = ("cache.codec=blosc-lz4", "cache.shard_size=8", "cache.chunk_size=4")
 

@@ -6,18 +6,17 @@ from pathlib import Path
 
 import pytest
 import zarr
-
-import cache.integrity
-import cache.layout
 from typer.testing import CliRunner
 
-from cache.integrity import shard_file, verify_store
-from cache.layout import chunks_checksummed
-from cache.metadata import StorageSettings
-from cache.reader import read_metadata
-from cache.synthetic import synthetic_metadata, write_synthetic_cache
-from pipeline.cli import app
-from pipeline.errors import UserError
+import fpt.cache.integrity
+import fpt.cache.layout
+from fpt.cache.errors import UserError
+from fpt.cache.integrity import shard_file, verify_store
+from fpt.cache.layout import chunks_checksummed
+from fpt.cache.metadata import StorageSettings
+from fpt.cache.reader import read_metadata
+from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
+from fpt.pipeline.cli import app
 
 
 def _store(root: Path, dtype: str, chunk_checksums: bool = True) -> Path:
@@ -27,7 +26,7 @@ def _store(root: Path, dtype: str, chunk_checksums: bool = True) -> Path:
                                   storage=storage)
     with pytest.MonkeyPatch.context() as patch:
         if not chunk_checksums:
-            patch.setattr(cache.layout, "compressors", cache.layout._compressor)
+            patch.setattr(fpt.cache.layout, "compressors", fpt.cache.layout._compressor)
         path = write_synthetic_cache(root, metadata)
     group = zarr.open_group(path, mode="r")
     assert all(chunks_checksummed(group[name]) == chunk_checksums for name in ("keys", "values", "side_images"))
@@ -66,8 +65,8 @@ def test_cli_verify_reports_ok_and_damage(tmp_path: Path) -> None:
 
 def _batches_until_error(store: Path) -> tuple[list[int], UserError]:
     """The sample indices training received from the store before it stopped, and why it stopped."""
-    from cache.reader import CacheReader
-    from stages.cache_batches import SplitBatches
+    from fpt.cache.reader import CacheReader
+    from fpt.stages.train.cache_batches import SplitBatches
 
     received: list[int] = []
     batches = SplitBatches(CacheReader(store), "train", batch_size=2, shuffle=True, with_features=True)
@@ -100,8 +99,8 @@ def test_shard_files_are_hashed_once_per_process_only_without_chunk_checksums(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_checksums: bool) -> None:
     store = _store(tmp_path, "float16", chunk_checksums)
     hashed: list[Path] = []
-    real = cache.integrity.file_digest
-    monkeypatch.setattr(cache.integrity, "file_digest", lambda path: hashed.append(path) or real(path))
+    real = fpt.cache.integrity.file_digest
+    monkeypatch.setattr(fpt.cache.integrity, "file_digest", lambda path: hashed.append(path) or real(path))
     for _ in range(2):  # two epochs, each from a reader of its own
         assert len(_all_train_batches(store)) == 3
     if chunk_checksums:  # zarr checks every chunk's crc32c as it reads: no second read of the files
@@ -111,7 +110,7 @@ def test_shard_files_are_hashed_once_per_process_only_without_chunk_checksums(
 
 
 def _all_train_batches(store: Path) -> list:
-    from cache.reader import CacheReader
-    from stages.cache_batches import SplitBatches
+    from fpt.cache.reader import CacheReader
+    from fpt.stages.train.cache_batches import SplitBatches
 
     return list(SplitBatches(CacheReader(store), "train", batch_size=2, shuffle=True, with_features=True))

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import UserError
+from fpt.cache.errors import UserError
+from fpt.pipeline.config import load_config
+from fpt.stages.core.settings import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,8 +91,8 @@ def test_assignment_without_equals():
 
 
 def test_a_written_config_reads_back_as_the_same_config(tmp_path: Path):
-    from pipeline.config import config_to_yaml
-    from stages.trained_run import run_config
+    from fpt.stages.core.settings import config_to_yaml
+    from fpt.stages.runs.trained_run import run_config
 
     # train.epochs and lpm.name are keys the demo's overrides set: the --set values must survive
     config = load_config(REPO / "pipeline.yaml", ["train.lr=3e-4", "extract.layers=[4,5]", "side.use_prompts=false",

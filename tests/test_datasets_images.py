@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.datasets import images
-from stages.datasets.images import ImageDecodeError, open_rgb, to_rgb
+from fpt.stages.datasets import images
+from fpt.stages.datasets.images import ImageDecodeError, open_rgb, to_rgb
 
 
 def rgb(image: Image.Image) -> np.ndarray:

@@ -7,12 +7,12 @@ import collections
 import pytest
 from datasets_helpers import class_tree, config_for, ddr_tree, write_image
 
-from pipeline.errors import UserError
-from stages.datasets.csv_table import read_csv_table
-from stages.datasets.ddr import read_ddr
-from stages.datasets.layouts import read_class_folders
-from stages.datasets.registry import REGISTRY, read_layout, resolve_dataset
-from stages.datasets.structure import check_structure
+from fpt.cache.errors import UserError
+from fpt.stages.datasets.csv_table import read_csv_table
+from fpt.stages.datasets.ddr import read_ddr
+from fpt.stages.datasets.layouts import read_class_folders
+from fpt.stages.datasets.registry import REGISTRY, read_layout, resolve_dataset
+from fpt.stages.datasets.structure import check_structure
 
 
 def kinds(result) -> dict[str, str]:
@@ -250,13 +250,14 @@ def test_fixed_class_datasets_refuse_a_class_list(tmp_path):
 
 
 def test_datasets_command_lists_every_dataset_and_where_it_is_looked_for(tmp_path, monkeypatch):
-    import pipeline.cli
     from rich.console import Console
     from typer.testing import CliRunner
 
-    monkeypatch.setattr(pipeline.cli, "console", Console(width=400))
+    import fpt.pipeline.cli
+
+    monkeypatch.setattr(fpt.pipeline.cli, "console", Console(width=400))
     (tmp_path / "ddr").mkdir()
-    result = CliRunner().invoke(pipeline.cli.app, ["datasets", "--set", f"dataset.data_root={tmp_path}"])
+    result = CliRunner().invoke(fpt.pipeline.cli.app, ["datasets", "--set", f"dataset.data_root={tmp_path}"])
     assert result.exit_code == 0, result.output
     for name, spec in REGISTRY.items():
         line = next(line for line in result.output.splitlines() if line.strip("│ ┃").startswith(name + " "))

@@ -10,12 +10,12 @@ from datasets_helpers import class_tree, config_for, ddr_tree, write_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from cache.reader import read_metadata
-from pipeline.cli import app
-from pipeline.errors import UserError
-from stages.datasets.registry import resolve_dataset
-from stages.datasets.validate import validate_dataset
-from stages.extract import run_extract
+from fpt.cache.errors import UserError
+from fpt.cache.reader import read_metadata
+from fpt.pipeline.cli import app
+from fpt.stages.datasets.registry import resolve_dataset
+from fpt.stages.datasets.validate import validate_dataset
+from fpt.stages.extract.run import run_extract
 
 TINY_LPM = (
     "lpm.name=vit_tiny_patch16_224", "lpm.weights=none", "extract.input_size=32", "extract.layers=[0,1]",
@@ -40,10 +40,11 @@ def no_lpm(monkeypatch):
 @pytest.fixture
 def wide_console(monkeypatch):
     """Long paths on one line, so the printed report can be searched for them."""
-    import pipeline.cli
     from rich.console import Console
 
-    monkeypatch.setattr(pipeline.cli, "console", Console(width=400))
+    import fpt.pipeline.cli
+
+    monkeypatch.setattr(fpt.pipeline.cli, "console", Console(width=400))
 
 
 def truncate(path):
@@ -128,7 +129,7 @@ def test_auto_normalisation_matches_a_direct_computation(tmp_path):
 
 
 def test_fpt_main_exits_nonzero_when_the_dry_run_finds_problems(tmp_path, no_lpm, monkeypatch):
-    from pipeline.cli import main
+    from fpt.pipeline.cli import main
 
     root = class_tree(tmp_path / "tree", ["a", "b"])
     monkeypatch.setattr("sys.argv", ["fpt", "extract", "--dry-run", "-d", "folder", "--data-root", str(root), "-q"])

@@ -9,9 +9,9 @@ import PIL.Image
 import pytest
 import timm
 
-from pipeline.config import load_config
-from stages.extract import run_extract
-from stages.train_side import train_side
+from fpt.pipeline.config import load_config
+from fpt.stages.extract.run import run_extract
+from fpt.stages.train.train_side import train_side
 from tests.conftest import REPO, tiny_assignments
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-import stages.extract
 from cache_testing import tiny_config
-from pipeline.errors import UserError
-from stages.extract import run_extract
+
+import fpt.stages.extract.run
+from fpt.cache.errors import UserError
+from fpt.stages.extract.run import run_extract
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def no_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     def scan(*args, **kwargs):
         raise AssertionError("the image scan ran before the settings were checked")
 
-    monkeypatch.setattr(stages.extract, "resolve_dataset", scan)
+    monkeypatch.setattr(fpt.stages.extract.run, "resolve_dataset", scan)
 
 
 @pytest.mark.parametrize("setting, expected", [
@@ -60,8 +60,8 @@ def test_the_lpm_input_is_resized_as_published_and_the_method_is_part_of_the_key
     import numpy as np
     from PIL import Image
 
-    from stages.extract import ExtractionImages
-    from stages.datasets.samples import Sample
+    from fpt.stages.datasets.samples import Sample
+    from fpt.stages.extract.run import ExtractionImages
 
     rng = np.random.default_rng(0)
     path = tmp_path / "image.png"

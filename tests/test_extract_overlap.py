@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.reader import CacheReader
-from pipeline.config import load_config
-from stages.extract import run_extract
+from fpt.cache.reader import CacheReader
+from fpt.pipeline.config import load_config
+from fpt.stages.extract.run import run_extract
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,14 +39,14 @@ def test_overlapped_writes_store_the_same_arrays_and_complete_every_shard(tmp_pa
 def test_decode_workers_auto_is_none_on_cpu_and_some_on_a_gpu(monkeypatch) -> None:
     import torch
 
-    from pipeline.config import load_config
-    from stages.extract import decode_workers
+    from fpt.pipeline.config import load_config
+    from fpt.stages.core.devices import decode_workers
 
     assert load_config(None, [], None).extract.num_workers == "auto"
     assert load_config(None, ["extract.num_workers=3"], None).extract.num_workers == 3
     assert decode_workers("auto", torch.device("cpu")) == 0
     assert decode_workers(3, torch.device("cpu")) == 3
-    monkeypatch.setattr("stages.extract.machine_cores", lambda: 16)
+    monkeypatch.setattr("fpt.stages.core.devices.machine_cores", lambda: 16)
     assert decode_workers("auto", torch.device("cuda")) == 8
-    monkeypatch.setattr("stages.extract.machine_cores", lambda: 2)
+    monkeypatch.setattr("fpt.stages.core.devices.machine_cores", lambda: 2)
     assert decode_workers("auto", torch.device("cuda")) == 1

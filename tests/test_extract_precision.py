@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from cache.catalog import find_cache
-from cache.reader import read_metadata
 from cache_testing import tiny_config
-from pipeline.errors import UserError
-from stages.datasets.registry import dataset_source
-from stages.extract import run_extract
-from stages.token_selection import TokenSelectingLPM
 from test_token_selection import tiny_vit
+
+from fpt.cache.errors import UserError
+from fpt.cache.reader import read_metadata
+from fpt.stages.datasets.registry import dataset_source
+from fpt.stages.extract.run import run_extract
+from fpt.stages.lpm.token_selection import TokenSelectingLPM
+from fpt.stages.train.cache_choice import find_cache
 
 LAYERS = [2, 3, 4, 5]
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from stages.fusion import PromptFusion
+from fpt.stages.model.fusion import PromptFusion
 
 
 def layer_norm(x, weight, bias, eps=1e-5):

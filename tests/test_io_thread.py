@@ -41,7 +41,7 @@ def test_zarr_own_exit_handler_warns_when_its_loop_is_busy(tmp_path: Path):
 
 def test_stopping_the_thread_first_leaves_a_clean_exit_and_zarr_usable(tmp_path: Path):
     result = _run("""
-        from cache.io_thread import stop_zarr_io_thread
+        from fpt.cache.io_thread import stop_zarr_io_thread
         keep_loop_busy()
         assert stop_zarr_io_thread()
         assert sync.iothread[0] is None and sync.loop[0] is None
@@ -57,7 +57,7 @@ def test_stopping_the_thread_first_leaves_a_clean_exit_and_zarr_usable(tmp_path:
 def test_a_process_that_asked_for_it_stops_the_thread_at_exit(tmp_path: Path):
     """As a dask worker does (pipeline/cluster.py worker_setup): no CLI around it, only atexit."""
     result = _run("""
-        from cache.io_thread import stop_zarr_io_thread_at_exit
+        from fpt.cache.io_thread import stop_zarr_io_thread_at_exit
         stop_zarr_io_thread_at_exit()
         stop_zarr_io_thread_at_exit()  # a second task on the same worker: registered once
         keep_loop_busy()
@@ -67,7 +67,7 @@ def test_a_process_that_asked_for_it_stops_the_thread_at_exit(tmp_path: Path):
 
 
 def test_worker_setup_asks_for_it(monkeypatch):
-    import pipeline.cluster as cluster
+    import fpt.pipeline.cluster as cluster
 
     calls: list[int] = []
     monkeypatch.setattr(cluster, "stop_zarr_io_thread_at_exit", lambda: calls.append(1))
@@ -83,7 +83,7 @@ def test_worker_setup_asks_for_it(monkeypatch):
 
 def test_a_thread_that_does_not_stop_in_time_is_reported(tmp_path: Path):
     result = _run("""
-        from cache.io_thread import stop_zarr_io_thread
+        from fpt.cache.io_thread import stop_zarr_io_thread
         keep_loop_busy()
         print(stop_zarr_io_thread(timeout_s=0.05))
         time.sleep(0.6)
@@ -93,7 +93,7 @@ def test_a_thread_that_does_not_stop_in_time_is_reported(tmp_path: Path):
 
 @pytest.mark.parametrize("args, code", [(["datasets"], 0), (["train-side", "--set", "no.such=1"], 2)])
 def test_every_command_stops_the_thread_on_its_way_out(monkeypatch, args: list[str], code: int):
-    import pipeline.cli as cli
+    import fpt.pipeline.cli as cli
 
     calls: list[int] = []
     monkeypatch.setattr(cli, "stop_zarr_io_thread", lambda: calls.append(1))

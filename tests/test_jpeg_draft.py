@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from cache_testing import TINY
 from PIL import Image
 
-from cache.reader import read_metadata
-from cache_testing import TINY
-from pipeline.config import DemoConfig, load_config
-from stages.datasets.demo import generate_demo, render_image
-from stages.datasets.samples import Sample
-from stages.extract import ExtractionImages, run_extract
+from fpt.cache.reader import read_metadata
+from fpt.pipeline.config import load_config
+from fpt.stages.core.settings import DemoConfig
+from fpt.stages.datasets.demo import generate_demo, render_image
+from fpt.stages.datasets.samples import Sample
+from fpt.stages.extract.run import ExtractionImages, run_extract
 
 INPUT = 256
 

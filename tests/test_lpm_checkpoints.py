@@ -14,9 +14,9 @@ import pytest
 import timm
 import torch
 
-from pipeline.config import LPMConfig
-from pipeline.errors import UserError
-from stages.lpm import build_lpm
+from fpt.cache.errors import UserError
+from fpt.stages.core.settings import LPMConfig
+from fpt.stages.lpm.build import build_lpm
 
 REPO = Path(__file__).resolve().parents[1]
 TINY, SIZE = "vit_tiny_patch16_224", 64
@@ -117,7 +117,7 @@ def test_fpt_extract_reports_what_it_left_out_of_a_retfound_checkpoint(tmp_path:
             "demo.num_val=3", "demo.num_test=3", "demo.image_size=128", f"extract.input_size={SIZE}",
             f"lpm.name={TINY}", f"lpm.weights={path}", "extract.num_workers=0", "cache.shard_size=4",
             "cache.chunk_size=2"]
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "extract", "--dataset", "demo", "--quiet",
+    done = subprocess.run([sys.executable, "-m", "fpt.pipeline.cli", "extract", "--dataset", "demo", "--quiet",
                            "--config", str(REPO / "pipeline.yaml"), *[x for s in sets for x in ("--set", s)]],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",

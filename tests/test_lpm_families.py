@@ -11,14 +11,14 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from cache_testing import tiny_config
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cache_testing import tiny_config
-from pipeline.errors import UserError
-from stages.lpm_families import FAMILIES, attention_class, check_family
-from stages.settings_check import check_before_scan
-from stages.token_selection import TokenSelectingLPM, num_selected
+from fpt.cache.errors import UserError
+from fpt.stages.extract.settings_check import check_before_scan
+from fpt.stages.lpm.families import FAMILIES, attention_class, check_family
+from fpt.stages.lpm.token_selection import TokenSelectingLPM, num_selected
 
 # (timm name, image size): one tiny instance per supported family, 4 blocks
 MODELS = [

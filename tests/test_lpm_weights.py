@@ -9,9 +9,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.config import LPMConfig
-from pipeline.errors import UserError
-from stages.lpm import build_lpm, file_sha256
+from fpt.cache.errors import UserError
+from fpt.cache.hashing import file_sha256
+from fpt.stages.core.settings import LPMConfig
+from fpt.stages.lpm.build import build_lpm
 
 
 def test_local_weights_file_loads_with_resampled_position_embedding(tmp_path: Path):

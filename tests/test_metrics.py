@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.metrics import classification_metrics
+from fpt.stages.runs.metrics import classification_metrics
 
 
 def test_macro_scores_and_quadratic_kappa_match_hand_computation() -> None:
@@ -35,7 +35,7 @@ def test_auc_matches_a_hand_count_of_correctly_ordered_pairs() -> None:
 
 
 def test_diverged_probabilities_are_a_clear_error_not_a_score() -> None:
-    from pipeline.errors import UserError
+    from fpt.cache.errors import UserError
 
     probabilities = np.full((4, 2), 0.5)
     probabilities[2] = np.nan

@@ -5,7 +5,7 @@ from __future__ import annotations
 import timm
 import torch
 
-from stages.fpt_model import FPTPlus, ModelSpec
+from fpt.stages.model.fpt_model import FPTPlus, ModelSpec
 
 
 def count(module: torch.nn.Module) -> int:

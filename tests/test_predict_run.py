@@ -13,15 +13,15 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, roc_auc_score
 from typer.testing import CliRunner
 
-from cache.reader import CacheReader
-from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from stages.augment import eval_images
-from stages.export import load_exported
-from stages.extract import run_extract
-from stages.predict import predict_images
-from stages.train_side import train_side
+from fpt.cache.errors import UserError
+from fpt.cache.reader import CacheReader
+from fpt.pipeline.cli import app
+from fpt.pipeline.config import load_config
+from fpt.stages.extract.run import run_extract
+from fpt.stages.inference.predict import predict_images
+from fpt.stages.runs.export import load_exported
+from fpt.stages.train.augment import eval_images
+from fpt.stages.train.train_side import train_side
 
 TINY = [
     "demo.num_train=12", "demo.num_val=6", "demo.num_test=6", "demo.image_size=128", "extract.input_size=64",
@@ -126,7 +126,7 @@ def test_evaluate_recomputes_metrics_from_the_cache(run: dict[str, Path]) -> Non
 
 
 def test_evaluate_rejects_an_unknown_split(run: dict[str, Path]) -> None:
-    from stages.evaluate import evaluate_run
+    from fpt.stages.inference.evaluate import evaluate_run
 
     with pytest.raises(UserError, match="no split called 'dev'"):
         evaluate_run(run["run"], "dev")

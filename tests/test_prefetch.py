@@ -1,4 +1,4 @@
-"""stages/prefetch.py: items prepared one ahead in a background thread, in order, errors in place."""
+"""stages/train/prefetch.py: items prepared one ahead in a background thread, in order, errors in place."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from stages.prefetch import prefetched
+from fpt.stages.train.prefetch import prefetched
 
 
 def test_items_come_in_order_prepared_in_another_thread() -> None:

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from stages.report import (
+from fpt.stages.runs.report import (
     SplitPredictions, confusion_figure, read_predictions, roc_figure, training_curves_figure, write_report,
 )
-from stages.run_folder import write_predictions
+from fpt.stages.runs.run_folder import write_predictions
 
 CLASSES = ["none", "mild", "severe"]
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 1])
@@ -129,7 +129,7 @@ def test_write_report_without_training_log_still_draws_test_pictures(tmp_path: P
 def test_report_without_pictures_then_fpt_report_draws_them(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from fpt.pipeline.cli import app
 
     run = make_run_folder(tmp_path)
     assert [f.name for f in write_report(run, draw_pictures=False)] == ["report.md"]

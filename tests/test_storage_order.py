@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import stages.extract
-from cache.reader import CacheReader
-from cache.writer import ShardWriter
 from cache_testing import stored_arrays, tiny_config
-from pipeline.errors import UserError
-from stages.cache_batches import SplitBatches
-from stages.datasets.registry import resolve_dataset
-from stages.extract import run_extract
+
+import fpt.stages.extract.run
+from fpt.cache.errors import UserError
+from fpt.cache.reader import CacheReader
+from fpt.cache.writer import ShardWriter
+from fpt.stages.datasets.registry import resolve_dataset
+from fpt.stages.extract.run import run_extract
+from fpt.stages.train.cache_batches import SplitBatches
 
 
 def _reads(reader: CacheReader, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
@@ -69,8 +69,8 @@ def test_a_store_written_sorted_is_resumed_in_its_own_order(tmp_path: Path, monk
         write(self, shard, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(stages.extract, "storage_order", lambda samples: list(samples))
-        patch.setattr(stages.extract, "SHUFFLED_SPLITS", ())
+        patch.setattr(fpt.stages.extract.run, "storage_order", lambda samples: list(samples))
+        patch.setattr(fpt.stages.extract.run, "SHUFFLED_SPLITS", ())
         patch.setattr(ShardWriter, "_write", disk_fills_at_shard_2)
         with pytest.raises(UserError, match="is full"):
             run_extract(config, show_progress=False)

@@ -10,18 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from cache.layout import store_name
 from cache_testing import tiny_config
-from pipeline.errors import UserError
-from stages.extract import run_extract
+
+from fpt.cache.errors import UserError
+from fpt.cache.layout import store_name
+from fpt.stages.extract.run import run_extract
 
 REPO = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from cache.store_lock import store_lock
+from fpt.cache.store_lock import store_lock
 with store_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(600)

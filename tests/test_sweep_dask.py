@@ -11,13 +11,12 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from sweep_support import build_tiny_cache, tiny_config
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-
-from pipeline.config import SweepConfig
-from pipeline.sweep import run_sweep
-from sweep_support import build_tiny_cache, tiny_config
+from fpt.pipeline.cli import app
+from fpt.pipeline.sweep import run_sweep
+from fpt.stages.core.settings import SweepConfig
 
 MISSING_WEIGHTS = "lpm.weights=/nonexistent/lpm-weights.safetensors"
 
@@ -126,7 +125,7 @@ def _environment() -> dict[str, str]:
 def test_local_cluster_workers_keep_glibcs_adaptive_malloc(monkeypatch: pytest.MonkeyPatch) -> None:
     """dask's nanny would set MALLOC_TRIM_THRESHOLD_ in its workers, which makes torch fault its
     large tensors in afresh every step; fpt's LocalCluster keeps the rest of dask's environment."""
-    from pipeline.cluster import dask_client, plan_local, worker_environment
+    from fpt.pipeline.cluster import dask_client, plan_local, worker_environment
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with dask_client(None, plan_local(1, False, 1)) as client:
@@ -139,7 +138,7 @@ LEAKS_A_SEMAPHORE = """
 import multiprocessing, os, sys
 sys.path.insert(0, {repo!r})
 if {quiet}:
-    from pipeline.cluster import quiet_resource_tracker
+    from fpt.pipeline.cluster import quiet_resource_tracker
     quiet_resource_tracker()
 held = multiprocessing.get_context("spawn").Semaphore()
 os._exit(0)  # as a worker killed on Ctrl-C: its semaphore is left to the resource tracker
@@ -156,8 +155,9 @@ def test_a_local_cluster_stopped_by_ctrl_c_leaves_no_resource_tracker_warning(qu
     import subprocess
     import sys
 
-    from pipeline.cluster import RESOURCE_TRACKER_WARNING, quiet_resource_tracker
     from sweep_support import REPO
+
+    from fpt.pipeline.cluster import RESOURCE_TRACKER_WARNING, quiet_resource_tracker
 
     monkeypatch.setenv("PYTHONWARNINGS", "default::DeprecationWarning")  # a user's own filter is kept
     script = LEAKS_A_SEMAPHORE.format(repo=str(REPO), quiet=quiet)
@@ -177,9 +177,9 @@ def test_ctrl_c_stops_the_packs_running_on_a_cluster_and_waits_for_them(tmp_path
 
     from distributed import Client, LocalCluster
 
-    import pipeline.sweep
-    from pipeline.errors import Interrupted
-    from stages.resume_state import resume_path, saved_epoch
+    import fpt.pipeline.sweep
+    from fpt.stages.core.errors import Interrupted
+    from fpt.stages.train.resume_state import resume_path, saved_epoch
 
     build_tiny_cache(tmp_path)
     base = tiny_config(tmp_path, ["train.epochs=1000"])  # far longer than the test waits
@@ -196,7 +196,7 @@ def test_ctrl_c_stops_the_packs_running_on_a_cluster_and_waits_for_them(tmp_path
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
-            monkeypatch.setattr(pipeline.sweep, "_collect", ctrl_c_after_two_epochs)
+            monkeypatch.setattr(fpt.pipeline.sweep, "_collect", ctrl_c_after_two_epochs)
             with pytest.raises(Interrupted) as stopped:
                 run_sweep(base, sweep, scheduler=cluster.scheduler_address, show_progress=False)
             assert not any(client.processing().values())  # the worker is idle: nothing trains any more
@@ -222,7 +222,7 @@ def test_a_pack_whose_worker_is_killed_goes_on_from_its_last_epoch_on_the_retry(
 
     from distributed import Client, LocalCluster
 
-    from stages.resume_state import saved_epoch
+    from fpt.stages.train.resume_state import saved_epoch
 
     build_tiny_cache(tmp_path)
     base = tiny_config(tmp_path, ["train.epochs=40"])

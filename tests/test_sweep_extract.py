@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
-from cache.reader import read_metadata
-from pipeline.distributed_extract import shard_groups
-from stages.extract import run_extract
 from sweep_support import tiny_config
+
+from fpt.cache.reader import read_metadata
+from fpt.pipeline.distributed_extract import run_extract, shard_groups
 
 ARRAYS = ("keys", "values", "side_images", "labels", "splits", "sample_ids", "shard_complete")
 
@@ -65,8 +64,8 @@ def test_ctrl_c_stops_distributed_extraction_on_a_cluster_and_a_rerun_finishes_i
     import distributed
     from distributed import Client, LocalCluster
 
-    from pipeline.errors import Interrupted
-    from stages.token_selection import TokenSelectingLPM
+    from fpt.stages.core.errors import Interrupted
+    from fpt.stages.lpm.token_selection import TokenSelectingLPM
 
     config = tiny_config(tmp_path, ["extract.batch_size=4"])  # one shard per batch, 6 shards
     cache_root = config.cache.root

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from stages.packed_training import pack_key, train_pack
-from stages.stacked_model import StackedModels
-from stages.train_side import train_side
 from sweep_support import build_tiny_cache, tiny_config
+
+from fpt.stages.model.stacked_model import StackedModels
+from fpt.stages.train.packed_training import pack_key, train_pack
+from fpt.stages.train.train_side import train_side
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +47,15 @@ def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, torch_th
     assert pack_key(configs[0]) == pack_key(configs[1]) == pack_key(configs[2])
 
     reads = []
-    import cache.reader
+    import fpt.cache.reader
 
-    original = cache.reader.CacheReader.read_stored_into
-    monkeypatch.setattr(cache.reader.CacheReader, "read_stored_into",
+    original = fpt.cache.reader.CacheReader.read_stored_into
+    monkeypatch.setattr(fpt.cache.reader.CacheReader, "read_stored_into",
                         lambda self, a, b, rows: reads.append((a, b)) or original(self, a, b, rows))
-    import stages.packed_training
+    import fpt.stages.train.packed_training
 
     stacked_sizes = []
-    monkeypatch.setattr(stages.packed_training, "StackedModels",
+    monkeypatch.setattr(fpt.stages.train.packed_training, "StackedModels",
                         lambda models: stacked_sizes.append(len(models)) or StackedModels(models))
     outcomes = train_pack(configs, isolate_failures=False)
     monkeypatch.undo()
@@ -82,7 +82,7 @@ def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, torch_th
     assert not _same_weights(_checkpoint(alone[1].run_dir, "last"), _checkpoint(alone[2].run_dir, "last"))
 
     # the train split (12 samples) is read once per epoch for the pack, not once per trial
-    meta = cache.reader.read_metadata(alone[0].cache)
+    meta = fpt.cache.reader.read_metadata(alone[0].cache)
     train_start, train_stop = meta.split_ranges["train"]
     train_reads = [r for r in reads if train_start <= r[0] < train_stop]
     assert sum(b - a for a, b in train_reads) == 2 * (train_stop - train_start)  # 2 epochs
@@ -99,18 +99,18 @@ def test_a_failing_trial_does_not_stop_its_pack(tiny_root: Path) -> None:
 def test_a_stack_that_fails_is_split_so_its_trials_go_on_alone(tiny_root: Path, torch_threads,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """E.g. out of memory for 16 stacked models: each trial then trains on its own stack of one."""
-    import stages.packed_training
+    import fpt.stages.train.packed_training
 
     torch_threads(1)  # the two trials in one stack (on more threads each has a stack thread of its own)
 
-    original = stages.packed_training.stacked_losses
+    original = fpt.stages.train.packed_training.stacked_losses
 
     def fails_when_stacked(stack, *args, **kwargs):
         if len(stack) > 1:
             raise RuntimeError("out of memory (simulated)")
         return original(stack, *args, **kwargs)
 
-    monkeypatch.setattr(stages.packed_training, "stacked_losses", fails_when_stacked)
+    monkeypatch.setattr(fpt.stages.train.packed_training, "stacked_losses", fails_when_stacked)
     configs = [tiny_config(tiny_root, [f"train.run_name=split{i}", "train.epochs=1", f"train.lr={lr}"])
                for i, lr in enumerate((0.001, 0.002))]
     outcomes = train_pack(configs)
@@ -121,10 +121,10 @@ def test_a_stack_that_fails_is_split_so_its_trials_go_on_alone(tiny_root: Path, 
 
 def test_a_model_the_stack_cannot_reproduce_trains_through_its_own_forward(
         tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import stages.packed_training
+    import fpt.stages.train.packed_training
 
-    monkeypatch.setattr(stages.packed_training, "stackable", lambda model: False)
-    monkeypatch.setattr(stages.packed_training, "StackedModels", None)  # must not be used
+    monkeypatch.setattr(fpt.stages.train.packed_training, "stackable", lambda model: False)
+    monkeypatch.setattr(fpt.stages.train.packed_training, "StackedModels", None)  # must not be used
     settings = [["train.lr=0.002"], ["train.lr=0.0005"]]
     alone = [train_side(tiny_config(tiny_root, s + [f"train.run_name=unstacked-alone{i}", "train.epochs=1"]),
                         show_progress=False) for i, s in enumerate(settings)]
@@ -137,11 +137,11 @@ def test_a_model_the_stack_cannot_reproduce_trains_through_its_own_forward(
 
 def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals_one_thread_alone(
         tiny_root: Path, torch_threads, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two stacks of two, side by side in two threads of one torch thread each (stages/stack_threads.py):
+    """Two stacks of two, side by side in two threads of one torch thread each (stages/train/stack_threads.py):
     every trial ends bit for bit as it does alone on one torch thread (`OMP_NUM_THREADS=1 fpt train-side`)."""
     import threading
 
-    import stages.packed_training
+    import fpt.stages.train.packed_training
 
     settings = [["train.lr=0.002"], ["train.lr=0.0005", "train.weight_decay=0.01"], ["train.lr=0.001"],
                 ["train.lr=0.003", "train.grad_clip=0.5"]]
@@ -151,13 +151,13 @@ def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals
     torch_threads(2)
 
     seen = []  # (thread name, its torch threads, stack size) of every stacked training step
-    original = stages.packed_training.stacked_losses
+    original = fpt.stages.train.packed_training.stacked_losses
 
     def recorded(stack, *args, **kwargs):
         seen.append((threading.current_thread().name, torch.get_num_threads(), len(stack)))
         return original(stack, *args, **kwargs)
 
-    monkeypatch.setattr(stages.packed_training, "stacked_losses", recorded)
+    monkeypatch.setattr(fpt.stages.train.packed_training, "stacked_losses", recorded)
     outcomes = train_pack([tiny_config(tiny_root, s + [f"train.run_name=stack-threads{i}"])
                            for i, s in enumerate(settings)], isolate_failures=False)
     monkeypatch.undo()
@@ -176,10 +176,10 @@ def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals
 
 def test_a_failing_stack_in_a_stack_thread_is_split_and_its_trials_go_on(
         tiny_root: Path, torch_threads, monkeypatch: pytest.MonkeyPatch) -> None:
-    import stages.packed_training
+    import fpt.stages.train.packed_training
 
     torch_threads(2)
-    original = stages.packed_training.stacked_losses
+    original = fpt.stages.train.packed_training.stacked_losses
     failed = []
 
     def first_stack_fails(stack, *args, **kwargs):
@@ -189,15 +189,15 @@ def test_a_failing_stack_in_a_stack_thread_is_split_and_its_trials_go_on(
         return original(stack, *args, **kwargs)
 
     first_model: list = []
-    original_prepare = stages.packed_training.Pack._prepare
+    original_prepare = fpt.stages.train.packed_training.Pack._prepare
 
     def remember_first(self, trial):
         original_prepare(self, trial)
         if not first_model:
             first_model.append(trial.model)
 
-    monkeypatch.setattr(stages.packed_training, "stacked_losses", first_stack_fails)
-    monkeypatch.setattr(stages.packed_training.Pack, "_prepare", remember_first)
+    monkeypatch.setattr(fpt.stages.train.packed_training, "stacked_losses", first_stack_fails)
+    monkeypatch.setattr(fpt.stages.train.packed_training.Pack, "_prepare", remember_first)
     configs = [tiny_config(tiny_root, [f"train.run_name=thread-split{i}", "train.epochs=1", f"train.lr={lr}"])
                for i, lr in enumerate((0.001, 0.002, 0.003, 0.004))]
     outcomes = train_pack(configs)

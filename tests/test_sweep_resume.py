@@ -12,16 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import stages.packed_training
-from cache.reader import read_metadata
-from pipeline.cluster import ClusterPlan
-from pipeline.config import SweepConfig
-from pipeline.errors import Interrupted, UserError
-from pipeline.sweep import run_pack_task, run_sweep, split_into_packs, sweep_dir
-from stages.resume_state import resume_path, saved_epoch
-from stages.search_space import build_trials
 from sweep_support import build_tiny_cache, tiny_config
+
+import fpt.pipeline.sweep
+import fpt.stages.train.packed_training
+from fpt.cache.errors import UserError
+from fpt.cache.reader import read_metadata
+from fpt.pipeline.cluster import ClusterPlan
+from fpt.pipeline.search_space import build_trials
+from fpt.pipeline.sweep import run_pack_task, run_sweep, split_into_packs, sweep_dir
+from fpt.stages.core.errors import Interrupted
+from fpt.stages.core.settings import SweepConfig
+from fpt.stages.train.resume_state import resume_path, saved_epoch
 
 # two learning rates x two lengths: the 2-epoch trials are at their last epoch when the sweep stops
 PARAMETERS = {"train.lr": [0.002, 0.0005], "train.epochs": [2, 3]}
@@ -59,7 +61,7 @@ def test_an_interrupted_sweep_goes_on_from_each_trials_last_epoch(tmp_path: Path
     trials_root = sweep_dir(base, cut) / "trials"
     run_dirs = [trials_root / t.trial_id for t in trials]
     saved: list[int] = []
-    original = stages.packed_training.Pack._save_resume_state
+    original = fpt.stages.train.packed_training.Pack._save_resume_state
 
     def save_then_stop(self, trial, epoch):
         original(self, trial, epoch)
@@ -67,7 +69,7 @@ def test_an_interrupted_sweep_goes_on_from_each_trials_last_epoch(tmp_path: Path
         if saved.count(2) == len(trials):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(stages.packed_training.Pack, "_save_resume_state", save_then_stop)
+    monkeypatch.setattr(fpt.stages.train.packed_training.Pack, "_save_resume_state", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_pack_task(trials, run_dirs, cache, ClusterPlan(workers=1, torch_threads=1, use_gpu=False))
     monkeypatch.undo()
@@ -82,12 +84,10 @@ def test_an_interrupted_sweep_goes_on_from_each_trials_last_epoch(tmp_path: Path
     (failed_once / "error.txt").write_text("RuntimeError: out of memory")
 
     # Ctrl-C as the sweep starts again: the message counts what is kept, and nothing is lost
-    import pipeline.sweep
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.sweep, "_run_packs", interrupted)
+    monkeypatch.setattr(fpt.pipeline.sweep, "_run_packs", interrupted)
     with pytest.raises(Interrupted) as stopped:
         run_sweep(base, cut, processes=False, max_workers=1, show_progress=False)
     monkeypatch.undo()
@@ -132,15 +132,13 @@ def test_trials_stopped_at_different_epochs_are_not_packed_together(tmp_path: Pa
 
 def test_a_full_disk_at_the_results_table_keeps_the_trials_and_the_last_table(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.sweep
-
     build_tiny_cache(tmp_path)
     base = tiny_config(tmp_path, ["train.epochs=1"])
     sweep = SweepConfig(name="s", parameters={"train.lr": [0.002, 0.0005]})
     first = run_sweep(base, sweep, processes=False, max_workers=1, show_progress=False)
     table = (first.sweep_dir / "results.csv").read_text()
 
-    real_writer = pipeline.sweep.csv.writer
+    real_writer = fpt.pipeline.sweep.csv.writer
 
     class FillsTheDisk:
         """Writes the header, then the disk is full."""
@@ -153,7 +151,7 @@ def test_a_full_disk_at_the_results_table_keeps_the_trials_and_the_last_table(tm
                 raise OSError(errno.ENOSPC, "No space left on device")
             self.inner.writerow(row)
 
-    monkeypatch.setattr(pipeline.sweep.csv, "writer", FillsTheDisk)
+    monkeypatch.setattr(fpt.pipeline.sweep.csv, "writer", FillsTheDisk)
     with pytest.raises(UserError) as stopped:
         run_sweep(base, sweep, processes=False, max_workers=1, show_progress=False)
     message = stopped.value.paragraph()

@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 
 import pytest
-
-from pipeline.config import SweepConfig
-from pipeline.errors import UserError
-from stages.search_space import build_trials, expand_settings, trial_id
 from sweep_support import tiny_config
+
+from fpt.cache.errors import UserError
+from fpt.pipeline.search_space import build_trials, expand_settings, trial_id
+from fpt.stages.core.settings import SweepConfig
 
 
 def test_grid_is_every_combination_in_a_fixed_order() -> None:
@@ -85,7 +85,7 @@ def test_invalid_values_are_reported_with_their_trial(tmp_path: Path) -> None:
 
 
 def test_sweep_section_and_sweep_file_are_read(tmp_path: Path) -> None:
-    from pipeline.sweep import load_sweep_file
+    from fpt.pipeline.sweep import load_sweep_file
 
     config = tiny_config(tmp_path, ["sweep.method=random", "sweep.parameters={train.lr: {low: 0.001, high: 0.01}}"])
     assert config.sweep.method == "random" and config.sweep.parameters["train.lr"].high == 0.01
@@ -98,7 +98,7 @@ def test_sweep_section_and_sweep_file_are_read(tmp_path: Path) -> None:
 
 
 def test_local_cluster_never_oversubscribes_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.cluster as cluster
+    import fpt.pipeline.cluster as cluster
 
     monkeypatch.setattr(cluster, "machine_cores", lambda: 16)
     monkeypatch.setattr(cluster.torch.cuda, "device_count", lambda: 4)
@@ -113,7 +113,7 @@ def test_local_cluster_never_oversubscribes_cores(monkeypatch: pytest.MonkeyPatc
 
 
 def test_packs_split_by_data_order_and_size(tmp_path: Path) -> None:
-    from pipeline.sweep import split_into_packs
+    from fpt.pipeline.sweep import split_into_packs
 
     base = tiny_config(tmp_path)
     sweep = SweepConfig(parameters={"train.lr": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3], "train.seed": [0, 1]})
@@ -129,7 +129,7 @@ def test_cli_reports_a_missing_sweep_file_in_one_paragraph(tmp_path: Path, monke
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     import sys
 
-    from pipeline import cli
+    from fpt.pipeline import cli
 
     monkeypatch.setattr(sys, "argv", ["fpt", "sweep", "--from-cache", "--sweep-file", str(tmp_path / "nope.yaml")])
     with pytest.raises(SystemExit) as exited:

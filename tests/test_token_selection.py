@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from stages.token_selection import TokenSelectingLPM, num_selected
+from fpt.stages.lpm.token_selection import TokenSelectingLPM, num_selected
 
 
 def tiny_vit(seed: int = 0) -> torch.nn.Module:

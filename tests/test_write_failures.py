@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 from matplotlib.figure import Figure
+from sweep_support import REPO, build_tiny_cache, tiny_config, tiny_sets
 from typer.testing import CliRunner
 
-import pipeline.cli
-import stages.run_folder
-from pipeline.cli import app
-from pipeline.errors import UserError
-from stages.train_side import train_side
-from sweep_support import REPO, build_tiny_cache, tiny_config, tiny_sets
+import fpt.pipeline.cli
+import fpt.stages.runs.run_folder
+from fpt.cache.errors import UserError
+from fpt.pipeline.cli import app
+from fpt.stages.train.train_side import train_side
 
 
 def _blocked(tmp_path: Path) -> Path:
@@ -36,7 +36,7 @@ def _fpt_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     """`fpt ARGS` as the console script runs it: its exit code and what it printed on stderr."""
     monkeypatch.setattr(sys, "argv", ["fpt", *argv])
     with pytest.raises(SystemExit) as exit_:
-        pipeline.cli.main()
+        fpt.pipeline.cli.main()
     return int(exit_.value.code or 0), capsys.readouterr().err
 
 
@@ -51,13 +51,13 @@ def test_a_runs_folder_that_cannot_be_written_is_refused_before_training(tmp_pat
 def test_a_full_disk_at_the_first_checkpoint_leaves_no_epoch_line_and_no_temporary(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     build_tiny_cache(tmp_path)
-    real_save = stages.run_folder.save_file
+    real_save = fpt.stages.runs.run_folder.save_file
 
     def full(tensors, filename, metadata=None):
         real_save(tensors, filename, metadata=metadata)  # part of it reached the disk
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
-    monkeypatch.setattr(stages.run_folder, "save_file", full)
+    monkeypatch.setattr(fpt.stages.runs.run_folder, "save_file", full)
     sets = [item for setting in tiny_sets(tmp_path) + ["train.run_name=full"] for item in ("--set", setting)]
     result = CliRunner().invoke(app, ["train-side", "--dataset", "demo", "--quiet", "--config",
                                       str(REPO / "pipeline.yaml"), *sets])

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipeline.errors import UserError
-from stages.datasets.layouts import IMAGE_SUFFIXES, SPLIT_FOLDER_NAMES, class_index, natural_order
-from stages.datasets.problems import LayoutResult
-from stages.datasets.samples import SPLITS, Sample, Split
+from fpt.cache.errors import UserError
+from fpt.stages.datasets.layouts import IMAGE_SUFFIXES, SPLIT_FOLDER_NAMES, class_index, natural_order
+from fpt.stages.datasets.problems import LayoutResult
+from fpt.stages.datasets.samples import SPLITS, Sample, Split
 
 SPLIT_ALIASES: dict[str, Split] = {alias: split for split, aliases in SPLIT_FOLDER_NAMES.items() for alias in aliases}
 COLUMNS = ("path", "label", "split")

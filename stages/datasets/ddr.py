@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import UserError
-from stages.datasets.layouts import is_hidden, is_image_file, require_folder
-from stages.datasets.problems import LayoutResult
-from stages.datasets.samples import SPLITS, Sample, Split
+from fpt.cache.errors import UserError
+from fpt.stages.datasets.layouts import is_hidden, is_image_file, require_folder
+from fpt.stages.datasets.problems import LayoutResult
+from fpt.stages.datasets.samples import SPLITS, Sample, Split
 
 DR_GRADES = ["0_no_dr", "1_mild", "2_moderate", "3_severe", "4_proliferative"]
 UNGRADABLE = 5

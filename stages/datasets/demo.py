@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
-from pipeline.config import DemoConfig
-from stages.datasets.samples import SPLITS
+from fpt.stages.core.settings import DemoConfig
+from fpt.stages.datasets.samples import SPLITS
 
 CLASS_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
 MANIFEST = "demo_manifest.json"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from stages.datasets.images import ImageDecodeError, open_rgb
-from stages.datasets.samples import Sample
+from fpt.stages.datasets.images import ImageDecodeError, open_rgb
+from fpt.stages.datasets.samples import Sample
 
 CHECK_SIZE = 64  # the reduced scale a JPEG is decoded at when only its decodability is checked
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.errors import UserError
-from stages.datasets.problems import LayoutResult
-from stages.datasets.samples import SPLITS, Sample, Split
+from fpt.cache.errors import UserError
+from fpt.stages.datasets.problems import LayoutResult
+from fpt.stages.datasets.samples import SPLITS, Sample, Split
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 SPLIT_FOLDER_NAMES: dict[Split, tuple[str, ...]] = {

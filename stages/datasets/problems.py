@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from pipeline.errors import UserError
-from stages.datasets.samples import Sample, Split
+from fpt.cache.errors import UserError
+from fpt.stages.datasets.samples import Sample, Split
 
 Severity = Literal["error", "warning"]
 LISTED_PATHS = 5  # how many file names a message names before "and N more"

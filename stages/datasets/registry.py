@@ -12,16 +12,16 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
-from stages.datasets import demo
-from stages.datasets.csv_table import read_csv_table
-from stages.datasets.ddr import DR_GRADES, read_ddr
-from stages.datasets.image_scan import ImageCheck, scan_images, train_normalization
-from stages.datasets.layouts import read_class_folders
-from stages.datasets.problems import LayoutResult, raise_for_errors
-from stages.datasets.samples import SPLITS, ResolvedDataset
-from stages.datasets.structure import check_structure
+from fpt.cache.errors import UserError
+from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.datasets import demo
+from fpt.stages.datasets.csv_table import read_csv_table
+from fpt.stages.datasets.ddr import DR_GRADES, read_ddr
+from fpt.stages.datasets.image_scan import ImageCheck, scan_images, train_normalization
+from fpt.stages.datasets.layouts import read_class_folders
+from fpt.stages.datasets.problems import LayoutResult, raise_for_errors
+from fpt.stages.datasets.samples import SPLITS, ResolvedDataset
+from fpt.stages.datasets.structure import check_structure
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

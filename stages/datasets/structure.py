@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from stages.datasets.problems import LayoutResult
-from stages.datasets.samples import SPLITS
+from fpt.stages.datasets.problems import LayoutResult
+from fpt.stages.datasets.samples import SPLITS
 
 MISSING_FROM_SPLIT_FIX = {
     "val": "Add val images of every class: the best epoch is chosen by val AUC, which cannot weigh the missing ones.",

@@ -10,11 +10,11 @@ import time
 
 from pydantic import BaseModel
 
-from pipeline.config import PipelineConfig
-from stages.datasets.image_scan import scan_images
-from stages.datasets.problems import DatasetProblem
-from stages.datasets.registry import choose_normalization, expected_location, normalization_source, read_layout
-from stages.datasets.samples import SPLITS
+from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.datasets.image_scan import scan_images
+from fpt.stages.datasets.problems import DatasetProblem
+from fpt.stages.datasets.registry import choose_normalization, expected_location, normalization_source, read_layout
+from fpt.stages.datasets.samples import SPLITS
 
 
 class DecodeFailure(BaseModel):

@@ -1,0 +1,1 @@
+"""The bottom of the stages: settings, errors, devices and files every stage uses."""

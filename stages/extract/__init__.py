@@ -1,0 +1,1 @@
+"""Stage one: run the frozen LPM over the images and fill the cache."""

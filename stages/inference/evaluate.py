@@ -1,0 +1,59 @@
+"""`fpt evaluate`: recompute a run's metrics on a split of its cache, and redraw its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from fpt.cache.errors import UserError
+from fpt.cache.reader import CacheReader
+from fpt.stages.core.files import write_json
+from fpt.stages.extract.run import resolve_device
+from fpt.stages.runs.metrics import Metrics, classification_metrics
+from fpt.stages.runs.report import write_report
+from fpt.stages.runs.run_folder import write_predictions
+from fpt.stages.runs.trained_run import Checkpoint, load_run_model, read_run, run_cache_metadata, run_config
+from fpt.stages.train.cache_batches import SplitBatches
+from fpt.stages.train.recipe import predict_split
+
+SPLITS = ("train", "val", "test")
+
+
+class Evaluation(BaseModel):
+    run_dir: Path
+    cache: Path
+    split: str
+    checkpoint: str
+    num_samples: int
+    metrics: Metrics
+    metrics_file: Path
+    predictions_file: Path
+    report_files: list[Path]
+
+
+def evaluate_run(run_dir: Path, split: str = "test", checkpoint: Checkpoint = "best",
+                 cache: Path | None = None, assignments: list[str] | None = None) -> Evaluation:
+    if split not in SPLITS:
+        raise UserError(f"There is no split called {split!r}.", f"Use one of {', '.join(SPLITS)}.")
+    run = read_run(run_dir)
+    config = run_config(run_dir, assignments)
+    path, _ = run_cache_metadata(run, cache)
+    reader = CacheReader(path)
+    device = resolve_device(config.train.device)
+    model = load_run_model(run_dir, run, checkpoint, device)
+    batches = SplitBatches(reader, split, config.train.batch_size, shuffle=False,
+                           with_features=run.model_spec.use_prompts)
+    indices, labels, probabilities, loss = predict_split(model, batches, reader.metadata,
+                                                         run.model_spec.side_input_size, device)
+    metrics = classification_metrics(labels, probabilities, loss)
+    sample_ids = reader.sample_ids()
+    predictions_file = run_dir / f"predictions_{split}_{checkpoint}.csv"
+    write_predictions(predictions_file, [sample_ids[i] for i in indices], labels, probabilities, run.class_names)
+    metrics_file = run_dir / f"evaluation_{split}_{checkpoint}.json"
+    write_json(metrics_file, {"split": split, "checkpoint": checkpoint, "cache": str(path),
+                              "cache_key": run.cache_key, "num_samples": len(labels),
+                              "metrics": metrics.model_dump()})
+    return Evaluation(run_dir=run_dir, cache=path, split=split, checkpoint=checkpoint, num_samples=len(labels),
+                      metrics=metrics, metrics_file=metrics_file, predictions_file=predictions_file,
+                      report_files=write_report(run_dir))

@@ -1,0 +1,1 @@
+"""The frozen large pre-trained model: building it, loading checkpoints, scoring its tokens."""

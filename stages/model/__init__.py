@@ -1,0 +1,1 @@
+"""The stage-two model: side network, fusion modules, and K of them stacked."""

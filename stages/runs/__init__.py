@@ -1,0 +1,1 @@
+"""A trained run's folder: reading it, evaluating, predicting, exporting and reporting."""

@@ -1,0 +1,175 @@
+"""Batches for stage two, streamed from the cache.
+
+Training streams the split: every epoch its shards (or, for a split stored sorted by id, its
+chunks of a few samples) are read in a new random order into a buffer the size of a few shards,
+and samples are shuffled within it, so memory is bounded by the buffer, not the dataset.
+Evaluation reads a shard at a time in order.
+The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
+its scales): shards are read into it, batches are gathered from it and decoded to float32 one
+batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
+front. `in_memory` loads the split once (as stored) and shuffles globally instead.
+
+Iterating gives each batch new keys/values tensors. `batches(reuse=n)` decodes them into n
+float32 buffers in turn instead, so a batch's keys/values are overwritten n batches later: one
+buffer for a loop that finishes with a batch before it asks for the next, two when a thread reads
+one batch ahead (stages/train/recipe.ready_batches chooses). A new batch tensor is large (121 MB at
+ViT-B/512, batch 16): the allocator maps it afresh every time and its pages fault in as they are
+written, which cost about as much as the float16 to float32 conversion itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fpt.cache.encoding import decode_rows, scale_name
+from fpt.cache.layout import aligned_blocks
+from fpt.cache.reader import CacheReader
+
+
+@dataclass
+class Batch:
+    indices: np.ndarray  # global sample indices in the cache
+    side_images: np.ndarray  # (B, S, S, 3) uint8
+    labels: np.ndarray  # (B,) int64
+    keys: torch.Tensor | None  # (B, L, H, n, Dh) float32, on the CPU
+    values: torch.Tensor | None
+
+
+class _Rows:
+    """Preallocated rows for every stored array of a sample; `count` of them are filled."""
+
+    def __init__(self, reader: CacheReader, capacity: int, with_features: bool) -> None:
+        layout = reader.stored_row_layout(with_features)
+        self.arrays = {name: np.empty((capacity, *shape), dtype) for name, (shape, dtype) in layout.items()}
+        self.arrays["indices"] = np.empty(capacity, np.int64)
+        self.count = 0
+
+    def read(self, reader: CacheReader, start: int, stop: int) -> None:
+        """Append samples [start, stop), read straight into the free rows."""
+        end = self.count + stop - start
+        reader.read_stored_into(start, stop, {name: value[self.count : end] for name, value in self.arrays.items()
+                                              if name != "indices"})
+        self.arrays["indices"][self.count : end] = np.arange(start, stop)
+        self.count = end
+
+    def take(self, rows: np.ndarray, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        return {name: np.take(value, rows, axis=0) for name, value in self.arrays.items() if names is None or name in names}
+
+    def keep_only(self, rows: np.ndarray) -> None:
+        """Move `rows` (fewer than a batch) to the front; the rest of the buffer is free again."""
+        kept = self.take(rows)
+        for name, value in kept.items():
+            self.arrays[name][: len(rows)] = value
+        self.count = len(rows)
+
+
+class _FeatureRing:
+    """`size` float32 buffers per feature array, each a batch large, handed out in turn (one pass)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], batch_size: int, size: int) -> None:
+        self.shapes = shapes
+        self.batch_size = batch_size
+        self.size = size
+        self.slots: list[dict[str, torch.Tensor]] = []
+        self.turn = 0
+
+    def next_slot(self) -> dict[str, torch.Tensor]:
+        index = self.turn % self.size
+        self.turn += 1
+        if index == len(self.slots):  # made when first needed: a split of one batch needs one
+            # numpy asks the kernel for transparent huge pages for large arrays (torch.empty does not):
+            # a ViT-B slot (60 MB) then faults in 30 times instead of 15,000 times
+            self.slots.append({name: torch.from_numpy(np.empty((self.batch_size, *shape), dtype=np.float32))
+                               for name, shape in self.shapes.items()})
+        return self.slots[index]
+
+
+class SplitBatches:
+    """Iterable over one split's batches; each iteration is one epoch."""
+
+    def __init__(
+        self, reader: CacheReader, split: str, batch_size: int, shuffle: bool, with_features: bool,
+        seed: int = 0, buffer_shards: int = 4, in_memory: bool = False,
+    ) -> None:
+        self.reader = reader
+        self.start, self.stop = reader.split_range(split)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.with_features = with_features
+        self.rng = np.random.default_rng(seed)
+        storage = reader.metadata.storage
+        self.blocks = aligned_blocks(self.start, self.stop, storage.shard_size)
+        # A split stored in random order (cache/storage_order.py) is read by whole shards in random
+        # order. A split stored sorted by id, which for class-per-folder data means by class (stores
+        # of earlier versions), is read by chunks (a few samples each) drawn from the whole split:
+        # a buffer of whole shards would hold a few long single-class runs. Same memory either way.
+        stored_shuffled = split in reader.metadata.shuffled_splits
+        self.shuffle_blocks = self.blocks if stored_shuffled else aligned_blocks(self.start, self.stop, storage.chunk_size)
+        block_size = storage.shard_size if stored_shuffled else storage.chunk_size
+        self.blocks_per_buffer = max(1, buffer_shards * storage.shard_size // block_size)
+        self._memory: _Rows | None = None
+        if in_memory and self.blocks:
+            self._memory = _Rows(reader, self.stop - self.start, with_features)
+            for a, b in self.blocks:
+                self._memory.read(reader, a, b)
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return self.stop - self.start
+
+    def _batch(self, rows: _Rows, selected: np.ndarray, ring: _FeatureRing | None = None) -> Batch:
+        arrays = rows.take(selected, ("indices", "side_images", "labels"))
+        keys = values = None
+        if self.with_features:
+            dtype = self.reader.metadata.storage.dtype
+            slot = ring.next_slot() if ring is not None else None
+            keys, values = (decode_rows(rows.arrays[name], rows.arrays.get(scale_name(name)), selected, dtype,
+                                        None if slot is None else slot[name][: len(selected)])
+                            for name in ("keys", "values"))
+        return Batch(indices=arrays["indices"], side_images=arrays["side_images"], labels=arrays["labels"],
+                     keys=keys, values=values)
+
+    def _batches(self, rows: _Rows, order: np.ndarray, ring: _FeatureRing | None) -> Iterator[Batch]:
+        for begin in range(0, len(order), self.batch_size):
+            yield self._batch(rows, order[begin : begin + self.batch_size], ring)
+
+    def _ring(self, rows: _Rows, reuse: int) -> _FeatureRing | None:
+        if not (reuse and self.with_features):
+            return None
+        return _FeatureRing({name: rows.arrays[name].shape[1:] for name in ("keys", "values")}, self.batch_size, reuse)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, reuse: int = 0) -> Iterator[Batch]:
+        """One epoch; with `reuse` = n > 0, keys/values live in n buffers used in turn (module docstring)."""
+        if not self.blocks:
+            return
+        if self._memory is not None:
+            count = self._memory.count
+            order = self.rng.permutation(count) if self.shuffle else np.arange(count)
+            yield from self._batches(self._memory, order, self._ring(self._memory, reuse))
+            return
+        if self.shuffle:
+            blocks = [self.shuffle_blocks[i] for i in self.rng.permutation(len(self.shuffle_blocks))]
+            group = self.blocks_per_buffer
+        else:
+            blocks, group = list(self.blocks), 1
+        rows = _Rows(self.reader, group * max(b - a for a, b in blocks) + self.batch_size, self.with_features)
+        ring = self._ring(rows, reuse)
+        for begin in range(0, len(blocks), group):
+            for a, b in blocks[begin : begin + group]:
+                rows.read(self.reader, a, b)
+            count = rows.count
+            order = self.rng.permutation(count) if self.shuffle else np.arange(count)
+            is_last = begin + group >= len(blocks)
+            usable = count if is_last else count - count % self.batch_size
+            yield from self._batches(rows, order[:usable], ring)
+            rows.keep_only(order[usable:])

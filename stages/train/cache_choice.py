@@ -1,0 +1,102 @@
+"""Choosing the cache a training run may use: one extracted from the run's images with its settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fpt.cache.catalog import list_caches
+from fpt.cache.errors import UserError
+from fpt.cache.metadata import CacheMetadata
+from fpt.cache.reader import read_metadata
+from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.extract.settings_check import storage_settings
+
+
+def contradictions(config: PipelineConfig, metadata: CacheMetadata, source: Path) -> list[str]:
+    """Settings of the requested run that this cache cannot serve; `source` is the run's dataset folder
+    or CSV (absolute), which must be one the cache was extracted from, where the cache records any."""
+    problems = []
+    wanted = config.extract
+    have = metadata.extraction
+    if metadata.dataset != config.dataset.name:
+        problems.append(f"dataset: cache has {metadata.dataset}, requested {config.dataset.name}")
+    if metadata.sources and str(source) not in metadata.sources:
+        problems.append(f"images: cache extracted from {' and '.join(metadata.sources)}, requested {source}")
+    if metadata.lpm.name != config.lpm.name:
+        problems.append(f"lpm.name: cache has {metadata.lpm.name}, requested {config.lpm.name}")
+    layers = wanted.resolved_layers(metadata.lpm.depth)
+    if have.layers != layers:
+        problems.append(f"extract.layers: cache has {have.layers}, requested {layers}")
+    if have.token_ratio != wanted.token_ratio:
+        problems.append(f"extract.token_ratio: cache has {have.token_ratio}, requested {wanted.token_ratio}")
+    if have.importance != wanted.importance:
+        problems.append(f"extract.importance: cache has {have.importance}, requested {wanted.importance}")
+    if have.jpeg_draft is not None and have.jpeg_draft != wanted.jpeg_draft:
+        problems.append(f"extract.jpeg_draft: cache has {have.jpeg_draft}, requested {wanted.jpeg_draft}")
+    if have.precision != wanted.precision:
+        problems.append(f"extract.precision: cache has {have.precision}, requested {wanted.precision}")
+    if have.input_size != wanted.input_size:
+        problems.append(f"extract.input_size: cache has {have.input_size}, requested {wanted.input_size}")
+    if have.side_store_size < config.side.input_size:
+        problems.append(
+            f"side.input_size {config.side.input_size} is larger than the cached side images ({have.side_store_size})"
+        )
+    return problems
+
+
+def find_cache(config: PipelineConfig, source: Path, explicit: Path | None = None) -> Path:
+    """The cache to train from: the explicit one if given, else, among the complete stores extracted from
+    the run's dataset `source` (its folder or CSV, absolute) with the run's settings, the one in the
+    configured storage settings, else the newest. A store that records no source is never chosen
+    unasked: it could hold another project's images under the same dataset name."""
+    if explicit is not None:
+        metadata = read_metadata(explicit)
+        if not metadata.complete:
+            raise UserError(
+                f"The cache {explicit} is incomplete: its extraction was interrupted.",
+                "Run `fpt extract` with the same settings again to finish it.",
+            )
+        problems = contradictions(config, metadata, source)
+        if problems:
+            moved = any(problem.startswith("images:") for problem in problems)
+            raise UserError(
+                f"The cache {explicit} was built with other settings than this run asks for: " + "; ".join(problems) + ".",
+                "Train with settings that match the cache, or run `fpt extract` with the new settings first"
+                + (f" (if the images moved, `{extract_command_for(config.dataset.name, source)}` adds their folder to "
+                   "the cache without running the LPM when they are the same images)." if moved else "."),
+            )
+        return explicit
+    extract_command = extract_command_for(config.dataset.name, source)
+    candidates = [(p, m) for p, m, _ in list_caches(config.cache.root) if m is not None and m.dataset == config.dataset.name]
+    usable = [(p, m) for p, m in candidates
+              if m.complete and str(source) in m.sources and not contradictions(config, m, source)]
+    if usable:
+        # Stores of the same features in several storage settings (`fpt cache transcode`) are all
+        # usable; the one in the configured settings wins, then the newest.
+        configured = storage_settings(config.cache)
+        return max(usable, key=lambda item: (item[1].storage == configured, item[1].created_at))[0]
+    if candidates:
+        details = "; ".join(f"{p.name}: {_unusable_because(config, m, source)}" for p, m in candidates)
+        raise UserError(
+            f"No cache under {config.cache.root} for dataset {config.dataset.name} from {source} fits this run ({details}).",
+            f"Run `{extract_command}` with the same settings first (or pass --cache PATH to train from a store "
+            "you know holds these images).",
+        )
+    raise UserError(
+        f"There is no cache for dataset {config.dataset.name} under {config.cache.root}.",
+        f"Run `{extract_command}` first (or pass --cache PATH).",
+    )
+
+
+def extract_command_for(dataset: str, source: Path | str) -> str:
+    """The `fpt extract` command line for a dataset at `source` (a folder, or a CSV label table)."""
+    where = f"--set dataset.csv={source}" if Path(source).suffix.lower() == ".csv" else f"--data-root {source}"
+    return f"fpt extract --dataset {dataset} {where}"
+
+
+def _unusable_because(config: PipelineConfig, metadata: CacheMetadata, source: Path) -> str:
+    if not metadata.complete:
+        return "incomplete"
+    if not metadata.sources:
+        return "records no source folder (running `fpt extract` on the same images records it)"
+    return ", ".join(contradictions(config, metadata, source))
