@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark scripts: settings, fresh-process runs, tables and JSON.
 
-Every script runs from the repository root as `python bench/<name>.py [--quick]`; this module
-puts the root on sys.path so the scripts can import the project without installing it.
+Every script runs from the repository root as `python bench/<name>.py [--quick]`, with fpt
+installed (`pip install -e .`, as the README's first line does).
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from rich.console import Console
+from rich.table import Table
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "work"  # demo images and caches, reused between runs

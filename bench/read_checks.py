@@ -61,7 +61,7 @@ INTERLEAVED = """
 import json, statistics, sys, time
 from pathlib import Path
 import fpt.cache.integrity
-from fpt.cache.integrity import file_digest, shard_file
+from fpt.cache.integrity import shard_file_digest, shard_file
 from fpt.cache.reader import CacheReader
 from fpt.stages.train.cache_batches import SplitBatches
 checked, plain, epochs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -84,7 +84,7 @@ for _ in range(3):  # what the sha256 check does once per process: hash the spli
     began = time.perf_counter()
     for shard in shards:
         for name in reader.stored_feature_arrays() + ("side_images",):
-            file_digest(shard_file(plain, reader.array(name), shard))
+            shard_file_digest(shard_file(plain, reader.array(name), shard))
     hashing.append(time.perf_counter() - began)
 print(json.dumps({"epoch_none": statistics.median(times["none"]), "epoch_crc32c": statistics.median(times["crc32c"]),
                   "sha256_split": statistics.median(hashing), "epochs": times}))

@@ -7,8 +7,14 @@ from pathlib import Path
 
 
 def file_sha256(path: Path, block_size: int = 1 << 22) -> str:
+    """The file's sha256, hex."""
+    return file_digest(path, block_size).hex()
+
+
+def file_digest(path: Path, block_size: int = 1 << 22) -> bytes:
+    """The file's sha256, as bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(block_size):
             digest.update(block)
-    return digest.hexdigest()
+    return digest.digest()

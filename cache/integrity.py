@@ -19,6 +19,7 @@ import zarr
 from pydantic import BaseModel, Field
 
 from fpt.cache.errors import UserError
+from fpt.cache.hashing import file_digest
 from fpt.cache.layout import write_metadata
 from fpt.cache.metadata import CacheMetadata
 
@@ -29,19 +30,17 @@ def shard_file(store: Path, array: zarr.Array, shard: int) -> Path:
     return store / array.basename / key
 
 
-def file_digest(path: Path) -> bytes:
-    """sha256 of a file's bytes; a file zarr never wrote (an all-fill shard) hashes as empty."""
-    digest = hashlib.sha256()
-    if path.is_file():
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.digest()
+EMPTY_DIGEST = hashlib.sha256().digest()
+
+
+def shard_file_digest(path: Path) -> bytes:
+    """sha256 of a shard file's bytes; a file zarr never wrote (an all-fill shard) hashes as empty."""
+    return file_digest(path) if path.is_file() else EMPTY_DIGEST
 
 
 def shard_digests(store: Path, group: zarr.Group, names: list[str], shard: int) -> np.ndarray:
     """(len(names), 32) uint8: the digest of each array's stored shard file."""
-    rows = [np.frombuffer(file_digest(shard_file(store, group[name], shard)), dtype=np.uint8) for name in names]
+    rows = [np.frombuffer(shard_file_digest(shard_file(store, group[name], shard)), dtype=np.uint8) for name in names]
     return np.stack(rows)
 
 
@@ -117,7 +116,7 @@ class ShardReadCheck:
         key = (self.store_key, name, shard, want.tobytes())
         if key in _matched:
             return True
-        have = np.frombuffer(file_digest(shard_file(self.store, self.group[name], shard)), dtype=np.uint8)
+        have = np.frombuffer(shard_file_digest(shard_file(self.store, self.group[name], shard)), dtype=np.uint8)
         if not np.array_equal(want, have):
             return False
         _matched.add(key)

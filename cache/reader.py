@@ -162,8 +162,5 @@ class CacheReader:
             names += tuple(scale_name(name) for name in names)
         return names
 
-    def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self.array("labels")[start:stop].astype(np.int64)
-
     def sample_ids(self) -> list[str]:
         return [str(x) for x in self.group["sample_ids"][:]]

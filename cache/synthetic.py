@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from rich.progress import Progress
 
 from fpt.cache.layout import SPLIT_CODES, create_store, store_name
 from fpt.cache.metadata import CacheMetadata, ExtractionSettings, LPMIdentity, Normalization, StorageSettings
+from fpt.cache.progress import open_progress
 from fpt.cache.writer import ShardWriter
 
 
@@ -76,7 +76,7 @@ def write_synthetic_cache(root: Path, metadata: CacheMetadata, show_progress: bo
     create_store(path, metadata, labels, splits, [f"sample_{i:06d}" for i in range(metadata.num_samples)])
     writer = ShardWriter(path, metadata)
     side = metadata.extraction.side_store_size
-    with Progress(disable=not show_progress) as progress:
+    with open_progress(show_progress) as progress:
         task = progress.add_task("Writing synthetic cache", total=metadata.num_shards)
         for shard in range(metadata.num_shards):
             start, stop = metadata.shard_range(shard)

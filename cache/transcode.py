@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fpt.cache.catalog import list_caches
 from fpt.cache.errors import UserError
 from fpt.cache.identity import store_key
 from fpt.cache.layout import create_store, store_name
 from fpt.cache.metadata import CacheMetadata, StorageSettings
+from fpt.cache.progress import open_progress
 from fpt.cache.reader import CacheReader, read_metadata
 from fpt.cache.store_lock import store_lock
 from fpt.cache.writer import ShardWriter
@@ -58,9 +58,7 @@ def _write(reader: CacheReader, metadata: CacheMetadata, path: Path, show_progre
         create_store(path, metadata, group["labels"][:], group["splits"][:], reader.sample_ids())
     writer = ShardWriter(path, metadata, resume_command)
     pending = [shard for shard in range(metadata.num_shards) if shard not in writer.completed_shards()]
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, disable=not show_progress) as progress:
+    with open_progress(show_progress) as progress:
         task = progress.add_task(f"Transcoding to {metadata.storage.dtype}/{metadata.storage.codec}", total=len(pending))
         for shard in pending:
             start, stop = metadata.shard_range(shard)

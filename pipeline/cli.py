@@ -17,10 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fpt import __version__
 from fpt.cache.errors import UserError
 from fpt.cache.io_thread import stop_zarr_io_thread
-from fpt import __version__
+from fpt.cache.progress import install_renderer
 from fpt.pipeline.config import config_files, load_config
+from fpt.pipeline.progress_bars import renderer as progress_renderer
 from fpt.stages.core.errors import Interrupted
 from fpt.stages.core.settings import PipelineConfig, config_to_yaml
 
@@ -64,6 +66,7 @@ def _options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print fpt's version and exit.")] = False,
 ) -> None:
     """FPT+ as a two-stage pipeline: extract once, train the side network many times."""
+    install_renderer(progress_renderer(console))
 
 
 @config_app.command("show")

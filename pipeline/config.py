@@ -14,9 +14,7 @@ from __future__ import annotations
 from importlib.resources import as_file, files
 from pathlib import Path
 
-from fpt.stages.core.settings import (
-    PipelineConfig, deep_merge, parse_assignment, read_yaml_file, set_in, settings_from,
-)
+from fpt.stages.core.settings import PipelineConfig, deep_merge, parse_assignment, read_yaml_file, set_in, settings_from
 
 LOCAL_CONFIG_FILE = Path("pipeline.yaml")
 

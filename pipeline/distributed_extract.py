@@ -13,8 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+from fpt.cache.progress import open_progress
 from fpt.pipeline.cluster import (
     ClusterPlan, dask_client, in_daemon_process, plan_local, plan_remote, task_resources, worker_setup,
 )
@@ -84,8 +83,7 @@ def extract_on_cluster(config: PipelineConfig, path: Path, pending: list[int], s
         stop_name = new_stop_name()
         futures = {client.submit(extract_task, config, path.resolve(), group, plan, stop_name,
                                  resources=task_resources(plan), pure=False): group for group in groups}
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      disable=not show_progress) as progress:
+        with open_progress(show_progress) as progress:
             task = progress.add_task(f"Extracting shards on {plan.workers} dask worker(s)", total=len(pending))
 
             def stopping() -> None:

@@ -28,10 +28,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fpt.cache.errors import UserError
+from fpt.cache.progress import Progress, open_progress
 from fpt.cache.reader import read_metadata
 from fpt.pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
 from fpt.pipeline.lpm_guard import lpm_disabled, lpm_forbidden
@@ -361,8 +361,7 @@ def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_p
                                pure=False, key=f"fpt-pack-{pack[0].trial_id}-{len(pack)}")
         futures[future] = pack
     total = sum(len(p) for p in packs)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not show_progress) as progress:
+    with open_progress(show_progress, fields=("status",)) as progress:
         task = progress.add_task(f"Sweep ({len(packs)} pack(s) on {plan.workers} worker(s))", total=total, status="")
         def stopping() -> None:
             progress.update(task, status="stopping: each pack after its current step")

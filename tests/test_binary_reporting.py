@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from cache_testing import cli_args, tiny_assignments
 from sklearn.metrics import f1_score, recall_score
+from tiny import cli_args, tiny_assignments
 from typer.testing import CliRunner
 
 from fpt.pipeline.cli import app

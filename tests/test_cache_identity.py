@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_testing import cli_args, demo_source, tiny_assignments, tiny_config
 from PIL import Image
+from tiny import cli_args, demo_source, tiny_assignments, tiny_config
 from typer.testing import CliRunner
 
 from fpt.cache.errors import UserError

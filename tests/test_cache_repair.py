@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from cache_testing import stored_arrays, tiny_config
+from cache_testing import stored_arrays
+from tiny import tiny_config
 
 from fpt.cache.errors import UserError
 from fpt.cache.integrity import shard_file, verify_store

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from cache_testing import cli_args, demo_source, stored_arrays, tiny_assignments, tiny_config
+from cache_testing import stored_arrays
+from tiny import cli_args, demo_source, tiny_assignments, tiny_config
 
 from fpt.cache.errors import UserError
 from fpt.cache.integrity import verify_store

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_testing import TINY, cli_args
 from PIL import Image
+from tiny import TINY, cli_args
 from typer.testing import CliRunner
 
 from fpt.cache.errors import UserError

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_testing import cli_args, demo_source, stored_arrays, tiny_assignments, tiny_config
+from cache_testing import stored_arrays
+from tiny import cli_args, demo_source, tiny_assignments, tiny_config
 from typer.testing import CliRunner
 
 import fpt.stages.extract.run as extract_module

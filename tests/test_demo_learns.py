@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tiny import REPO
+
 from fpt.pipeline.config import load_config
 from fpt.stages.extract.run import run_extract
 from fpt.stages.train.train_side import train_side
-from tests.conftest import REPO
 
 
 def test_fptplus_beats_chance_on_demo(tmp_path: Path):

@@ -8,11 +8,11 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import timm
+from tiny import LARGER, REPO, tiny_assignments
 
 from fpt.pipeline.config import load_config
 from fpt.stages.extract.run import run_extract
 from fpt.stages.train.train_side import train_side
-from tests.conftest import REPO, tiny_assignments
 
 
 def forbid(*args, **kwargs):
@@ -20,7 +20,7 @@ def forbid(*args, **kwargs):
 
 
 def test_extract_then_train_from_cache_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    config = load_config(REPO / "pipeline.yaml", tiny_assignments(tmp_path) + ["train.epochs=8", "train.lr=2e-3",
+    config = load_config(REPO / "pipeline.yaml", tiny_assignments(tmp_path, *LARGER) + ["train.epochs=8", "train.lr=2e-3",
                          "side.fusion_dropout=0.0", "train.augment.crop_scale=[1.0,1.0]"], dataset="demo")
     extracted = run_extract(config, show_progress=False)
     meta = extracted.metadata
@@ -46,7 +46,7 @@ def test_extract_then_train_from_cache_only(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_second_extract_reuses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    config = load_config(REPO / "pipeline.yaml", tiny_assignments(tmp_path), dataset="demo")
+    config = load_config(REPO / "pipeline.yaml", tiny_assignments(tmp_path, *LARGER), dataset="demo")
     first = run_extract(config, show_progress=False)
     assert not first.reused and first.computed_samples == 48
     second = run_extract(config, show_progress=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cache_testing import tiny_config
+from tiny import tiny_config
 
 import fpt.stages.extract.run
 from fpt.cache.errors import UserError

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from cache_testing import tiny_config
 from test_token_selection import tiny_vit
+from tiny import tiny_config
 
 from fpt.cache.errors import UserError
 from fpt.cache.reader import read_metadata

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from cache_testing import TINY
 from PIL import Image
+from tiny import TINY
 
 from fpt.cache.reader import read_metadata
 from fpt.pipeline.config import load_config

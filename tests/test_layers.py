@@ -1,6 +1,6 @@
-"""The architecture holds: pipeline -> stages -> cache, the stages' own layers, no import circles
-(import-linter's contracts in pyproject.toml), every package shipped, and the installed tool
-behaving the same from any folder."""
+"""The architecture holds: pipeline -> stages -> cache, the stages' own layers, rich and typer in the
+pipeline only, no import circles (import-linter's contracts in pyproject.toml), every package
+shipped, and the installed tool behaving the same from any folder."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_the_layer_contracts_are_kept(capsys) -> None:
     code = lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True, no_logo=True)
     report = capsys.readouterr().out
     assert code == 0, report
-    assert "Contracts: 3 kept, 0 broken." in report
+    assert "Contracts: 4 kept, 0 broken." in report
 
 
 def test_every_folder_of_code_is_a_listed_package() -> None:
@@ -57,3 +57,18 @@ def test_the_shipped_defaults_apply_from_any_folder_and_a_local_file_layers_on_t
 def test_version_is_the_installed_one(tmp_path: Path) -> None:
     expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert _fpt("--version", cwd=tmp_path).strip() == f"fpt {expected}"
+
+
+def test_progress_goes_to_a_file_as_plain_lines(tmp_path: Path) -> None:
+    """Where the output is not a terminal, long work reports in plain lines rather than bars."""
+    from tiny import cli_args, tiny_assignments
+
+    log = tmp_path / "extract.log"
+    with open(log, "w") as handle:
+        done = subprocess.run([sys.executable, "-m", "fpt.pipeline.cli", "extract", "--dataset", "demo",
+                               *cli_args(tiny_assignments(tmp_path))], cwd=tmp_path, stdout=handle, stderr=subprocess.STDOUT)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    lines = text.splitlines()
+    assert any(line.startswith("Extracting: 24/24 ") and line.endswith("img/s") for line in lines), text
+    assert not any(character in text for character in "━\r\x1b")  # no bar drawing, no cursor control

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from cache_testing import tiny_config
+from tiny import tiny_config
 from torch import nn
 from torch.overrides import TorchFunctionMode
 

@@ -11,32 +11,25 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import accuracy_score, roc_auc_score
+from tiny import TRAINING, tiny_config
 from typer.testing import CliRunner
 
 from fpt.cache.errors import UserError
 from fpt.cache.reader import CacheReader
 from fpt.pipeline.cli import app
-from fpt.pipeline.config import load_config
 from fpt.stages.extract.run import run_extract
 from fpt.stages.inference.predict import predict_images
 from fpt.stages.runs.export import load_exported
 from fpt.stages.train.augment import eval_images
 from fpt.stages.train.train_side import train_side
 
-TINY = [
-    "demo.num_train=12", "demo.num_val=6", "demo.num_test=6", "demo.image_size=128", "extract.input_size=64",
-    "extract.side_store_size=72", "side.input_size=64", "lpm.name=vit_tiny_patch16_224", "lpm.weights=none",
-    "train.epochs=2", "cache.shard_size=4", "cache.chunk_size=2", "extract.num_workers=0", "train.device=cpu",
-    "extract.device=cpu",
-]
 FLOAT16_TOLERANCE = 2e-3
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
-    config = load_config(None, [*TINY, f"dataset.data_root={root / 'data'}", f"cache.root={root / 'cache'}",
-                                f"train.runs_root={root / 'runs'}"], "demo")
+    config = tiny_config(root, *TRAINING)
     run_extract(config, show_progress=False)
     result = train_side(config, show_progress=False)
     return {"run": result.run_dir, "data": root / "data" / "demo", "cache": result.cache, "root": root}

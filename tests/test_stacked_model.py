@@ -15,9 +15,9 @@ from fpt.stages.core.settings import TrainConfig
 from fpt.stages.model.flat_parameters import FlatParameters
 from fpt.stages.model.fpt_model import FPTPlus, ModelSpec
 from fpt.stages.model.stacked_model import StackedModels, stackable
+from fpt.stages.train.recipe import adamw, half_cycle_cosine, optimization_step
 from fpt.stages.train.rng_stream import RngStream
 from fpt.stages.train.stacked_step import StepMember, dropout_masks, stacked_losses, step_together
-from fpt.stages.train.recipe import adamw, half_cycle_cosine, optimization_step
 
 FPT_PLUS = dict(num_classes=3, lpm_dim=48, num_heads=3, patch_size=8, num_layers=2, side_input_size=32)
 SPECS = {

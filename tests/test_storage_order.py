@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_testing import stored_arrays, tiny_config
+from cache_testing import stored_arrays
+from tiny import tiny_config
 
 import fpt.stages.extract.run
 from fpt.cache.errors import UserError

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cache_testing import tiny_config
+from tiny import tiny_config
 
 from fpt.cache.errors import UserError
 from fpt.cache.layout import store_name

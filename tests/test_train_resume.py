@@ -18,8 +18,8 @@ from fpt.cache.errors import UserError
 from fpt.pipeline.cli import app
 from fpt.stages.core.errors import Interrupted
 from fpt.stages.train.recipe import TrainResult
-from fpt.stages.train.train_side import train_side
 from fpt.stages.train.resume_state import resume_path
+from fpt.stages.train.train_side import train_side
 
 
 def _epochs(run_dir: Path) -> list[dict]:

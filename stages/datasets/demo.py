@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.progress import Progress
 
+from fpt.cache.progress import open_progress
 from fpt.stages.core.settings import DemoConfig
 from fpt.stages.datasets.samples import SPLITS
 
@@ -148,7 +148,7 @@ def generate_demo(root: Path, config: DemoConfig, show_progress: bool = True) ->
     staging = root.with_name(root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     total = sum(_split_sizes(config).values())
-    with Progress(disable=not show_progress, transient=True) as progress:
+    with open_progress(show_progress, transient=True) as progress:
         task = progress.add_task("Generating demo images", total=total)
         for split_index, split in enumerate(SPLITS):
             count = _split_sizes(config)[split]

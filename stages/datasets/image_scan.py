@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fpt.cache.progress import open_progress
 from fpt.stages.datasets.images import ImageDecodeError, open_rgb
 from fpt.stages.datasets.samples import Sample
 
@@ -57,11 +57,8 @@ def scan_images(samples: list[Sample], show_progress: bool = True, workers: int 
     """Check every sample's image, in sample order; with `full_resolution_stats`, the train images'
     pixel sums too (what `train_normalization` needs)."""
     checks: list[ImageCheck] = []
-    with Progress(
-        TextColumn("[bold]Checking images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show_progress, transient=True,
-    ) as progress:
-        task = progress.add_task("check", total=len(samples))
+    with open_progress(show_progress, transient=True) as progress:
+        task = progress.add_task("Checking images", total=len(samples))
         with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
             for check in pool.map(lambda s: check_image(s, full_resolution_stats and s.split == "train"), samples):
                 checks.append(check)

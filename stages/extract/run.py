@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
+from fpt import __version__
 from fpt.cache.errors import UserError
 from fpt.cache.identity import store_key
 from fpt.cache.integrity import mark_for_rewrite, verify_store
 from fpt.cache.layout import SPLIT_CODES, create_store, record_source, store_name
 from fpt.cache.metadata import CacheMetadata, LPMIdentity, Normalization, SkippedImage
+from fpt.cache.progress import open_progress
 from fpt.cache.reader import CacheReader, read_metadata
 from fpt.cache.storage_order import SHUFFLED_SPLITS, in_store_order, storage_order
 from fpt.cache.store_lock import store_lock
@@ -42,9 +43,6 @@ from fpt.stages.datasets.samples import SPLITS, ResolvedDataset, Sample
 from fpt.stages.extract.settings_check import check_before_scan, extraction_settings, storage_settings
 from fpt.stages.lpm.build import build_lpm
 from fpt.stages.lpm.token_selection import TokenSelectingLPM
-
-FPT_VERSION = "0.1.0"
-
 
 class ExtractionImages(Dataset):
     """Decodes one image into (index, LPM input, stored side image, error message)."""
@@ -100,7 +98,7 @@ def build_metadata(config: PipelineConfig, dataset: ResolvedDataset, lpm: LPMIde
         ranges[split] = (start, start + count)
         start += count
     return CacheMetadata(
-        fpt_version=FPT_VERSION,
+        fpt_version=__version__,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         cache_key=key,
         dataset=dataset.name,
@@ -122,14 +120,6 @@ def build_metadata(config: PipelineConfig, dataset: ResolvedDataset, lpm: LPMIde
 def _in_store_order(dataset: ResolvedDataset, path: Path) -> ResolvedDataset:
     """The dataset with its samples in the order the store at `path` holds them."""
     return replace(dataset, samples=in_store_order(dataset.samples, CacheReader(path, require_complete=False).sample_ids()))
-
-
-def _progress(show: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not show,
-    )
 
 
 # Extracts the given pending shards of the store at the path somewhere else (on dask workers:
@@ -259,7 +249,7 @@ def _extract_into(
     # loop raises, concurrent.futures still finishes a started write at exit, so no shard is left torn.
     write_pool = ThreadPoolExecutor(max_workers=1) if extract.overlap_writes else None
     in_flight: Future | None = None
-    with _progress(show_progress) as progress:
+    with open_progress(show_progress, fields=("rate",)) as progress:
         task = progress.add_task("Extracting", total=len(indices), rate="")
         with torch.inference_mode():
             for batch_indices, lpm_inputs, side_images, errors in loader:

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
 from fpt.cache.errors import UserError
 from fpt.cache.metadata import CacheMetadata, LPMIdentity
+from fpt.cache.progress import open_progress
 from fpt.stages.core.files import replacing, writable_folder
 from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.datasets.layouts import is_image_file
@@ -96,11 +96,6 @@ def as_stored(features: torch.Tensor, metadata: CacheMetadata) -> torch.Tensor:
     return features.to(dtype).float() if dtype is not None else features.float()
 
 
-def _progress(show: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not show)
-
-
 @torch.no_grad()
 def predict_images(
     run_dir: Path, inputs: list[Path], checkpoint: Checkpoint = "best", assignments: list[str] | None = None,
@@ -123,7 +118,7 @@ def predict_images(
     loader = DataLoader(images, batch_size=config.extract.batch_size, shuffle=False,
                         num_workers=decode_workers(config.extract.num_workers, device))
     results: list[Prediction] = []
-    with _progress(show_progress) as progress, torch.inference_mode():
+    with open_progress(show_progress) as progress, torch.inference_mode():
         task = progress.add_task("Predicting", total=len(files))
         for indices, lpm_inputs, side_images, errors in loader:
             failures = [(files[int(i)], e) for i, e in zip(indices, errors) if e]

@@ -12,22 +12,14 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from fpt.cache.errors import UserError
+from fpt.cache.progress import open_progress
 from fpt.stages.core.errors import Interrupted
 from fpt.stages.core.files import writable_folder
 from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.train.packed_training import Pack
 from fpt.stages.train.recipe import TrainResult
 from fpt.stages.train.resume_state import load_resume_state
-
-
-def _progress(show: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not show,
-    )
 
 
 def train_side(config: PipelineConfig, cache_path: Path | None = None, show_progress: bool = True,
@@ -41,7 +33,7 @@ def train_side(config: PipelineConfig, cache_path: Path | None = None, show_prog
     if resume_run is None:
         writable_folder(config.train.runs_root, "train.runs_root")
     pack: Pack | None = None
-    with _progress(show_progress) as progress:
+    with open_progress(show_progress, fields=("status",)) as progress:
         try:
             pack = Pack([config], cache_path, run_dirs=[resume_run] if resume_run is not None else None,
                         isolate_failures=False, progress=progress, resumable=True,
