@@ -50,6 +50,17 @@ def stage_two_shapes(scenario: str, num_classes: int):
     return spec, num_selected(1 + (512 // 16) ** 2, 0.2)
 
 
+def extraction_arguments(parser) -> None:
+    """The options of the benchmarks that run stage one over demo images: --quick, --scenario,
+    --num-images, --batch-size, --device, --threads."""
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scenario", default="vitb512", choices=["vitb512", "demo"])
+    parser.add_argument("--num-images", type=int, default=None, help="train images (plus 4 val + 4 test)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+
+
 def sync(device) -> None:
     """Wait for the GPU's queued work, so a timer read next measures it (nothing to wait for on the CPU)."""
     import torch

@@ -27,7 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import apply_threads, bench_config, console, print_table, run_fresh, sync, write_results  # noqa: E402
+from common import (  # noqa: E402
+    apply_threads, bench_config, console, extraction_arguments, print_table, run_fresh, sync, write_results,
+)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -74,14 +76,9 @@ def changed_share(reference: np.ndarray, other: np.ndarray) -> tuple[float, list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--scenario", default="vitb512", choices=["vitb512", "demo"])
-    parser.add_argument("--num-images", type=int, default=None, help="train images (plus 4 val + 4 test)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
+    extraction_arguments(parser)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--child", choices=["fp32", "bf16", "fp16"], help=argparse.SUPPRESS)
     parser.add_argument("--indices-out", help=argparse.SUPPRESS)
     parser.add_argument("--result-json", help=argparse.SUPPRESS)

@@ -23,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from common import apply_threads, bench_config, console, print_table, sync, write_results  # noqa: E402
+from common import (  # noqa: E402
+    apply_threads, bench_config, console, extraction_arguments, print_table, sync, write_results,
+)
 
 
 def decoded_batches(config, batch_size: int) -> tuple[list[torch.Tensor], float]:
@@ -98,14 +100,9 @@ def time_extract(config, vit: torch.nn.Module, lpm, repeats: int, sets: list[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--scenario", default="vitb512", choices=["vitb512", "demo"])
-    parser.add_argument("--num-images", type=int, default=None, help="train images (plus 4 val + 4 test)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    extraction_arguments(parser)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunks", type=int, nargs="*", default=None, help="query_chunk values to sweep")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--pairs", type=int, default=None,
                         help="only time the bare forward and `fpt extract`'s loop (defaults) alternately, N times, "
                              "and report each pair's ratio and their median: on a noisy machine, the figure to judge "

@@ -43,9 +43,9 @@ class Trainer:
         from fpt.stages.model.flat_parameters import FlatParameters
         from fpt.stages.model.fpt_model import FPTPlus
         from fpt.stages.model.stacked_model import StackedModels
+        from fpt.stages.train.recipe import adamw, half_cycle_cosine, model_spec
         from fpt.stages.train.rng_stream import RngStream
         from fpt.stages.train.stacked_step import StepMember
-        from fpt.stages.train.recipe import adamw, half_cycle_cosine, model_spec
 
         self.config = config
         torch.manual_seed(config.train.seed)
