@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures no CPU session can measure, in one call of the workplace's device tool
+# The GPU figures a CPU-only machine cannot measure, in one call of the workplace's device tool
 # (a GPU machine lent to some tasks, 15 minutes of device time in all, one command at most 10 min).
 #
 # Prepare here, once (the device machine has torch, timm, numpy, rich, typer... but not zarr, dask
