@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark scripts: settings, fresh-process runs, tables and JSON.
 
-Every script runs from the repository root as `python bench/<name>.py [--quick]`; this module
-puts the root on sys.path so the scripts can import the project without installing it.
+Every script runs from the repository root as `python bench/<name>.py [--quick]` and imports the
+installed fpt (`pip install -e .`, as in the README's first line).
 """
 
 from __future__ import annotations
