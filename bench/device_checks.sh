@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures no CPU session can measure, in one call of the workplace's device tool
+# The GPU figures a CPU-only machine cannot measure, in one call of the workplace's device tool
 # (a GPU machine lent to some tasks, 15 minutes of device time in all, one command at most 10 min).
 #
 # Prepare here, once (the device machine has torch, timm, numpy, rich, typer... but not zarr, dask
@@ -33,10 +33,13 @@ PY=python3
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && [ "$SMOKE" != 1 ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "installing the carried wheels failed"; exit 1; }
-    export PYTHONPATH=/tmp/site:$REPO
-else
-    export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=/tmp/site
 fi
+# fpt without installing it (no registry there): the checkout's root is the package `fpt`, so a
+# folder holding a link named fpt to it puts it on the path, shipped pipeline.yaml included
+FPT_PATH=$(mktemp -d)
+ln -s "$REPO" "$FPT_PATH/fpt"
+export PYTHONPATH=$FPT_PATH${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 
 {

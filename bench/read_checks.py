@@ -125,7 +125,7 @@ def build(scenario: str, quick: bool, chunk_checksums: bool) -> Path:
     for path, existing, _ in list_caches(root):
         if existing is not None and existing.complete and existing.cache_key == metadata.cache_key:
             return path
-    if not chunk_checksums:  # as stores were written before their chunks carried a crc32c
+    if not chunk_checksums:  # a store without chunk crc32c, checked by hashing its shard files
         fpt.cache.layout.compressors = fpt.cache.layout._compressor
     try:
         return write_synthetic_cache(root, metadata, show_progress=True)

@@ -2,13 +2,14 @@
 
 Datasets list their samples sorted by id, which for class-per-folder data means by class. Stored
 that way, a training buffer of a few whole shards would hold a few long single-class runs, so
-training had to read small chunks from all over the split (one zarr call each). Stored in one
-seeded random order, any few whole shards are already a mixed sample of the split, and training
-reads whole shards (bench/README.md: 0.65 vs 1.14 s per demo epoch of reading).
+training would have to read small chunks from all over the split (one zarr call each). Stored in
+one seeded random order, any few whole shards are already a mixed sample of the split, and
+training reads whole shards (bench/README.md: 0.65 vs 1.14 s per demo epoch of reading).
 
 The order is the store's own: `sample_ids` lists it, resuming or a dask worker follows it, and
-the cache key does not depend on it (the dataset fingerprint is taken in sorted order), so a store
-written sorted by an earlier version stays valid and is read chunk by chunk as before.
+the cache key does not depend on it (the dataset fingerprint is taken in sorted order). A store
+whose `shuffled_splits` is empty holds every split sorted; it is valid, and training reads its
+train split chunk by chunk.
 """
 
 from __future__ import annotations

@@ -187,8 +187,8 @@ def test_large_reads_come_in_pieces_of_whole_chunks_with_the_same_data(
 
 
 def test_a_shuffle_buffer_draws_chunks_from_across_the_split(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In a store whose train split is sorted (by class, for class-per-folder data; stores of earlier
-    versions, and this synthetic one), a buffer of whole shards would hold a few long runs: it is
+    """In a store whose train split is sorted (by class, for class-per-folder data; a store without
+    shuffled splits, as this synthetic one is), a buffer of whole shards would hold a few long runs: it is
     filled from chunks all over the split instead."""
     reader = CacheReader(store)
     reads: list[tuple[int, int]] = []

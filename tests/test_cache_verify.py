@@ -20,7 +20,7 @@ from fpt.pipeline.cli import app
 
 
 def _store(root: Path, dtype: str, chunk_checksums: bool = True) -> Path:
-    """A small store; without chunk checksums, as stores were written before each chunk ended with a crc32c."""
+    """A small store; without chunk checksums, the stores that are checked by hashing their shard files."""
     storage = StorageSettings(dtype=dtype, codec="zstd", codec_level=3, shard_size=4, chunk_size=2)
     metadata = synthetic_metadata({"train": 6, "val": 3, "test": 3}, selected=5, head_dim=8, side_store_size=16,
                                   storage=storage)

@@ -108,6 +108,6 @@ def test_a_written_config_reads_back_as_the_same_config(tmp_path: Path):
     assert load_config(written, []) == resolved  # what `fpt train-side --config <run>/config.yaml` reads
     assert run_config(tmp_path) == resolved
 
-    # a run folder written before config.yaml dropped its overrides: they are not applied a second time
+    # a run folder whose config.yaml still holds an overrides section: they are not applied a second time
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     assert run_config(tmp_path).model_copy(update={"overrides": {}}) == resolved

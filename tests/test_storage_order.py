@@ -1,5 +1,5 @@
 """The train split is stored in one seeded random order and read by whole shards; a store written
-sorted (by an earlier version) is resumed in its own order and still read chunk by chunk."""
+sorted (no shuffled splits in its metadata) is resumed in its own order and read chunk by chunk."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def train_ids_sorted(config) -> list[str]:
 
 
 def test_a_store_written_sorted_is_resumed_in_its_own_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As an earlier version wrote it: sorted throughout, no shuffled splits; interrupted at shard 2."""
+    """A store sorted throughout, with no shuffled splits in its metadata; interrupted at shard 2."""
     config = tiny_config(tmp_path)
     write = ShardWriter._write
 

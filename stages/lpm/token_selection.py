@@ -64,7 +64,7 @@ def attention_with_importance(
     k_t = k.transpose(-2, -1)
     q = q * scale  # scaling the (N, Dh) queries, not each (chunk, N) block of logits
     # Every block's logits go into one buffer. At ViT-B/512 a block is 50 MB, above glibc's 32 MiB
-    # limit for reusing freed heap memory: a fresh block per chunk was mapped and faulted in anew,
+    # limit for reusing freed heap memory: a fresh block per chunk would be mapped and faulted in anew,
     # 22-30 % of the selecting attention's time (bench/README.md). Same products, same bits.
     rows = min(query_chunk, num_tokens)
     storage = torch.empty(batch * heads * rows * num_tokens, dtype=q.dtype, device=q.device)

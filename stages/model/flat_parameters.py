@@ -1,10 +1,10 @@
 """A model's parameters gathered into one contiguous buffer, so its optimiser steps one tensor.
 
 torch's AdamW, fused or not, walks its parameters in Python on every step: for the side network
-and fusion modules that is 85 tensors, and a pack of 16 models paid ~40 ms a step for updates
-whose arithmetic takes a few (bench/README.md). AdamW and gradient clipping treat every number
-alike (one learning rate, one weight decay, one norm over all gradients), so stepping the buffer
-is the same recipe. The model keeps its ordinary parameters (checkpoints, evaluation, loading
+and fusion modules that is 85 tensors, and a pack of 16 models would pay ~40 ms a step for
+updates whose arithmetic takes a few (bench/README.md). AdamW and gradient clipping treat every
+number alike (one learning rate, one weight decay, one norm over all gradients), so stepping the
+buffer is the same recipe. The model keeps its ordinary parameters (checkpoints, evaluation, loading
 the best weights write and read the buffer through them); only the optimiser sees the buffer.
 """
 

@@ -50,7 +50,7 @@ class PromptFusion(nn.Module):
         queries = self.projection(self.norm(self.prompts))
         queries = queries.view(layers, prompts, self.num_heads, self.head_dim).transpose(1, 2)
         # Expanding the queries over the batch (a view) lets matmul treat (B, L, H) as one batch
-        # axis with the keys as they are; einsum's backward permuted (copied) the whole keys
+        # axis with the keys as they are; einsum's backward permutes (copies) the whole keys
         # tensor every step (1.6x slower fwd+bwd on CPU, bench/README.md).
         queries = (queries / math.sqrt(self.head_dim)).expand(keys.shape[0], *queries.shape)
         logits = torch.matmul(queries, keys.transpose(-1, -2))

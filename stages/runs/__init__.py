@@ -1,1 +1,1 @@
-"""A trained run's folder: reading it, evaluating, predicting, exporting and reporting."""
+"""A trained run's folder: writing and reading it, its metrics, report and export."""

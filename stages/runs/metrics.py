@@ -53,7 +53,8 @@ def auc_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
     Each class's AUC is the Mann-Whitney statistic: the share of (positive, negative) pairs its
     probability orders correctly, ties counting one half, from the ranks of the probabilities.
     That is the area sklearn's roc_auc_score integrates (tests/test_metrics.py compares them);
-    sklearn's input checks took 6-8 ms per call, most of a pack's bookkeeping (bench/README.md).
+    sklearn's input checks take 6-8 ms per call, which would be most of a pack's bookkeeping
+    (bench/README.md).
     """
     present = np.unique(labels)
     if len(present) < 2:

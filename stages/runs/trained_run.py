@@ -31,7 +31,7 @@ class RunRecord(BaseModel):
     normalization: Normalization
     learnable_params: int | None = None
     lr: float | None = None
-    device: str | None = None  # absent in runs written before they were recorded
+    device: str | None = None  # this and the next two: None where run.json does not record them
     torch_threads: int | None = None
     torch_version: str | None = None
 

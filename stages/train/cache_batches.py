@@ -104,9 +104,10 @@ class SplitBatches:
         storage = reader.metadata.storage
         self.blocks = aligned_blocks(self.start, self.stop, storage.shard_size)
         # A split stored in random order (cache/storage_order.py) is read by whole shards in random
-        # order. A split stored sorted by id, which for class-per-folder data means by class (stores
-        # of earlier versions), is read by chunks (a few samples each) drawn from the whole split:
-        # a buffer of whole shards would hold a few long single-class runs. Same memory either way.
+        # order. A split stored sorted by id, which for class-per-folder data means by class (a store
+        # whose metadata lists no shuffled splits), is read by chunks (a few samples each) drawn from
+        # the whole split: a buffer of whole shards would hold a few long single-class runs. Same
+        # memory either way.
         stored_shuffled = split in reader.metadata.shuffled_splits
         self.shuffle_blocks = self.blocks if stored_shuffled else aligned_blocks(self.start, self.stop, storage.chunk_size)
         block_size = storage.shard_size if stored_shuffled else storage.chunk_size

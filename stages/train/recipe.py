@@ -81,7 +81,7 @@ def recipe_update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_sc
     """The recipe's update once the model's gradients are in: clipping, AdamW step, schedule step.
 
     The optimiser holds all of the model's parameters, and its lists are clipped: `model.parameters()`
-    walks the module tree on every call, which cost a pack of 16 about 6 ms a step (bench/README.md).
+    walks the module tree on every call, which costs a pack of 16 about 6 ms a step (bench/README.md).
     """
     torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
     optimizer.step()

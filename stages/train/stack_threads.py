@@ -3,8 +3,8 @@
 A stack of 16 demo models makes some 500 small tensor operations a step, and torch splits each of
 them over its intra-op threads: on 2 cores the second thread gains little on operations this
 small. Two stacks of 8, each in its own Python thread with one intra-op thread, keep both cores
-busy instead (torch releases the GIL inside its kernels): a 16-model step of the demo took 264 ms
-against 364 ms for one stack on 2 threads (bench/README.md, 2026-12-04).
+busy instead (torch releases the GIL inside its kernels): a 16-model step of the demo takes 264 ms
+against 364 ms for one stack on 2 threads on a 2-core AMD EPYC (bench/README.md).
 
 It also makes a packed trial repeatable: every model is computed on one torch thread, as
 `OMP_NUM_THREADS=1 fpt train-side` computes it alone, so the two agree bit for bit
