@@ -70,10 +70,6 @@ def pack_key(config: PipelineConfig) -> str:
     ))
 
 
-class TrialFailed(Exception):
-    """Raised only inside a pack that isolates failures; carries the trial's error text."""
-
-
 @dataclass
 class PackedTrial:
     """One model of a pack with its optimiser, schedule, random stream and run folder."""
