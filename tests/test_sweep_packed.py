@@ -52,10 +52,10 @@ def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, torch_th
     original = fpt.cache.reader.CacheReader.read_stored_into
     monkeypatch.setattr(fpt.cache.reader.CacheReader, "read_stored_into",
                         lambda self, a, b, rows: reads.append((a, b)) or original(self, a, b, rows))
-    import fpt.stages.train.packed_training
+    import fpt.stages.train.pack_stacks
 
     stacked_sizes = []
-    monkeypatch.setattr(fpt.stages.train.packed_training, "StackedModels",
+    monkeypatch.setattr(fpt.stages.train.pack_stacks, "StackedModels",
                         lambda models: stacked_sizes.append(len(models)) or StackedModels(models))
     outcomes = train_pack(configs, isolate_failures=False)
     monkeypatch.undo()
@@ -99,18 +99,18 @@ def test_a_failing_trial_does_not_stop_its_pack(tiny_root: Path) -> None:
 def test_a_stack_that_fails_is_split_so_its_trials_go_on_alone(tiny_root: Path, torch_threads,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """E.g. out of memory for 16 stacked models: each trial then trains on its own stack of one."""
-    import fpt.stages.train.packed_training
+    import fpt.stages.train.pack_step
 
     torch_threads(1)  # the two trials in one stack (on more threads each has a stack thread of its own)
 
-    original = fpt.stages.train.packed_training.stacked_losses
+    original = fpt.stages.train.pack_step.stacked_losses
 
     def fails_when_stacked(stack, *args, **kwargs):
         if len(stack) > 1:
             raise RuntimeError("out of memory (simulated)")
         return original(stack, *args, **kwargs)
 
-    monkeypatch.setattr(fpt.stages.train.packed_training, "stacked_losses", fails_when_stacked)
+    monkeypatch.setattr(fpt.stages.train.pack_step, "stacked_losses", fails_when_stacked)
     configs = [tiny_config(tiny_root, [f"train.run_name=split{i}", "train.epochs=1", f"train.lr={lr}"])
                for i, lr in enumerate((0.001, 0.002))]
     outcomes = train_pack(configs)
@@ -121,10 +121,11 @@ def test_a_stack_that_fails_is_split_so_its_trials_go_on_alone(tiny_root: Path, 
 
 def test_a_model_the_stack_cannot_reproduce_trains_through_its_own_forward(
         tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fpt.stages.train.packed_training
+    import fpt.stages.train.pack_stacks
+    import fpt.stages.train.trial_setup
 
-    monkeypatch.setattr(fpt.stages.train.packed_training, "stackable", lambda model: False)
-    monkeypatch.setattr(fpt.stages.train.packed_training, "StackedModels", None)  # must not be used
+    monkeypatch.setattr(fpt.stages.train.trial_setup, "stackable", lambda model: False)
+    monkeypatch.setattr(fpt.stages.train.pack_stacks, "StackedModels", None)  # must not be used
     settings = [["train.lr=0.002"], ["train.lr=0.0005"]]
     alone = [train_side(tiny_config(tiny_root, s + [f"train.run_name=unstacked-alone{i}", "train.epochs=1"]),
                         show_progress=False) for i, s in enumerate(settings)]
@@ -141,7 +142,7 @@ def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals
     every trial ends bit for bit as it does alone on one torch thread (`OMP_NUM_THREADS=1 fpt train-side`)."""
     import threading
 
-    import fpt.stages.train.packed_training
+    import fpt.stages.train.pack_step
 
     settings = [["train.lr=0.002"], ["train.lr=0.0005", "train.weight_decay=0.01"], ["train.lr=0.001"],
                 ["train.lr=0.003", "train.grad_clip=0.5"]]
@@ -151,13 +152,13 @@ def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals
     torch_threads(2)
 
     seen = []  # (thread name, its torch threads, stack size) of every stacked training step
-    original = fpt.stages.train.packed_training.stacked_losses
+    original = fpt.stages.train.pack_step.stacked_losses
 
     def recorded(stack, *args, **kwargs):
         seen.append((threading.current_thread().name, torch.get_num_threads(), len(stack)))
         return original(stack, *args, **kwargs)
 
-    monkeypatch.setattr(fpt.stages.train.packed_training, "stacked_losses", recorded)
+    monkeypatch.setattr(fpt.stages.train.pack_step, "stacked_losses", recorded)
     outcomes = train_pack([tiny_config(tiny_root, s + [f"train.run_name=stack-threads{i}"])
                            for i, s in enumerate(settings)], isolate_failures=False)
     monkeypatch.undo()
@@ -176,10 +177,11 @@ def test_on_two_cpu_threads_the_pack_runs_its_stacks_in_stack_threads_and_equals
 
 def test_a_failing_stack_in_a_stack_thread_is_split_and_its_trials_go_on(
         tiny_root: Path, torch_threads, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fpt.stages.train.packed_training
+    import fpt.stages.train.pack_step
+    import fpt.stages.train.trial_setup
 
     torch_threads(2)
-    original = fpt.stages.train.packed_training.stacked_losses
+    original = fpt.stages.train.pack_step.stacked_losses
     failed = []
 
     def first_stack_fails(stack, *args, **kwargs):
@@ -189,15 +191,15 @@ def test_a_failing_stack_in_a_stack_thread_is_split_and_its_trials_go_on(
         return original(stack, *args, **kwargs)
 
     first_model: list = []
-    original_prepare = fpt.stages.train.packed_training.Pack._prepare
+    original_prepare = fpt.stages.train.trial_setup.TrialSetup.write_run_files
 
     def remember_first(self, trial):
         original_prepare(self, trial)
         if not first_model:
             first_model.append(trial.model)
 
-    monkeypatch.setattr(fpt.stages.train.packed_training, "stacked_losses", first_stack_fails)
-    monkeypatch.setattr(fpt.stages.train.packed_training.Pack, "_prepare", remember_first)
+    monkeypatch.setattr(fpt.stages.train.pack_step, "stacked_losses", first_stack_fails)
+    monkeypatch.setattr(fpt.stages.train.trial_setup.TrialSetup, "write_run_files", remember_first)
     configs = [tiny_config(tiny_root, [f"train.run_name=thread-split{i}", "train.epochs=1", f"train.lr={lr}"])
                for i, lr in enumerate((0.001, 0.002, 0.003, 0.004))]
     outcomes = train_pack(configs)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from sweep_support import build_tiny_cache, tiny_config
 
 import fpt.pipeline.sweep
-import fpt.stages.train.packed_training
+import fpt.stages.train.pack_resume
 from fpt.cache.errors import UserError
 from fpt.cache.reader import read_metadata
 from fpt.pipeline.cluster import ClusterPlan
@@ -61,7 +61,7 @@ def test_an_interrupted_sweep_goes_on_from_each_trials_last_epoch(tmp_path: Path
     trials_root = sweep_dir(base, cut) / "trials"
     run_dirs = [trials_root / t.trial_id for t in trials]
     saved: list[int] = []
-    original = fpt.stages.train.packed_training.Pack._save_resume_state
+    original = fpt.stages.train.pack_resume.PackResume.save
 
     def save_then_stop(self, trial, epoch):
         original(self, trial, epoch)
@@ -69,7 +69,7 @@ def test_an_interrupted_sweep_goes_on_from_each_trials_last_epoch(tmp_path: Path
         if saved.count(2) == len(trials):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(fpt.stages.train.packed_training.Pack, "_save_resume_state", save_then_stop)
+    monkeypatch.setattr(fpt.stages.train.pack_resume.PackResume, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_pack_task(trials, run_dirs, cache, ClusterPlan(workers=1, torch_threads=1, use_gpu=False))
     monkeypatch.undo()

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sweep_support import REPO, build_tiny_cache, tiny_config, tiny_sets
 from typer.testing import CliRunner
 
-import fpt.stages.train.packed_training
+import fpt.stages.train.pack_resume
 from fpt.cache.errors import UserError
 from fpt.pipeline.cli import app
 from fpt.stages.core.errors import Interrupted
@@ -57,14 +57,14 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path, 
     assert not resume_path(full.run_dir).exists()  # a finished run keeps no resume state
 
     # Ctrl-C just after the second epoch's resume state is written
-    original = fpt.stages.train.packed_training.Pack._save_resume_state
+    original = fpt.stages.train.pack_resume.PackResume.save
 
     def save_then_interrupt(self, trial, epoch):
         original(self, trial, epoch)
         if epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(fpt.stages.train.packed_training.Pack, "_save_resume_state", save_then_interrupt)
+    monkeypatch.setattr(fpt.stages.train.pack_resume.PackResume, "save", save_then_interrupt)
     with pytest.raises(Interrupted, match="keeps its 2 finished epoch.* --resume"):
         train_side(tiny_config(tmp_path, SETTINGS + ["train.run_name=cut"]), show_progress=False)
     monkeypatch.undo()

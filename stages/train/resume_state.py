@@ -25,7 +25,6 @@ import torch
 
 from fpt.cache.errors import UserError
 from fpt.stages.core.files import atomic_write_text, replacing
-from fpt.stages.runs.metrics import Metrics
 
 RESUME_FILE = "resume.pt"
 FORMAT = 1
@@ -97,11 +96,3 @@ def _epoch_of(line: str) -> float:
         return json.loads(line)["epoch"]
     except (ValueError, KeyError, TypeError):
         return float("inf")
-
-
-def metrics_to_state(metrics: Metrics | None) -> dict[str, Any] | None:
-    return None if metrics is None else metrics.model_dump()
-
-
-def metrics_from_state(payload: dict[str, Any] | None) -> Metrics | None:
-    return None if payload is None else Metrics.model_validate(payload)

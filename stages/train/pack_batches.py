@@ -1,0 +1,53 @@
+"""The one stream of batches a pack's trials share.
+
+Trials packed together have one batch size, seed and data settings (`pack_key`), so the pack reads
+each split of the cache once for all of them and augments each training batch once: the augmentation
+draws from a random stream of its own, seeded by train.seed, whatever the models draw in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from fpt.cache.reader import CacheReader
+from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.train.augment import train_images
+from fpt.stages.train.cache_batches import SplitBatches
+from fpt.stages.train.recipe import ReadyBatch, ready_batches, use_prefetch
+from fpt.stages.train.rng_stream import RngStream
+
+
+class PackBatches:
+    """The cache's three splits in the batches of `lead`, the pack's first trial, and its augmentation."""
+
+    def __init__(self, reader: CacheReader, lead: PipelineConfig, device: torch.device) -> None:
+        self.reader = reader
+        self.metadata = reader.metadata
+        self.device = device
+        self.prefetch = use_prefetch(lead.train.prefetch, device)
+        self.side_size = lead.side.input_size
+        train = lead.train
+        self.augment = train.augment
+        common = dict(with_features=lead.side.use_prompts, buffer_shards=train.shuffle_buffer_shards,
+                      in_memory=train.in_memory)
+        self.train = SplitBatches(reader, "train", train.batch_size, shuffle=True, seed=train.seed, **common)
+        self.val = SplitBatches(reader, "val", train.batch_size, shuffle=False, **common)
+        self.test = SplitBatches(reader, "test", train.batch_size, shuffle=False, **common)
+        self.augment_stream = RngStream(train.seed, device)
+        self.generator = torch.Generator().manual_seed(train.seed)
+
+    def ready(self, split: SplitBatches) -> Iterator[ReadyBatch]:
+        """One epoch of a split, its keys and values on the device."""
+        return ready_batches(split, self.device, self.prefetch)
+
+    def augmented(self, ready: ReadyBatch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None,
+                                                    torch.Tensor]:
+        """(images, keys, values, labels) of a training batch as every model of the pack trains on it."""
+        norm = self.metadata.normalization
+        batch = ready.batch
+        with self.augment_stream:  # in this thread: the augmentation's random stream is global torch state
+            images = train_images(batch.side_images, self.side_size, self.augment, norm.mean, norm.std,
+                                  self.generator)
+        return images.to(self.device), ready.keys, ready.values, torch.from_numpy(batch.labels).to(self.device)

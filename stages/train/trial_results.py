@@ -1,0 +1,66 @@
+"""What a trial's predictions become in its run folder: the end of each epoch, the test results
+of its last and best models, and final_metrics.json with the run's report when it finishes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fpt.stages.core.files import copy_file, write_json
+from fpt.stages.runs.metrics import classification_metrics
+from fpt.stages.runs.run_folder import load_checkpoint, write_predictions
+from fpt.stages.runs.run_summary import summarize_run
+from fpt.stages.train.best_epoch import record_epoch
+from fpt.stages.train.recipe import EpochRecord, TrainResult
+from fpt.stages.train.resume_state import resume_path
+from fpt.stages.train.trial_state import PackedTrial
+
+Prediction = tuple[np.ndarray, np.ndarray, np.ndarray, float]  # sample indices, labels, probabilities, mean loss
+
+
+def end_epoch(trial: PackedTrial, epoch: int, seconds: float, prediction: Prediction, keep_weights: bool) -> None:
+    """The epoch's validation metrics, checkpoints and metrics line (stages/train/best_epoch.py);
+    the trial's running loss starts again. keep_weights: for a pack that keeps resume states."""
+    _, labels, probabilities, loss = prediction
+    val = classification_metrics(labels, probabilities, loss)
+    record = EpochRecord(epoch=epoch, train_loss=trial.loss_sum / max(trial.seen, 1),
+                         lr=trial.scheduler.get_last_lr()[0], seconds=seconds, val=val)
+    trial.best = record_epoch(trial.run_dir, trial.model, record, trial.best, epoch == trial.epochs, keep_weights)
+    trial.loss_sum, trial.seen = 0.0, 0
+
+
+def record_test(trial: PackedTrial, which: str, prediction: Prediction, sample_ids: list[str],
+                class_names: list[str]) -> None:
+    """The test metrics and predictions_test_<which>.csv of the trial's `which` ("last", "best") model."""
+    indices, labels, probabilities, loss = prediction
+    trial.tests[which] = classification_metrics(labels, probabilities, loss)
+    write_predictions(trial.run_dir / f"predictions_test_{which}.csv", [sample_ids[i] for i in indices],
+                      labels, probabilities, class_names)
+
+
+def best_is_last(trial: PackedTrial) -> None:
+    """The best epoch is the last one: the best model's test results are the last model's."""
+    trial.tests["best"] = trial.tests["last"]
+    copy_file(trial.run_dir / "predictions_test_last.csv", trial.run_dir / "predictions_test_best.csv")
+
+
+def load_best(trial: PackedTrial) -> None:
+    """The trial's model as it was at its best epoch."""
+    load_checkpoint(trial.run_dir / "checkpoints" / "best.safetensors", trial.model)
+
+
+def finish(trial: PackedTrial, cache: Path, began: float, draw_pictures: bool) -> TrainResult:
+    """final_metrics.json and the report of a trained and tested trial; `began`: when its pack started."""
+    if trial.best is None:
+        raise RuntimeError(f"The trial {trial.run_dir} has no scored epoch: its validation scores were all NaN.")
+    result = TrainResult(
+        run_dir=trial.run_dir, cache=cache, best_epoch=trial.best.epoch, best_val=trial.best.val,
+        test_best=trial.tests["best"], test_last=trial.tests["last"], learnable_params=trial.learnable,
+        seconds=time.perf_counter() - began,
+    )
+    write_json(trial.run_dir / "final_metrics.json", result.model_dump(mode="json"))
+    resume_path(trial.run_dir).unlink(missing_ok=True)  # finished: nothing left to resume
+    summarize_run(trial.run_dir, draw_pictures)
+    return result

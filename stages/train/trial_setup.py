@@ -1,0 +1,116 @@
+"""Setting up a pack's trials: the cache they share, and each trial built whole with its run folder.
+
+A trial is checked against the cache first (a setting the cache cannot serve, a side network that
+does not fit the LPM), so that a trial that cannot run fails before it has a run folder. Its model
+is initialised inside its own random stream, from its own seed, so it starts as it would alone.
+Its folder gets config.yaml and run.json before training starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fpt.cache.errors import UserError
+from fpt.cache.metadata import CacheMetadata
+from fpt.stages.core.files import write_json
+from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.datasets.registry import dataset_source
+from fpt.stages.extract.settings_check import raise_side_problems, side_problems
+from fpt.stages.model.flat_parameters import FlatParameters
+from fpt.stages.model.fpt_model import FPTPlus
+from fpt.stages.model.stacked_model import stackable
+from fpt.stages.runs.run_folder import new_run_dir, write_config
+from fpt.stages.runs.trained_run import read_run
+from fpt.stages.train.cache_choice import contradictions, find_cache
+from fpt.stages.train.recipe import adamw, half_cycle_cosine, model_spec
+from fpt.stages.train.rng_stream import RngStream
+from fpt.stages.train.stack_threads import StackThreads
+from fpt.stages.train.trial_state import PackedTrial
+
+
+def pack_cache(configs: list[PipelineConfig], explicit: Path | None) -> Path:
+    """The cache of the pack: the first one that serves one of its trials; a trial the cache cannot
+    serve fails on its own later."""
+    if explicit is not None:
+        return explicit
+    errors: list[UserError] = []
+    for config in configs:
+        try:
+            return find_cache(config, dataset_source(config))
+        except UserError as error:
+            errors.append(error)
+    raise errors[0]  # a pack has at least one trial (`Pack` checks it)
+
+
+def recorded_source(run_dir: Path | None) -> Path | None:
+    """The dataset source a run that goes on recorded when it started (its config's relative paths may
+    point elsewhere from another working folder; its cache was checked by key)."""
+    if run_dir is None or not (run_dir / "run.json").is_file():
+        return None
+    source = read_run(run_dir).dataset_source
+    return Path(source) if source else None
+
+
+class TrialSetup:
+    """Builds the trials of one pack, which share its cache, device, batches per epoch and stack threads."""
+
+    def __init__(self, cache: Path, metadata: CacheMetadata, device: torch.device, steps_per_epoch: int,
+                 threads: StackThreads | None) -> None:
+        self.cache = cache
+        self.metadata = metadata
+        self.device = device
+        self.steps_per_epoch = steps_per_epoch
+        self.threads = threads
+
+    def build(self, config: PipelineConfig, run_dir: Path | None) -> PackedTrial:
+        """The trial of `config`, in `run_dir` (a run that goes on) or in a new run folder."""
+        source = recorded_source(run_dir) or dataset_source(config)
+        problems = contradictions(config, self.metadata, source)
+        if problems:
+            raise UserError(
+                f"The cache {self.cache} cannot serve this trial: " + "; ".join(problems) + ".",
+                "Search only over settings the cache allows.",
+            )
+        lpm = self.metadata.lpm
+        raise_side_problems(side_problems(config.side, lpm.embed_dim, lpm.num_heads, lpm.patch_size), lpm.name)
+        spec = model_spec(config, self.metadata)
+        stream = RngStream(config.train.seed, self.device)
+        with stream:
+            model = FPTPlus(spec).to(self.device)
+        learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        train = config.train
+        lr = train.lr if train.lr is not None else self.metadata.default_lr
+        flat: FlatParameters | None = None
+        if stackable(model):
+            flat = FlatParameters(model)
+            optimizer = adamw([flat.buffer], train, lr)
+        else:
+            optimizer = adamw(model.parameters(), train, lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, half_cycle_cosine(train.epochs * self.steps_per_epoch))
+        if run_dir is None:
+            run_dir = new_run_dir(config, "fptplus" if spec.use_prompts else "side-only")
+        else:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        trial = PackedTrial(config=config, run_dir=run_dir, source=source, spec=spec, model=model, flat=flat,
+                            optimizer=optimizer, scheduler=scheduler, stream=stream, lr=lr, learnable=learnable)
+        self.write_run_files(trial)
+        return trial
+
+    def write_run_files(self, trial: PackedTrial) -> None:
+        """The trial's config.yaml and run.json: the cache, model and device it trains with."""
+        write_config(trial.run_dir, trial.config)
+        write_json(trial.run_dir / "run.json", {
+            "cache": str(self.cache.resolve()), "cache_key": self.metadata.cache_key,
+            "dataset": trial.config.dataset.name, "dataset_source": str(trial.source),
+            "model_spec": trial.spec.model_dump(), "class_names": self.metadata.class_names,
+            "normalization": self.metadata.normalization.model_dump(), "learnable_params": trial.learnable,
+            "lr": trial.lr,
+            # bit-for-bit repeatability depends on these (docs/sweeps.md, "Packed trials")
+            "device": str(self.device), "torch_threads": self._torch_threads(trial), "torch_version": torch.__version__,
+        })
+
+    def _torch_threads(self, trial: PackedTrial) -> int:
+        """The torch threads the trial's model computes on: one in a stack thread, else this thread's."""
+        return 1 if self.threads is not None and trial.flat is not None else torch.get_num_threads()
