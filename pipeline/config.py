@@ -14,7 +14,9 @@ from __future__ import annotations
 from importlib.resources import as_file, files
 from pathlib import Path
 
-from fpt.stages.core.settings import PipelineConfig, deep_merge, parse_assignment, read_yaml_file, set_in, settings_from
+from fpt.stages.core.settings import (
+    DatasetConfig, PipelineConfig, deep_merge, parse_assignment, read_yaml_file, set_in, settings_from,
+)
 
 LOCAL_CONFIG_FILE = Path("pipeline.yaml")
 
@@ -47,15 +49,15 @@ def load_config(config_file: Path | None = None, assignments: list[str] | None =
     for layer in layers:
         own = (layer.get("overrides") or {}).get(name)
         tree = deep_merge(tree, deep_merge(layer, own) if isinstance(own, dict) else layer)
-    if name is not None:
-        set_in(tree, ["dataset", "name"], name)
+    set_in(tree, ["dataset", "name"], name)
     # the overrides applied above belong to their files; the settings keep the top file's own section
     tree["overrides"] = layers[-1].get("overrides") or {}
-    return settings_from(tree, " and ".join(str(path) for path in paths), assignments, apply_overrides=False)
+    return settings_from(tree, " and ".join(str(path) for path in paths), assignments)
 
 
-def dataset_name(layers: list[dict], assignments: list[str] | None, dataset: str | None) -> str | None:
-    """The dataset the command runs on: --dataset, else a --set dataset.name=..., else the last file's."""
+def dataset_name(layers: list[dict], assignments: list[str] | None, dataset: str | None) -> str:
+    """The dataset the command runs on: --dataset, else a --set dataset.name=..., else the last file's
+    that names one, else the settings' default."""
     if dataset is not None:
         return dataset
     for path, value in reversed([parse_assignment(text) for text in assignments or []]):
@@ -65,4 +67,4 @@ def dataset_name(layers: list[dict], assignments: list[str] | None, dataset: str
         name = (layer.get("dataset") or {}).get("name")
         if name is not None:
             return str(name)
-    return None
+    return DatasetConfig().name

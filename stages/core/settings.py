@@ -332,26 +332,15 @@ def format_validation_error(error: ValidationError, source: str) -> UserError:
     )
 
 
-def settings_from(tree: dict[str, Any], source: str, assignments: list[str] | None = None,
-                  dataset: str | None = None, apply_overrides: bool = True) -> PipelineConfig:
-    """The settings of a mapping read from `source` (named in messages), with the dataset's overrides
-    and the `--set` assignments applied.
+def settings_from(tree: dict[str, Any], source: str, assignments: list[str] | None = None) -> PipelineConfig:
+    """The settings of a mapping read from `source` (named in messages), the `--set` assignments on top.
 
-    apply_overrides=False reads a resolved configuration (a run folder's config.yaml) as it is:
-    its values already hold its dataset's overrides, and applying them again would undo any
-    --set that the run was started with on an overridden key (train.epochs on the demo, say)."""
+    The mapping is taken as it is: choosing and layering files, with each file's overrides for the
+    dataset, is the command line's (pipeline/config.py), and a run folder's resolved config.yaml
+    already holds its dataset's overrides, which applied again would undo any --set the run was
+    started with on an overridden key (train.epochs on the demo, say)."""
     tree = copy.deepcopy(tree)
-    parsed = [parse_assignment(text) for text in assignments or []]
-    if dataset is not None:
-        set_in(tree, ["dataset", "name"], dataset)
-    for path, value in parsed:
-        if path == ["dataset", "name"]:
-            set_in(tree, path, value)
-    name = (tree.get("dataset") or {}).get("name", DatasetConfig().name)
-    dataset_overrides = (tree.get("overrides") or {}).get(name) if apply_overrides else None
-    if isinstance(dataset_overrides, dict):
-        tree = deep_merge(tree, dataset_overrides)
-    for path, value in parsed:
+    for path, value in (parse_assignment(text) for text in assignments or []):
         set_in(tree, path, value)
     try:
         return PipelineConfig.model_validate(tree)
@@ -361,7 +350,7 @@ def settings_from(tree: dict[str, Any], source: str, assignments: list[str] | No
 
 def run_settings(path: Path, assignments: list[str] | None = None) -> PipelineConfig:
     """A run folder's resolved config.yaml, as it is, with `--set` assignments on top."""
-    return settings_from(read_yaml_file(path), str(path), assignments, apply_overrides=False)
+    return settings_from(read_yaml_file(path), str(path), assignments)
 
 
 # libyaml's emitter where PyYAML was built with it: the same text, a quarter of the time (every

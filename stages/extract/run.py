@@ -44,6 +44,7 @@ from fpt.stages.extract.settings_check import check_before_scan, extraction_sett
 from fpt.stages.lpm.build import build_lpm
 from fpt.stages.lpm.token_selection import TokenSelectingLPM
 
+
 class ExtractionImages(Dataset):
     """Decodes one image into (index, LPM input, stored side image, error message)."""
 
