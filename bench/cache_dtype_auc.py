@@ -35,9 +35,10 @@ BYTES_PER_NUMBER = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "int8": 1.0
 
 
 def feature_bytes(path: Path) -> int:
-    """Bytes of keys, values and scales: what the paper's per-image files hold (no side images)."""
-    storage = CacheReader(path).metadata.storage
-    return sum(folder_bytes(path / name) for name in sharded_arrays(storage) if name != "side_images")
+    """Bytes of keys, values and scales: what the paper's per-image files hold (no side images, no token indices)."""
+    metadata = CacheReader(path).metadata
+    return sum(folder_bytes(path / name) for name in sharded_arrays(metadata)
+               if name not in ("side_images", "token_indices"))
 
 
 def main() -> None:

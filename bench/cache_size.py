@@ -52,7 +52,7 @@ def main() -> None:
                                                         "cache.chunk_size=1"], num_val=2, num_test=2)
     source = CacheReader(run_extract(config, show_progress=False).path)
     meta = source.metadata
-    arrays = source.read(0, meta.num_samples)
+    arrays = source.read(0, meta.num_samples, with_token_indices=True)
     count = meta.num_samples
     ids = source.sample_ids()
     raw_f32_mb = 2 * 4 * float(arrays["keys"][0].size) / 1e6
@@ -75,12 +75,14 @@ def main() -> None:
                     began = time.perf_counter()
                     for shard in range(store_meta.num_shards):
                         a, b = store_meta.shard_range(shard)
-                        writer.write_shard(shard, arrays["keys"][a:b], arrays["values"][a:b], arrays["side_images"][a:b])
+                        writer.write_shard(shard, arrays["keys"][a:b], arrays["values"][a:b], arrays["side_images"][a:b],
+                                           arrays["token_indices"][a:b])
                     writer.finish()
                     entry["write_s_per_image"] = (time.perf_counter() - began) / count
                     features = folder_bytes(path / "keys") + folder_bytes(path / "values")
                     entry.update(features_mb_per_image=features / count / 1e6,
                                  side_mb_per_image=folder_bytes(path / "side_images") / count / 1e6,
+                                 token_indices_mb_per_image=folder_bytes(path / "token_indices") / count / 1e6,
                                  total_mb_per_image=folder_bytes(path) / count / 1e6)
                     began = time.perf_counter()
                     CacheReader(path).read(0, count)
@@ -92,17 +94,19 @@ def main() -> None:
                 results.append(entry)
                 target = TARGETS_MB.get(dtype)
                 if "error" in entry:
-                    rows.append([dtype, codec, "not supported", None, None, None, None, None, None, entry["error"][:60]])
+                    rows.append([dtype, codec, "not supported", None, None, None, None, None, None, None, entry["error"][:60]])
                 else:
                     f = entry["features_mb_per_image"]
-                    rows.append([dtype, codec, f, entry["total_mb_per_image"], PAPER_F32_MB / f,
+                    share = entry["token_indices_mb_per_image"] / f
+                    rows.append([dtype, codec, f, f"{entry['token_indices_mb_per_image'] * 1e3:.1f} ({share:.1%})",
+                                 entry["total_mb_per_image"], PAPER_F32_MB / f,
                                  target, ("yes" if f <= target else "NO") if target else "-",
                                  entry["write_s_per_image"] * 1e3, entry["read_s_per_image"] * 1e3, ""])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(f"Cache size per image, {meta.lpm.name} @ {meta.extraction.input_size}px ({count} images; paper layout "
                 f"{PAPER_F32_MB} MB/image float32)",
-                ["dtype", "codec", "keys+values MB/img", "with side image MB/img", "x smaller than 7.6 MB", "target MB",
+                ["dtype", "codec", "keys+values MB/img", "token indices kB/img (share)", "all arrays MB/img", "x smaller than 7.6 MB", "target MB",
                  "meets", "write ms/img", "read ms/img", "note"], rows)
     write_results(f"cache_size_{args.scenario}" + ("_quick" if args.quick else ""),
                   {"images": count, "feature_shape": meta.feature_shape, "raw_float32_mb_per_image": raw_f32_mb,

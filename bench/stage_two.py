@@ -243,14 +243,16 @@ def grown_cache(cache: Path, factor: int, codec: str | None = None) -> Path:
         "num_samples": count, "split_ranges": {"train": (0, count), "val": (count, count), "test": (count, count)},
         "complete": False, "storage": meta.storage.model_copy(update={"codec": codec or meta.storage.codec}),
     })
-    source = reader.read(start, stop)
+    source = reader.read(start, stop, with_token_indices=meta.has_token_indices)
     rows = np.arange(count) % (stop - start)
     path.parent.mkdir(parents=True, exist_ok=True)
     create_store(path, grown, source["labels"][rows], np.zeros(count, np.uint8), [f"s{i}" for i in range(count)])
     writer = ShardWriter(path, grown)
     for shard in range(grown.num_shards):
         a, b = grown.shard_range(shard)
-        writer.write_shard(shard, source["keys"][rows[a:b]], source["values"][rows[a:b]], source["side_images"][rows[a:b]])
+        indices = source["token_indices"][rows[a:b]] if meta.has_token_indices else None
+        writer.write_shard(shard, source["keys"][rows[a:b]], source["values"][rows[a:b]], source["side_images"][rows[a:b]],
+                           indices)
     writer.finish()
     return path
 

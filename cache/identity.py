@@ -16,11 +16,14 @@ from fpt.cache.metadata import FORMAT_VERSION, LPMIdentity
 
 
 def store_key(dataset: str, fingerprint: str, lpm: LPMIdentity, settings: BaseModel, normalization: BaseModel,
-              storage: BaseModel) -> str:
-    """The key of a store: the parts that decide its contents (the LPM by name and weights only)."""
+              storage: BaseModel, format_version: int = FORMAT_VERSION) -> str:
+    """The key of a store: the parts that decide its contents (the LPM by name and weights only).
+
+    The format version is part of the key, so a store of another version never blocks a rebuild
+    (`fpt extract` writes a store of the current version beside it), and a store re-encoded from one
+    (`fpt cache transcode`) keeps its version, as it holds no more than its source."""
     weights = lpm.model_dump(include={"name", "weights_identity"})
-    # The format version is part of the key, so a store of another version never blocks a rebuild.
-    return cache_key(f"format-{FORMAT_VERSION}", dataset, fingerprint, str(weights), settings, normalization, storage)
+    return cache_key(f"format-{format_version}", dataset, fingerprint, str(weights), settings, normalization, storage)
 
 
 def cache_key(*parts: BaseModel | str) -> str:

@@ -5,6 +5,7 @@
         values        (N, L, H, n, Dh)   same
         keys_scale    (N, L, H, n)       float16   int8 only: per-token scales; same sample-axis chunks/shards
         values_scale  (N, L, H, n)       float16   int8 only
+        token_indices (N, L, H, n)       int16     the LPM token index of each kept key/value (format 3 on)
         side_images   (N, S', S', 3)     uint8     same sample-axis chunking and sharding
         labels        (N,)               int16
         splits        (N,)               uint8     0 train, 1 val, 2 test (samples are split-ordered)
@@ -29,6 +30,7 @@ from fpt.cache.metadata import CacheMetadata, StorageSettings
 
 FEATURE_ARRAYS = ("keys", "values")
 SAMPLE_ARRAYS = FEATURE_ARRAYS + ("side_images",)
+TOKEN_INDICES = "token_indices"
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
@@ -81,10 +83,17 @@ def feature_numpy_dtype(storage: StorageSettings) -> np.dtype:
     return stored_dtype(storage.dtype)
 
 
-def sharded_arrays(storage: StorageSettings) -> tuple[str, ...]:
+def token_index_dtype(num_tokens: int) -> np.dtype:
+    """int16 holds the token index of every LPM input up to 32,767 tokens (2,896 px at patch 16);
+    larger grids take int32. Readers take the dtype from the array itself."""
+    return np.dtype(np.int16) if num_tokens <= np.iinfo(np.int16).max + 1 else np.dtype(np.int32)
+
+
+def sharded_arrays(metadata: CacheMetadata) -> tuple[str, ...]:
     """The per-sample arrays written shard by shard, in the order of shard_sha256's second axis."""
-    scales = tuple(scale_name(name) for name in FEATURE_ARRAYS) if has_scales(storage.dtype) else ()
-    return FEATURE_ARRAYS + scales + ("side_images",)
+    scales = tuple(scale_name(name) for name in FEATURE_ARRAYS) if has_scales(metadata.storage.dtype) else ()
+    indices = (TOKEN_INDICES,) if metadata.has_token_indices else ()
+    return FEATURE_ARRAYS + scales + indices + ("side_images",)
 
 
 def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits: np.ndarray, sample_ids: list[str]) -> zarr.Group:
@@ -118,6 +127,17 @@ def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits
                 fill_value=0,
                 dimension_names=("sample", "layer", "head", "token"),
             )
+    if metadata.has_token_indices:
+        group.create_array(
+            TOKEN_INDICES,
+            shape=(count, *feature_shape[:-1]),
+            dtype=token_index_dtype(metadata.extraction.num_tokens),
+            chunks=(chunk, *feature_shape[:-1]),
+            shards=(shard, *feature_shape[:-1]),
+            compressors=compressors(storage),
+            fill_value=0,
+            dimension_names=("sample", "layer", "head", "token"),
+        )
     group.create_array(
         "side_images",
         shape=(count, side, side, 3),
@@ -133,10 +153,10 @@ def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits
     ids = group.create_array("sample_ids", shape=(count,), dtype=str, chunks=(max(1, count),))
     ids[:] = np.array(sample_ids, dtype=object)
     checksums = group.create_array(
-        "shard_sha256", shape=(metadata.num_shards, len(sharded_arrays(storage)), 32), dtype="uint8",
-        chunks=(1, len(sharded_arrays(storage)), 32), fill_value=0,
+        "shard_sha256", shape=(metadata.num_shards, len(sharded_arrays(metadata)), 32), dtype="uint8",
+        chunks=(1, len(sharded_arrays(metadata)), 32), fill_value=0,
     )
-    checksums.attrs["arrays"] = list(sharded_arrays(storage))
+    checksums.attrs["arrays"] = list(sharded_arrays(metadata))
     group.create_array(
         "shard_complete", shape=(metadata.num_shards,), dtype="uint8", chunks=(1,), fill_value=0
     )

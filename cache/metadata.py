@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-FORMAT_VERSION = 2  # 2: shard_sha256 checksums, bfloat16 and int8 storage
+FORMAT_VERSION = 3  # 3: token_indices (where each kept key/value came from); 2: shard_sha256 checksums
+READABLE_FORMAT_VERSIONS = (2, 3)  # a version-2 store trains and predicts; it lacks only token_indices
 ATTRIBUTE_KEY = "fpt"
 
 
@@ -89,6 +90,11 @@ class CacheMetadata(BaseModel):
     # extraction gave this store. Not part of the key: two folders of the same images, labels and
     # splits share one store, and each is listed. Training takes a store only for a listed source.
     sources: list[str] = Field(default_factory=list)
+
+    @property
+    def has_token_indices(self) -> bool:
+        """Whether the store records the LPM token index of each kept key and value (format 3 on)."""
+        return self.format_version >= 3
 
     @property
     def split_counts(self) -> dict[str, int]:

@@ -14,8 +14,8 @@ from zarr.core.buffer import default_buffer_prototype
 from fpt.cache.encoding import decode, has_scales, scale_name
 from fpt.cache.errors import UserError
 from fpt.cache.integrity import ShardReadCheck, damaged_shard_error
-from fpt.cache.layout import aligned_blocks, chunks_checksummed
-from fpt.cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, CacheMetadata
+from fpt.cache.layout import TOKEN_INDICES, aligned_blocks, chunks_checksummed
+from fpt.cache.metadata import ATTRIBUTE_KEY, FORMAT_VERSION, READABLE_FORMAT_VERSIONS, CacheMetadata
 
 
 def read_metadata(path: Path) -> CacheMetadata:
@@ -33,10 +33,11 @@ def read_metadata(path: Path) -> CacheMetadata:
     if not isinstance(raw, dict):
         raise UserError(f"{path} is a zarr store but not an fpt cache (no 'fpt' attributes).")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         newer = isinstance(version, int) and version > FORMAT_VERSION
+        readable = " and ".join(map(str, READABLE_FORMAT_VERSIONS))
         raise UserError(
-            f"The cache {path} has format version {version}; this fpt reads version {FORMAT_VERSION}.",
+            f"The cache {path} has format version {version}; this fpt reads versions {readable}.",
             "Upgrade fpt to read it." if newer else "Re-run `fpt extract` to rebuild it with this fpt.",
         )
     try:
@@ -121,9 +122,14 @@ class CacheReader:
             raise damaged_shard_error(self.path, self.group, self.metadata, start // self.metadata.storage.shard_size,
                                       [name], why) from None
 
-    def read(self, start: int, stop: int, with_features: bool = True) -> dict[str, np.ndarray]:
-        """Arrays of samples [start, stop): keys, values (if asked; decoded to floats), side_images, labels."""
-        names = ("side_images",) + (self.stored_feature_arrays() if with_features else ())
+    def read(self, start: int, stop: int, with_features: bool = True, with_token_indices: bool = False
+             ) -> dict[str, np.ndarray]:
+        """Arrays of samples [start, stop): keys, values (if asked; decoded to floats), side_images, labels,
+        and token_indices (if asked; int64, in a store that has them)."""
+        if with_token_indices and not self.metadata.has_token_indices:
+            raise ValueError(f"the cache {self.path} (format {self.metadata.format_version}) has no token indices")
+        names = ("side_images",) + (self.stored_feature_arrays() if with_features else ()) \
+            + ((TOKEN_INDICES,) if with_token_indices else ())
         self._check(start, stop, names)
         stored = {}
         for name in names:
@@ -134,6 +140,8 @@ class CacheReader:
             dtype = self.metadata.storage.dtype
             for name in ("keys", "values"):
                 out[name] = decode(stored[name], stored.get(scale_name(name)), dtype)
+        if with_token_indices:
+            out[TOKEN_INDICES] = stored[TOKEN_INDICES].astype(np.int64)
         return out
 
     def read_stored_into(self, start: int, stop: int, rows: dict[str, np.ndarray]) -> None:

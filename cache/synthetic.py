@@ -65,6 +65,13 @@ def synthetic_features(index: int, label: int, shape: tuple[int, ...]) -> tuple[
     return keys, values
 
 
+def synthetic_token_indices(index: int, metadata: CacheMetadata) -> np.ndarray:
+    """Token indices of one sample: n distinct tokens of N per (layer, head), seeded, in token order."""
+    layers, heads, selected, _ = metadata.feature_shape
+    order = np.random.default_rng(index).random((layers, heads, metadata.extraction.num_tokens)).argsort(axis=-1)
+    return np.sort(order[..., :selected], axis=-1)
+
+
 def write_synthetic_cache(root: Path, metadata: CacheMetadata, show_progress: bool = False) -> Path:
     """Create the store under root and fill every shard through ShardWriter; returns its path."""
     path = root / store_name(metadata.dataset, metadata.cache_key)
@@ -84,7 +91,10 @@ def write_synthetic_cache(root: Path, metadata: CacheMetadata, show_progress: bo
             side_images = np.stack([
                 np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8) for i in range(start, stop)
             ])
-            writer.write_shard(shard, np.stack([k for k, _ in pairs]), np.stack([v for _, v in pairs]), side_images)
+            token_indices = np.stack([synthetic_token_indices(i, metadata) for i in range(start, stop)]) \
+                if metadata.has_token_indices else None
+            writer.write_shard(shard, np.stack([k for k, _ in pairs]), np.stack([v for _, v in pairs]), side_images,
+                               token_indices)
             progress.update(task, advance=1)
     writer.finish()
     return path

@@ -15,7 +15,7 @@ import numpy as np
 from fpt.cache.catalog import list_caches
 from fpt.cache.errors import UserError
 from fpt.cache.identity import store_key
-from fpt.cache.layout import create_store, store_name
+from fpt.cache.layout import TOKEN_INDICES, create_store, store_name
 from fpt.cache.metadata import CacheMetadata, StorageSettings
 from fpt.cache.progress import open_progress
 from fpt.cache.reader import CacheReader, read_metadata
@@ -24,8 +24,9 @@ from fpt.cache.writer import ShardWriter
 
 
 def transcoded_key(source: CacheMetadata, storage: StorageSettings) -> str:
+    """The key of `source`'s samples in `storage`'s settings, in `source`'s format version."""
     return store_key(source.dataset, source.dataset_fingerprint, source.lpm, source.extraction, source.normalization,
-                     storage)
+                     storage, source.format_version)
 
 
 def transcode(source: Path, root: Path, storage: StorageSettings, show_progress: bool = False,
@@ -62,9 +63,10 @@ def _write(reader: CacheReader, metadata: CacheMetadata, path: Path, show_progre
         task = progress.add_task(f"Transcoding to {metadata.storage.dtype}/{metadata.storage.codec}", total=len(pending))
         for shard in pending:
             start, stop = metadata.shard_range(shard)
-            arrays = reader.read(start, stop)
+            arrays = reader.read(start, stop, with_token_indices=metadata.has_token_indices)
             writer.write_shard(shard, arrays["keys"].astype(np.float32, copy=False),
-                               arrays["values"].astype(np.float32, copy=False), arrays["side_images"])
+                               arrays["values"].astype(np.float32, copy=False), arrays["side_images"],
+                               arrays.get(TOKEN_INDICES))
             progress.advance(task)
     writer.finish(skipped=reader.metadata.skipped)
 

@@ -18,7 +18,7 @@ import zarr
 from fpt.cache.encoding import encode, scale_name
 from fpt.cache.errors import UserError
 from fpt.cache.integrity import shard_digests
-from fpt.cache.layout import FEATURE_ARRAYS, sharded_arrays, write_metadata
+from fpt.cache.layout import FEATURE_ARRAYS, TOKEN_INDICES, sharded_arrays, write_metadata
 from fpt.cache.metadata import CacheMetadata
 
 
@@ -28,19 +28,25 @@ class ShardWriter:
         self.metadata = metadata
         self.resume_command = resume_command  # what the user runs again to continue, for the full-disk message
         self.group = zarr.open_group(path, mode="r+", zarr_format=3)
-        self.array_names = list(sharded_arrays(metadata.storage))
+        self.array_names = list(sharded_arrays(metadata))
 
     def completed_shards(self) -> set[int]:
         flags = self.group["shard_complete"][:]
         return {int(i) for i in np.flatnonzero(flags)}
 
-    def write_shard(self, shard: int, keys: np.ndarray, values: np.ndarray, side_images: np.ndarray) -> None:
+    def write_shard(self, shard: int, keys: np.ndarray, values: np.ndarray, side_images: np.ndarray,
+                    token_indices: np.ndarray | None = None) -> None:
+        """Write shard `shard`'s samples: keys and values (float), side images (uint8) and, in a store
+        that records them, the LPM token index of every kept key/value (B, L, H, n)."""
         start, stop = self.metadata.shard_range(shard)
         expected = stop - start
         if not (len(keys) == len(values) == len(side_images) == expected):
             raise ValueError(f"shard {shard} needs {expected} samples, got {len(keys)}")
+        if (token_indices is not None) != self.metadata.has_token_indices:
+            raise ValueError(f"the store {self.path} (format {self.metadata.format_version}) "
+                             + ("records token indices: give them" if token_indices is None else "has no token indices"))
         try:
-            self._write(shard, start, stop, {"keys": keys, "values": values}, side_images)
+            self._write(shard, start, stop, {"keys": keys, "values": values}, side_images, token_indices)
         except OSError as error:
             if error.errno != errno.ENOSPC:
                 raise
@@ -53,13 +59,16 @@ class ShardWriter:
                 f"then run {self.resume_command} again to continue.",
             ) from None
 
-    def _write(self, shard: int, start: int, stop: int, features: dict[str, np.ndarray], side_images: np.ndarray) -> None:
+    def _write(self, shard: int, start: int, stop: int, features: dict[str, np.ndarray], side_images: np.ndarray,
+               token_indices: np.ndarray | None) -> None:
         dtype = self.metadata.storage.dtype
         for name in FEATURE_ARRAYS:
             stored, scales = encode(features[name], dtype)
             self.group[name][start:stop] = stored
             if scales is not None:
                 self.group[scale_name(name)][start:stop] = scales
+        if token_indices is not None:
+            self.group[TOKEN_INDICES][start:stop] = token_indices
         self.group["side_images"][start:stop] = side_images
         self.group["shard_sha256"][shard] = shard_digests(self.path, self.group, self.array_names, shard)
         self.group["shard_complete"][shard] = 1

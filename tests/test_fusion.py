@@ -43,6 +43,20 @@ def hand_fusion(prompts, ln_w, ln_b, proj_w, proj_b, out_w, out_b, keys, values,
     return np.stack(result)
 
 
+def hand_attention(prompts, ln_w, ln_b, keys, heads):
+    """The prompts' attention weights over the tokens, (L, H, M, n), of one sample (FPT+: no projection)."""
+    layers, m, _ = prompts.shape
+    dh = keys.shape[-1]
+    weights = np.zeros((layers, heads, m, keys.shape[2]))
+    for l in range(layers):
+        q = layer_norm(prompts[l], ln_w, ln_b)
+        for h in range(heads):
+            for i in range(m):
+                qh = q[i, h * dh : (h + 1) * dh]
+                weights[l, h, i] = softmax(np.array([qh @ keys[l, h, t] / math.sqrt(dh) for t in range(keys.shape[2])]))
+    return weights
+
+
 def randomize(module):
     torch.manual_seed(3)
     with torch.no_grad():
@@ -63,6 +77,21 @@ def test_fptplus_fusion_matches_formula():
         expected = hand_fusion(g(fusion.prompts), g(fusion.norm.weight), g(fusion.norm.bias), None, None,
                                g(fusion.output.weight), g(fusion.output.bias), g(keys[b]), g(values[b]), heads, True)
         np.testing.assert_allclose(out[b], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_weights_match_formula():
+    """The weights `fpt explain` maps onto the image are the softmax the fusion's forward uses."""
+    layers, m, dim, heads, side, n = 2, 3, 8, 2, 5, 7
+    fusion = PromptFusion(layers, m, dim, heads, side).eval()
+    randomize(fusion)
+    keys = torch.randn(2, layers, heads, n, dim // heads)
+    with torch.no_grad():
+        weights = fusion.attention(keys).double().numpy()
+    g = lambda t: t.detach().double().numpy()
+    assert weights.shape == (2, layers, heads, m, n)
+    for b in range(2):
+        expected = hand_attention(g(fusion.prompts), g(fusion.norm.weight), g(fusion.norm.bias), g(keys[b]), heads)
+        np.testing.assert_allclose(weights[b], expected, rtol=1e-4, atol=1e-6)
 
 
 def test_fpt_variant_adds_prompts_after_projection():

@@ -19,8 +19,8 @@ from fpt.cache.reader import CacheReader
 from fpt.pipeline.cli import app
 from fpt.stages.extract.run import run_extract
 from fpt.stages.inference.predict import predict_images
+from fpt.stages.model.side_input import eval_images
 from fpt.stages.runs.export import load_exported
-from fpt.stages.train.augment import eval_images
 from fpt.stages.train.train_side import train_side
 
 FLOAT16_TOLERANCE = 2e-3

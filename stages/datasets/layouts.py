@@ -29,6 +29,24 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path)
 
 
+def find_images(inputs: list[Path]) -> list[Path]:
+    """Image files named directly or found (recursively) under named folders, in a stable order."""
+    found: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found.extend(sorted(p for p in item.rglob("*") if is_image_file(p)))
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise UserError(f"{item} does not exist.", "Give image files or folders that hold images.")
+    if not found:
+        raise UserError(
+            f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, inputs))}.",
+            "Give image files or folders that hold images.",
+        )
+    return found
+
+
 def require_folder(root: Path, what: str) -> None:
     if not root.is_dir():
         raise UserError(

@@ -22,7 +22,7 @@ from fpt import __version__
 from fpt.cache.errors import UserError
 from fpt.cache.identity import store_key
 from fpt.cache.integrity import mark_for_rewrite, verify_store
-from fpt.cache.layout import SPLIT_CODES, create_store, record_source, store_name
+from fpt.cache.layout import SPLIT_CODES, create_store, record_source, store_name, token_index_dtype
 from fpt.cache.metadata import CacheMetadata, LPMIdentity, Normalization, SkippedImage
 from fpt.cache.progress import open_progress
 from fpt.cache.reader import CacheReader, read_metadata
@@ -243,7 +243,8 @@ def _extract_into(
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     shard_of = {i: i // metadata.storage.shard_size for i in indices}
-    buffers: dict[int, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: {} for s in pending}
+    buffers: dict[int, dict[int, tuple[np.ndarray, ...]]] = {s: {} for s in pending}
+    index_dtype = token_index_dtype(metadata.extraction.num_tokens)
     done = 0
     started = time.perf_counter()
     # One shard write (zarr compression) may run in a thread while the next batch is computed. If the
@@ -266,12 +267,13 @@ def _extract_into(
                         f"{len(failures)} image(s) of this batch failed.",
                         "Replace or remove the file(s); shards already written are kept and reused on the next run.",
                     )
-                keys, values, _ = selector(lpm_inputs.to(device, non_blocking=True))
+                keys, values, token_indices = selector(lpm_inputs.to(device, non_blocking=True))
                 keys, values = keys.float().cpu().numpy(), values.float().cpu().numpy()
+                token_indices = token_indices.cpu().numpy().astype(index_dtype)
                 side = side_images.numpy()
                 for row, index in enumerate(batch_indices.tolist()):
                     shard = shard_of[index]
-                    buffers[shard][index] = (keys[row], values[row], side[row])
+                    buffers[shard][index] = (keys[row], values[row], side[row], token_indices[row])
                     start, stop = metadata.shard_range(shard)
                     if len(buffers[shard]) == stop - start:
                         rows = [buffers[shard][i] for i in range(start, stop)]

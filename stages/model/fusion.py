@@ -44,8 +44,10 @@ class PromptFusion(nn.Module):
         self.output = nn.Linear(lpm_dim, side_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """keys, values: (B, L, H, n, Dh) -> fine-grained prompts (B, L, M, d)."""
+    def attention(self, keys: torch.Tensor) -> torch.Tensor:
+        """keys: (B, L, H, n, Dh) -> the prompts' attention over the cached tokens, (B, L, H, M, n):
+        softmax(Q_l K_l^T / sqrt(Dh)) per layer and head, each row summing to 1. `fpt explain` puts it
+        back on the image through the tokens' indices."""
         layers, prompts, _ = self.prompts.shape
         queries = self.projection(self.norm(self.prompts))
         queries = queries.view(layers, prompts, self.num_heads, self.head_dim).transpose(1, 2)
@@ -53,8 +55,12 @@ class PromptFusion(nn.Module):
         # axis with the keys as they are; einsum's backward permutes (copies) the whole keys
         # tensor every step (1.6x slower fwd+bwd on CPU, bench/README.md).
         queries = (queries / math.sqrt(self.head_dim)).expand(keys.shape[0], *queries.shape)
-        logits = torch.matmul(queries, keys.transpose(-1, -2))
-        context = torch.matmul(logits.softmax(dim=-1), values)
+        return torch.matmul(queries, keys.transpose(-1, -2)).softmax(dim=-1)
+
+    def forward(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """keys, values: (B, L, H, n, Dh) -> fine-grained prompts (B, L, M, d)."""
+        layers, prompts, _ = self.prompts.shape
+        context = torch.matmul(self.attention(keys), values)
         context = context.transpose(2, 3).reshape(keys.shape[0], layers, prompts, -1)
         if self.residual_before_projection:
             # Linear(C + P) = W C + (W P + b): the prompts are projected once, not once per sample,

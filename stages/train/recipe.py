@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from fpt.cache.metadata import CacheMetadata
 from fpt.stages.core.settings import PipelineConfig, TrainConfig
 from fpt.stages.model.fpt_model import FPTPlus, ModelSpec
+from fpt.stages.model.side_input import eval_images
 from fpt.stages.runs.metrics import Metrics
-from fpt.stages.train.augment import eval_images
 from fpt.stages.train.cache_batches import Batch, SplitBatches
 from fpt.stages.train.prefetch import prefetched
 
