@@ -210,6 +210,44 @@ def predict(
 
 
 @app.command()
+def explain(
+    run: RunOption,
+    images: Annotated[Optional[list[Path]], typer.Argument(help="New image files and/or folders, explained through the frozen LPM (default: images of the run's cache, without the LPM).")] = None,
+    split: Annotated[str, typer.Option("--split", help="The cache's split to explain: train, val or test.")] = "test",
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the split's first N images (in storage order).")] = None,
+    gallery: Annotated[bool, typer.Option("--gallery", help="(Re)draw the report's gallery: a few test images per class, correct and wrong.")] = False,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="Add a row of per-layer maps to each picture (maps.npz always holds them).")] = False,
+    checkpoint: CheckpointOption = "best",
+    cache: RunCacheOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Heatmaps of where the run's fusion prompts looked in each image, and which patches the LPM kept."""
+    from fpt.stages.explain.explain_run import explain_cached, explain_images
+    from fpt.stages.explain.gallery import write_gallery
+    from fpt.stages.runs.explanation_record import EXPLAIN_FOLDER, GALLERY
+    from fpt.stages.runs.report import write_report
+
+    which = _checkpoint(checkpoint)
+    if gallery:
+        if images:
+            raise UserError("--gallery draws test images of the run's cache, so it takes no image files.",
+                            "Leave out either --gallery or the images.")
+        record = write_gallery(run, show_progress=not quiet)
+        folder = run / EXPLAIN_FOLDER / GALLERY
+        write_report(run)
+    elif images:
+        folder, record = explain_images(run, images, which, cache, set_, per_layer, show_progress=not quiet)  # type: ignore[arg-type]
+    else:
+        folder, record = explain_cached(run, split, which, limit=limit, cache=cache, assignments=set_,  # type: ignore[arg-type]
+                                        per_layer=per_layer, show_progress=not quiet)
+    console.print(f"[green]{len(record.images)} image(s) explained[/green] ({record.seconds_per_image:.2f} s each): "
+                  f"pictures, maps.npz and explain.json in {folder}", highlight=False)
+    if gallery:
+        console.print(f"report: {run / 'report.md'}")
+
+
+@app.command()
 def evaluate(
     run: RunOption,
     split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",

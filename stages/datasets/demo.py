@@ -8,7 +8,9 @@ almost entirely. That is the situation FPT+ exists for: the label lives in detai
 high-resolution LPM sees.
 
 Written as ordinary PNG files in a class-per-folder tree with train/val/test splits, so it is
-read by the same code as a user's folder dataset.
+read by the same code as a user's folder dataset. Beside them, demo_lesions.json records where
+every lesion and the fundus disc are (`DemoTruth`): the ground truth that `fpt explain`'s heatmaps
+are measured against (stages/explain/pointing.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel
 
 from fpt.cache.progress import open_progress
 from fpt.stages.core.settings import DemoConfig
@@ -26,11 +29,24 @@ from fpt.stages.datasets.samples import SPLITS
 
 CLASS_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
 MANIFEST = "demo_manifest.json"
-GENERATOR_VERSION = 3  # bump when the images change, so stale demo folders are rebuilt
+TRUTH_FILE = "demo_lesions.json"
+GENERATOR_VERSION = 4  # bump when the files change, so stale demo folders are rebuilt (4: demo_lesions.json)
 # Lesions per class at the reference size of 512 px; scaled with image area.
 LESIONS_PER_CLASS = [(0, 8), (80, 110), (170, 210), (260, 300), (340, 390)]
 REFERENCE_SIZE = 512
 LESION_AMPLITUDE = (0.3, 0.45)
+
+
+class ImageTruth(BaseModel):
+    """Where things are in one demo image, in its pixels (y, x from the top left)."""
+
+    fundus: tuple[float, float, float]  # centre y, x and radius of the fundus disc
+    lesions: list[tuple[float, float, float]]  # centre y, x and radius (2 sigma of the lesion's window) of each lesion
+
+
+class DemoTruth(BaseModel):
+    image_size: int
+    images: dict[str, ImageTruth]  # by sample id: the image's path relative to the demo folder
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -74,6 +90,11 @@ def _vessels(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray
 
 def render_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """One synthetic fundus photograph of the given class, as an HxWx3 uint8 array."""
+    return render_with_truth(label, size, rng)[0]
+
+
+def render_with_truth(label: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, ImageTruth]:
+    """One synthetic fundus photograph of the given class, and where its fundus and lesions are."""
     axis = np.arange(size, dtype=np.float64)
     yy, xx = np.meshgrid(axis, axis, indexing="ij")
     cy, cx = size / 2 + rng.normal(0, size * 0.01, 2)
@@ -101,6 +122,7 @@ def render_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     low, high = LESIONS_PER_CLASS[label]
     count = int(round(rng.integers(low, high + 1) * scale**2))
     tint = np.array([1.0, 0.8, 0.5])
+    lesions = []
     for _ in range(count):
         kernel = _lesion_kernel(rng, scale)
         half = kernel.shape[0] // 2
@@ -111,9 +133,33 @@ def render_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
         y, x = int(y), int(x)
         amplitude = rng.uniform(*LESION_AMPLITUDE)
         image[y - half : y + half + 1, x - half : x + half + 1] += amplitude * kernel[..., None] * tint[None, None, :]
+        lesions.append((float(y), float(x), 2 * 3.0 * scale))  # the kernel's centre pixel; 2 sigma of its window
 
     image *= disc[..., None]
-    return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    truth = ImageTruth(fundus=(float(cy), float(cx), float(radius)), lesions=lesions)
+    return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8), truth
+
+
+def read_demo_truth(root: Path) -> DemoTruth:
+    """The lesion and fundus positions written beside the demo images under `root`."""
+    return DemoTruth.model_validate_json((root / TRUTH_FILE).read_text())
+
+
+def patch_masks(truth: ImageTruth, image_size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fundus, lesion) masks over a grid x grid patch grid of the image: the patches whose centre lies in the
+    fundus disc, and those of them that a lesion's disc overlaps."""
+    step = image_size / grid
+    edges = np.arange(grid) * step
+    centres = edges + step / 2
+    cy, cx, radius = truth.fundus
+    fundus = np.hypot(centres[:, None] - cy, centres[None, :] - cx) < radius
+    lesion = np.zeros((grid, grid), bool)
+    for y, x, r in truth.lesions:
+        # distance from the lesion's centre to each patch's square (0 inside it)
+        dy = np.maximum(np.maximum(edges - y, y - (edges + step)), 0)
+        dx = np.maximum(np.maximum(edges - x, x - (edges + step)), 0)
+        lesion |= np.hypot(dy[:, None], dx[None, :]) < r
+    return fundus, lesion & fundus
 
 
 def _split_sizes(config: DemoConfig) -> dict[str, int]:
@@ -148,6 +194,7 @@ def generate_demo(root: Path, config: DemoConfig, show_progress: bool = True) ->
     staging = root.with_name(root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     total = sum(_split_sizes(config).values())
+    truth = DemoTruth(image_size=config.image_size, images={})
     with open_progress(show_progress, transient=True) as progress:
         task = progress.add_task("Generating demo images", total=total)
         for split_index, split in enumerate(SPLITS):
@@ -157,10 +204,12 @@ def generate_demo(root: Path, config: DemoConfig, show_progress: bool = True) ->
             for index in range(count):
                 label = index % config.num_classes
                 rng = np.random.default_rng([config.seed, split_index, index])
-                pixels = render_image(label, config.image_size, rng)
+                pixels, truth.images[f"{split}/{names[label]}/demo_{split}_{index:05d}.png"] = render_with_truth(
+                    label, config.image_size, rng)
                 path = staging / split / names[label] / f"demo_{split}_{index:05d}.png"
                 Image.fromarray(pixels).save(path, compress_level=1)
                 progress.advance(task)
+    (staging / TRUTH_FILE).write_text(truth.model_dump_json())
     (staging / MANIFEST).write_text(json.dumps(_manifest(config), indent=2))
     if root.exists():
         shutil.rmtree(root)

@@ -24,6 +24,7 @@ from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from fpt.stages.core.files import atomic_write_text, replacing  # noqa: E402
+from fpt.stages.runs.explanation_record import EXPLAIN_FOLDER, GALLERY, gallery_record  # noqa: E402
 from fpt.stages.runs.metrics import confusion_counts, is_binary, reported_scores, score_header  # noqa: E402
 
 
@@ -190,7 +191,31 @@ def _markdown(run_dir: Path, pictures: dict[str, Path], epochs: list[dict]) -> s
             others.append(f"[{title}]({path.name})")
     if others:
         lines += ["More pictures: " + "; ".join(others) + ".", ""]
+    lines += _gallery_markdown(run_dir)
     return "\n".join(lines)
+
+
+def _gallery_markdown(run_dir: Path) -> list[str]:
+    """The gallery of explained test images (stages/explain/gallery.py), by true class, correct then wrong."""
+    gallery = gallery_record(run_dir)
+    if gallery is None:
+        return ["## Where the model looked", "",
+                f"No gallery yet: `fpt explain --run {run_dir} --gallery` draws the heatmaps of a few test images.", ""]
+    folder = f"{EXPLAIN_FOLDER}/{GALLERY}"
+    lines = ["## Where the model looked", "",
+             f"Test images, {gallery.checkpoint} model: left, the fusion prompts' attention over the LPM's kept tokens "
+             "(brighter: more); right, how often the LPM kept each patch. " + gallery.aggregation, ""]
+    for label, name in enumerate(gallery.class_names):
+        entries = [entry for entry in gallery.images if entry.label == label]
+        if not entries:
+            continue
+        lines += [f"### True class {name}", ""]
+        for entry in sorted(entries, key=lambda item: item.predicted != label):
+            verdict = "correct" if entry.predicted == label else f"wrong: predicted {gallery.class_names[entry.predicted]}"
+            lines += [f"![{entry.sample}]({folder}/{entry.picture})", "",
+                      f"`{entry.sample}`: {verdict} (p = {entry.probabilities[entry.predicted]:.2f}); "
+                      f"{entry.prefix_mass:.0%} of the attention on prefix tokens.", ""]
+    return lines
 
 
 def _title(key: str) -> str:

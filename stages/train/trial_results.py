@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fpt.stages.core.files import copy_file, write_json
+from fpt.stages.explain.gallery import why_no_gallery, write_gallery
 from fpt.stages.runs.metrics import classification_metrics
 from fpt.stages.runs.run_folder import load_checkpoint, write_predictions
 from fpt.stages.runs.run_summary import summarize_run
@@ -62,5 +63,7 @@ def finish(trial: PackedTrial, cache: Path, began: float, draw_pictures: bool) -
     )
     write_json(trial.run_dir / "final_metrics.json", result.model_dump(mode="json"))
     resume_path(trial.run_dir).unlink(missing_ok=True)  # finished: nothing left to resume
+    if draw_pictures and why_no_gallery(trial.run_dir) is None:
+        write_gallery(trial.run_dir)  # heatmaps of a few test images, for the report (seconds, from the cache)
     summarize_run(trial.run_dir, draw_pictures)
     return result
