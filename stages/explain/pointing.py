@@ -40,6 +40,8 @@ class PointingResult(BaseModel):
     """The pointing game over the explained demo images that hold lesions."""
 
     images: int
+    ratios: list[float]  # per image
+    shuffled_ratios: list[float]  # per image, the control
     ratio: float  # the mean over images of the map's ratio
     shuffled_ratio: float  # the same for the control: each map shuffled over the fundus
     ratio_by_class: dict[str, float]
@@ -64,6 +66,6 @@ def demo_pointing_game(explanation: Path, demo_root: Path, seed: int = 0, map_na
         controls.append(pointing_ratio(shuffled_within(heatmap, fundus, rng), lesions, fundus))
         shares.append(lesions.sum() / fundus.sum())
         by_class.setdefault(record.class_names[entry.label] if entry.label is not None else "?", []).append(ratio)
-    return PointingResult(images=len(ratios), ratio=float(np.mean(ratios)), shuffled_ratio=float(np.mean(controls)),
+    return PointingResult(images=len(ratios), ratios=ratios, shuffled_ratios=controls, ratio=float(np.mean(ratios)), shuffled_ratio=float(np.mean(controls)),
                           ratio_by_class={name: float(np.mean(values)) for name, values in by_class.items()},
                           lesion_share=float(np.mean(shares)))
