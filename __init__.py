@@ -32,6 +32,8 @@ _API = {
     "sweep": ("fpt.pipeline.sweep", "run_sweep"),
     "evaluate": ("fpt.stages.inference.evaluate", "evaluate_run"),
     "predict": ("fpt.stages.inference.predict", "predict_images"),
+    "explain": ("fpt.stages.explain.explain_run", "explain_cached"),
+    "explain_images": ("fpt.stages.explain.explain_run", "explain_images"),
     "load_exported": ("fpt.stages.runs.export", "load_exported"),
     "UserError": ("fpt.cache.errors", "UserError"),
 }
