@@ -379,7 +379,8 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
         table.add_row(
             path.name, meta.dataset, meta.lpm.name, ",".join(map(str, meta.extraction.layers)),
             f"{meta.extraction.token_ratio:g}", meta.extraction.importance, f"{meta.storage.dtype}/{meta.storage.codec}",
-            str(meta.num_samples), f"{size / 1e6:.1f} MB", "complete" if meta.complete else "INCOMPLETE",
+            str(meta.num_samples), f"{size / 1e6:.1f} MB",
+            ("complete" if meta.complete else "INCOMPLETE") + ("" if meta.has_token_indices else ", no token indices"),
         )
     console.print(table)
     # where each store's images came from, one line each, whole (paths are long and copied)

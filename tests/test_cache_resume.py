@@ -127,11 +127,11 @@ def test_store_marked_complete_with_unwritten_shards_is_refused(tmp_path: Path) 
 def test_full_disk_gives_a_clear_message_and_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write = ShardWriter._write
 
-    def disk_fills_at_shard_2(self, shard, start, stop, features, side_images):
+    def disk_fills_at_shard_2(self, shard, start, stop, features, side_images, token_indices):
         if shard == 2:
             self.group["keys"][start:stop] = np.ones_like(features["keys"])  # a half-written shard
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        write(self, shard, start, stop, features, side_images)
+        write(self, shard, start, stop, features, side_images, token_indices)
 
     monkeypatch.setattr(ShardWriter, "_write", disk_fills_at_shard_2)
     with pytest.raises(UserError) as caught:
