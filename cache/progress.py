@@ -22,6 +22,8 @@ class Progress(Protocol):
 
     def advance(self, task: Any, advance: float = 1) -> None: ...
 
+    def print(self, *objects: Any) -> None: ...
+
 
 class Silent:
     """Progress that goes nowhere."""
@@ -39,6 +41,9 @@ class Silent:
         return None
 
     def advance(self, task: Any, advance: float = 1) -> None:
+        return None
+
+    def print(self, *objects: Any) -> None:
         return None
 
 

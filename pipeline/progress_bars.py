@@ -69,6 +69,10 @@ class PlainLines:
     def advance(self, task: int, advance: float = 1) -> None:
         self.update(task, advance=advance)
 
+    def print(self, *objects: Any) -> None:
+        """A line of its own (an epoch's summary): printed as it comes, whole (paths in it stay copyable)."""
+        self.console.print(*objects, highlight=False, soft_wrap=True)
+
     def _print(self, state: dict[str, Any]) -> None:
         total = "" if state["total"] is None else f"/{state['total']:.0f}"
         extra = " ".join(str(value) for value in state["fields"].values() if value)

@@ -22,7 +22,9 @@ from fpt.stages.core.settings import PipelineConfig, SweepConfig, SweepRange, fo
 SEARCHABLE_SECTIONS = ("train", "side")
 NOT_SEARCHABLE = ("train.runs_root", "train.run_name", "train.device")
 # Settings that do not change what a trial computes, left out of its hash.
-NOT_HASHED = {"train": {"runs_root", "run_name", "device"}}
+# where a trial runs and what it reports to, which do not change its result
+NOT_HASHED = {"train": {"runs_root", "run_name", "device", "loggers", "mlflow_uri", "mlflow_experiment",
+                        "mlflow_parent_run"}}
 
 
 class Trial(BaseModel):

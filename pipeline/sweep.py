@@ -44,6 +44,7 @@ from fpt.stages.core.settings import PipelineConfig, SweepConfig, format_validat
 from fpt.stages.datasets.registry import dataset_source
 from fpt.stages.runs.metrics import is_binary, reported_scores
 from fpt.stages.runs.report import write_report
+from fpt.stages.runs.tracking import mlflow_uri, parent_run
 from fpt.stages.runs.trained_run import read_run
 from fpt.stages.train.cache_choice import find_cache
 from fpt.stages.train.packed_training import pack_key, train_pack
@@ -292,8 +293,14 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
     metadata = read_metadata(path)
     if console is not None:
         console.print(f"Training from the cache {path} (dataset {metadata.dataset} from {source}).", highlight=False)
-    trials = build_trials(config, sweep, metadata.cache_key)
     root = sweep_dir(config, sweep)
+    if "mlflow" in config.train.loggers:  # one MLflow run for the sweep, its trials as children
+        root.mkdir(parents=True, exist_ok=True)
+        train = config.train
+        parent = parent_run(root, train.mlflow_experiment or config.dataset.name,
+                            mlflow_uri(train.mlflow_uri, train.runs_root), root.name)
+        config = config.model_copy(update={"train": train.model_copy(update={"mlflow_parent_run": parent})})
+    trials = build_trials(config, sweep, metadata.cache_key)
     trials_root = writable_folder(root / "trials", "train.runs_root")
     trials_root.mkdir(parents=True, exist_ok=True)
 

@@ -194,6 +194,16 @@ class TrainConfig(StrictModel):
                     "(the train split is stored in random order; a store written sorted is read by chunks).",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Trackers every run writes to besides train.log: tensorboard (<run>/tensorboard), mlflow "
+                    "(the fpt[mlflow] extra).",
+    )
+    mlflow_uri: str | None = Field(
+        default=None, description="MLflow tracking URI. None: MLFLOW_TRACKING_URI, else sqlite:///<runs_root>/mlflow.db.")
+    mlflow_experiment: str | None = Field(default=None, description="MLflow experiment. None: the dataset's name.")
+    mlflow_parent_run: str | None = Field(
+        default=None, description="Set by `fpt sweep`: its trials become children of the sweep's MLflow run.")
 
 
 class SweepRange(StrictModel):

@@ -135,6 +135,8 @@ class Pack:
         max_epochs = max(c.train.epochs for c in self.configs)
         steps = len(self.batches.train)
         progress, task = self.progress, None
+        if progress is not None and len(self.configs) == 1 and self.trials:
+            progress.print(f"Run folder: {self.trials[0].run_dir}")
         if progress is not None:
             task = progress.add_task(self.description, total=max_epochs * steps, status="",
                                      completed=min(self.epochs_done, max_epochs) * steps)
@@ -155,7 +157,9 @@ class Pack:
             seconds = time.perf_counter() - epoch_start
             for trial, prediction in zip(active, self.evaluation.predict(active, self.batches.val)):
                 if prediction is not None:
-                    self.isolation.guard(trial, end_epoch, trial, epoch, seconds, prediction, self.resumable)
+                    line = self.isolation.guard(trial, end_epoch, trial, epoch, seconds, prediction, self.resumable)
+                    if progress is not None and len(self.configs) == 1 and line:
+                        progress.print(line)  # one line per epoch: above a bar, or alone in a log file
             if self.resumable:
                 for trial in active:
                     self.isolation.guard(trial, self.resume.save, trial, epoch)
@@ -171,6 +175,9 @@ class Pack:
         if isinstance(slot, Failure):
             return TrialOutcome(config, error=slot.text)
         result = self.isolation.guard(slot, finish, slot, self.cache, self.began, self.draw_pictures)
+        if slot.error is not None:
+            slot.tracker.line(f"stopped: {slot.error}")
+            slot.tracker.close()
         return TrialOutcome(config, result=result, error=slot.error)
 
 

@@ -21,15 +21,17 @@ from fpt.stages.train.trial_state import PackedTrial
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray, float]  # sample indices, labels, probabilities, mean loss
 
 
-def end_epoch(trial: PackedTrial, epoch: int, seconds: float, prediction: Prediction, keep_weights: bool) -> None:
-    """The epoch's validation metrics, checkpoints and metrics line (stages/train/best_epoch.py);
-    the trial's running loss starts again. keep_weights: for a pack that keeps resume states."""
+def end_epoch(trial: PackedTrial, epoch: int, seconds: float, prediction: Prediction, keep_weights: bool) -> str:
+    """The epoch's validation metrics, checkpoints and metrics line (stages/train/best_epoch.py), and its
+    line in train.log and the trackers, which it returns; the trial's running loss starts again.
+    keep_weights: for a pack that keeps resume states."""
     _, labels, probabilities, loss = prediction
     val = classification_metrics(labels, probabilities, loss)
     record = EpochRecord(epoch=epoch, train_loss=trial.loss_sum / max(trial.seen, 1),
                          lr=trial.scheduler.get_last_lr()[0], seconds=seconds, val=val)
     trial.best = record_epoch(trial.run_dir, trial.model, record, trial.best, epoch == trial.epochs, keep_weights)
     trial.loss_sum, trial.seen = 0.0, 0
+    return trial.tracker.epoch(epoch, trial.epochs, record.train_loss, record.lr, seconds, val)
 
 
 def record_test(trial: PackedTrial, which: str, prediction: Prediction, sample_ids: list[str],
@@ -37,6 +39,7 @@ def record_test(trial: PackedTrial, which: str, prediction: Prediction, sample_i
     """The test metrics and predictions_test_<which>.csv of the trial's `which` ("last", "best") model."""
     indices, labels, probabilities, loss = prediction
     trial.tests[which] = classification_metrics(labels, probabilities, loss)
+    trial.tracker.test(which, trial.tests[which], trial.epochs)
     write_predictions(trial.run_dir / f"predictions_test_{which}.csv", [sample_ids[i] for i in indices],
                       labels, probabilities, class_names)
 
@@ -44,6 +47,7 @@ def record_test(trial: PackedTrial, which: str, prediction: Prediction, sample_i
 def best_is_last(trial: PackedTrial) -> None:
     """The best epoch is the last one: the best model's test results are the last model's."""
     trial.tests["best"] = trial.tests["last"]
+    trial.tracker.test("best", trial.tests["best"], trial.epochs)
     copy_file(trial.run_dir / "predictions_test_last.csv", trial.run_dir / "predictions_test_best.csv")
 
 
@@ -66,4 +70,7 @@ def finish(trial: PackedTrial, cache: Path, began: float, draw_pictures: bool) -
     if draw_pictures and why_no_gallery(trial.run_dir) is None:
         write_gallery(trial.run_dir)  # heatmaps of a few test images, for the report (seconds, from the cache)
     summarize_run(trial.run_dir, draw_pictures)
+    trial.tracker.line(f"finished in {result.seconds:.1f} s: best epoch {result.best_epoch}, test AUC of the best model "
+                       f"{result.test_best.auc:.4f}, of the final one {result.test_last.auc:.4f}")
+    trial.tracker.close()
     return result

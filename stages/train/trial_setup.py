@@ -22,6 +22,7 @@ from fpt.stages.model.flat_parameters import FlatParameters
 from fpt.stages.model.fpt_model import FPTPlus
 from fpt.stages.model.stacked_model import stackable
 from fpt.stages.runs.run_folder import new_run_dir, write_config
+from fpt.stages.runs.tracking import RunTracker, mlflow_uri
 from fpt.stages.runs.trained_run import read_run
 from fpt.stages.train.cache_choice import contradictions, find_cache
 from fpt.stages.train.recipe import adamw, half_cycle_cosine, model_spec
@@ -89,13 +90,22 @@ class TrialSetup:
         else:
             optimizer = adamw(model.parameters(), train, lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, half_cycle_cosine(train.epochs * self.steps_per_epoch))
+        going_on = run_dir is not None
         if run_dir is None:
             run_dir = new_run_dir(config, "fptplus" if spec.use_prompts else "side-only")
         else:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        tracker = RunTracker(run_dir, list(train.loggers), train.mlflow_experiment or config.dataset.name,
+                             mlflow_uri(train.mlflow_uri, train.runs_root),
+                             {"lr": lr, "epochs": train.epochs, "batch_size": train.batch_size,
+                              "weight_decay": train.weight_decay, "seed": train.seed, "cache": str(self.cache)},
+                             train.mlflow_parent_run)
         trial = PackedTrial(config=config, run_dir=run_dir, source=source, spec=spec, model=model, flat=flat,
-                            optimizer=optimizer, scheduler=scheduler, stream=stream, lr=lr, learnable=learnable)
+                            optimizer=optimizer, scheduler=scheduler, stream=stream, lr=lr, learnable=learnable,
+                            tracker=tracker)
         self.write_run_files(trial)
+        tracker.line(f"{'going on' if going_on else 'started'}: {config.dataset.name} from the cache {self.cache}, "
+                     f"{learnable:,} learnable parameters, lr {lr:g}, {train.epochs} epochs on {self.device}")
         return trial
 
     def write_run_files(self, trial: PackedTrial) -> None:

@@ -16,6 +16,7 @@ from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.model.flat_parameters import FlatParameters
 from fpt.stages.model.fpt_model import FPTPlus, ModelSpec
 from fpt.stages.runs.metrics import Metrics
+from fpt.stages.runs.tracking import RunTracker
 from fpt.stages.train.best_epoch import BestEpoch
 from fpt.stages.train.rng_stream import RngStream
 from fpt.stages.train.stacked_step import StepMember
@@ -38,6 +39,7 @@ class PackedTrial:
     stream: RngStream  # the model's own random stream: its initialisation and its dropout draw from it
     lr: float
     learnable: int
+    tracker: RunTracker  # train.log and the trackers train.loggers names
     best: BestEpoch | None = None  # None until an epoch has been scored
     loss_sum: float = 0.0  # the epoch's training loss so far, summed over its samples
     seen: int = 0
