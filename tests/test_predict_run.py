@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,13 @@ def test_run_folder_has_readable_pictures_and_report(run: dict[str, Path]) -> No
         with Image.open(run["run"] / name) as picture:
             assert picture.format == "PNG" and picture.width >= 400 and picture.height >= 300
             assert len(np.unique(np.asarray(picture.convert("L")))) > 10  # something is drawn
+
+
+def test_checkpoints_have_the_permissions_of_the_other_run_files(run: dict[str, Path]) -> None:
+    """safetensors writes owner-only files; a run folder's files all get the mode a new file gets."""
+    expected = stat.S_IMODE((run["run"] / "config.yaml").stat().st_mode)
+    for path in [*(run["run"] / "checkpoints").glob("*.safetensors"), *(run["run"] / "export").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
 
 
 def test_exported_model_reproduces_train_side_probabilities(run: dict[str, Path]) -> None:

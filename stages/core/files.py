@@ -42,16 +42,29 @@ def writable_folder(path: Path, setting: str) -> Path:
     return path
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# The mode a plain open() gives a new file. Some writers (safetensors) create theirs owner-only (0600);
+# every file of a run folder gets this one, so checkpoints can be read by whoever can read the rest.
+FILE_MODE = 0o666 & ~_process_umask()
+
+
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
-    """A temporary name to write `path` under, renamed onto it once written; removed if the writing
-    fails (a full disk, Ctrl-C), so that neither half a file nor a stray temporary stays behind."""
+    """A temporary name to write `path` under, renamed onto it once written (with the mode a new file
+    gets, FILE_MODE); removed if the writing fails (a full disk, Ctrl-C), so that neither half a file
+    nor a stray temporary stays behind."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
 
 
