@@ -187,22 +187,34 @@ def _checkpoint(value: str) -> str:
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images (searched recursively).")],
-    run: RunOption,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV to write (default: <run>/predict-<time>.csv).")] = None,
+    run: Annotated[Optional[Path], typer.Option("--run", "-r", help="The run folder that `fpt train-side` wrote.")] = None,
+    export: Annotated[Optional[Path], typer.Option("--export", help="A model export (`fpt export`) to use instead of a run: needs neither the run folder nor its cache.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV to write (default: <run>/predict-<time>.csv, or ./predict-<time>.csv with --export).")] = None,
     checkpoint: CheckpointOption = "best",
     cache: RunCacheOption = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="With --export: a configuration file for the LPM's weights, device and batch size.")] = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Classify new images with a trained run: frozen LPM (checked against the cache) + side network."""
+    """Classify new images with a trained run (or an export): frozen LPM (checked by identity) + side network."""
     import datetime as dt
 
-    from fpt.stages.inference.predict import predict_images, write_prediction_csv
+    from fpt.stages.inference.predict import predict_images, predict_with_export, write_prediction_csv
     from fpt.stages.runs.trained_run import read_run
 
-    predictions = predict_images(run, images, _checkpoint(checkpoint), set_, cache, show_progress=not quiet)  # type: ignore[arg-type]
-    target = output or run / f"predict-{dt.datetime.now():%Y%m%d-%H%M%S}.csv"
-    write_prediction_csv(target, predictions, read_run(run).class_names)
+    if (run is None) == (export is None):
+        raise UserError("predict needs a model: a run folder (--run) or an export folder (--export), not both.",
+                        "Give one of --run RUN_DIR or --export EXPORT_DIR.")
+    stamp = f"predict-{dt.datetime.now():%Y%m%d-%H%M%S}.csv"
+    if run is not None:
+        predictions = predict_images(run, images, _checkpoint(checkpoint), set_, cache, show_progress=not quiet)  # type: ignore[arg-type]
+        class_names, target = read_run(run).class_names, output or run / stamp
+    else:
+        assert export is not None
+        settings = _load(config, set_, None, announce=False)
+        predictions, class_names = predict_with_export(export, images, settings, show_progress=not quiet)
+        target = output or Path(stamp)
+    write_prediction_csv(target, predictions, class_names)
     counts: dict[str, int] = {}
     for item in predictions:
         counts[item.predicted] = counts.get(item.predicted, 0) + 1

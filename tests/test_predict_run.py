@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import stat
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from tiny import TRAINING, tiny_config
 from typer.testing import CliRunner
 
 from fpt.cache.errors import UserError
+from fpt.cache.metadata import LPMIdentity
 from fpt.cache.reader import CacheReader
 from fpt.pipeline.cli import app
+from fpt.stages.core.settings import LPMConfig
 from fpt.stages.extract.run import run_extract
-from fpt.stages.inference.predict import predict_images
+from fpt.stages.inference.predict import lpm_settings_for, predict_images
 from fpt.stages.model.side_input import eval_images
 from fpt.stages.runs.export import load_exported
 from fpt.stages.train.train_side import train_side
@@ -160,3 +163,37 @@ def test_exported_model_reproduces_train_side_probabilities(run: dict[str, Path]
     reference = read_probabilities(run["run"] / "predictions_test_best.csv", "sample_id")
     ids = reader.sample_ids()[start:stop]
     np.testing.assert_allclose(probabilities, np.stack([reference[i] for i in ids]), atol=1e-5)
+
+
+def test_predict_from_an_export_alone(tmp_path: Path) -> None:
+    """With the run folder and the cache deleted, the export alone classifies the test images as train-side did."""
+    config = tiny_config(tmp_path, *TRAINING)
+    run_extract(config, show_progress=False)
+    result = train_side(config, show_progress=False)
+    export = tmp_path / "shipped"
+    shutil.copytree(result.run_dir / "export", export)
+    reference = read_probabilities(result.run_dir / "predictions_test_best.csv", "sample_id")
+    shutil.rmtree(result.run_dir)
+    shutil.rmtree(result.cache)
+    output = tmp_path / "predicted.csv"
+    outcome = CliRunner().invoke(app, ["predict", str(tmp_path / "data" / "demo" / "test"), "--export", str(export),
+                                       "--output", str(output), "--quiet", "--set", "extract.device=cpu"])
+    assert outcome.exit_code == 0, outcome.output
+    predicted = read_probabilities(output, "file")
+    assert len(predicted) == len(reference) == 6
+    for file, probabilities in predicted.items():
+        np.testing.assert_allclose(probabilities, reference[str(Path(file).relative_to(tmp_path / "data" / "demo"))],
+                                   atol=FLOAT16_TOLERANCE)
+
+
+def test_predict_from_an_export_of_file_weights_needs_the_file() -> None:
+    identity = LPMIdentity(name="vit_tiny_patch16_224", weights_source="file", weights_identity="sha256:" + "ab" * 32,
+                           embed_dim=192, num_heads=3, head_dim=64, patch_size=16, depth=12, num_prefix_tokens=1,
+                           num_params=5_000_000)
+    with pytest.raises(UserError, match="lpm.weights=/path"):
+        lpm_settings_for(LPMConfig(weights="hub"), identity, Path("export"))
+    chosen = lpm_settings_for(LPMConfig(weights="/data/encoder.pth", name="other"), identity, Path("export"))
+    assert chosen.weights == "/data/encoder.pth" and chosen.name == "vit_tiny_patch16_224"
+    random = identity.model_copy(update={"weights_source": "none", "weights_identity": "random:7"})
+    assert lpm_settings_for(LPMConfig(), random, Path("export")).model_dump() == \
+        LPMConfig(name="vit_tiny_patch16_224", weights="none", init_seed=7).model_dump()

@@ -30,7 +30,7 @@ from fpt.stages.datasets.layouts import find_images
 from fpt.stages.explain.attention_maps import AGGREGATION, Explanation, explain_batch
 from fpt.stages.explain.overlays import display_image, draw_explanation
 from fpt.stages.explain.patch_maps import TokenGrid
-from fpt.stages.extract.frozen_lpm import frozen_selector, image_features
+from fpt.stages.extract.frozen_lpm import StageOne, frozen_selector, image_features
 from fpt.stages.model.fpt_model import FPTPlus
 from fpt.stages.model.side_input import eval_images
 from fpt.stages.runs.explanation_record import EXPLAIN_FOLDER, MAPS_FILE, RECORD_FILE, ExplainedImage, ExplanationRecord
@@ -249,11 +249,12 @@ def explain_images(run_dir: Path, inputs: list[Path], checkpoint: Checkpoint = "
     _, metadata = run_cache_metadata(run, cache)
     files = find_images(inputs)
     device = resolve_device(config.extract.device)
-    selector = frozen_selector(config, metadata).to(device)
+    stage_one = StageOne.of_cache(metadata)
+    selector = frozen_selector(config, stage_one).to(device)
     model = load_run_model(run_dir, run, checkpoint, device)
 
     def batches() -> Iterator[_Batch]:
-        for batch in image_features(files, config, metadata, selector, device):
+        for batch in image_features(files, config, stage_one, selector, device):
             assert batch.keys is not None and batch.values is not None and batch.token_indices is not None
             yield _Batch(samples=[str(files[i]) for i in batch.positions], labels=[None] * len(batch.positions),
                          images=[files[i] for i in batch.positions], side_images=batch.side_images,

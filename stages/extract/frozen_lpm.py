@@ -13,13 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch.utils.data import DataLoader
 
 from fpt.cache.errors import UserError
-from fpt.cache.metadata import CacheMetadata, LPMIdentity
+from fpt.cache.metadata import CacheMetadata, ExtractionSettings, LPMIdentity, Normalization
 from fpt.stages.core.devices import decode_workers
 from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.datasets.samples import Sample
@@ -27,22 +29,39 @@ from fpt.stages.extract.run import ExtractionImages
 from fpt.stages.lpm.build import build_lpm
 from fpt.stages.lpm.token_selection import TokenSelectingLPM
 
+
+class StageOne(BaseModel):
+    """What stage one's features depend on: the LPM, the extraction settings, the normalisation and the dtype
+    the features were stored in. A cache's metadata holds it, and so does a model export."""
+
+    lpm: LPMIdentity
+    extraction: ExtractionSettings
+    normalization: Normalization
+    storage_dtype: Literal["float16", "bfloat16", "float32", "int8"]
+
+    @classmethod
+    def of_cache(cls, metadata: CacheMetadata) -> "StageOne":
+        return cls(lpm=metadata.lpm, extraction=metadata.extraction, normalization=metadata.normalization,
+                   storage_dtype=metadata.storage.dtype)
+
+
 IDENTITY_FIELDS = ("name", "weights_identity", "embed_dim", "num_heads", "head_dim", "patch_size", "depth",
                    "num_prefix_tokens", "num_params")
 
 
-def frozen_selector(config: PipelineConfig, metadata: CacheMetadata) -> TokenSelectingLPM:
-    """The LPM the cache was made with, checked by identity, wrapped for token selection."""
-    settings = metadata.extraction
+def frozen_selector(config: PipelineConfig, stage_one: StageOne) -> TokenSelectingLPM:
+    """The LPM the features were made with, built from `config.lpm` and checked by identity, wrapped for
+    token selection with the recorded extraction settings."""
+    settings = stage_one.extraction
     vit, identity = build_lpm(config.lpm, settings.input_size)
-    recorded = metadata.lpm
+    recorded = stage_one.lpm
     differences = [
         f"{name}: cache has {getattr(recorded, name)}, now {getattr(identity, name)}"
         for name in IDENTITY_FIELDS if getattr(recorded, name) != getattr(identity, name)
     ]
     if differences:
         raise UserError(
-            "The LPM built from the run's settings is not the one that made its cache (" + "; ".join(differences)
+            "The LPM built from these settings is not the one that made the run's features (" + "; ".join(differences)
             + "), so its features would not match what the side network was trained on.",
             _same_lpm_hint(recorded),
         )
@@ -61,9 +80,9 @@ def _same_lpm_hint(recorded: LPMIdentity) -> str:
             "hub weights downloaded (their hash is recorded in the cache).")
 
 
-def as_stored(features: torch.Tensor, metadata: CacheMetadata) -> torch.Tensor:
+def as_stored(features: torch.Tensor, storage_dtype: str) -> torch.Tensor:
     """Round features as the cache stores them, back in float32."""
-    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(metadata.storage.dtype)
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(storage_dtype)
     return features.to(dtype).float() if dtype is not None else features.float()
 
 
@@ -78,11 +97,11 @@ class ImageFeatures:
     token_indices: torch.Tensor | None  # (B, L, H, n) int64
 
 
-def image_features(files: list[Path], config: PipelineConfig, metadata: CacheMetadata,
+def image_features(files: list[Path], config: PipelineConfig, stage_one: StageOne,
                    selector: TokenSelectingLPM | None, device: torch.device) -> Iterator[ImageFeatures]:
     """Decode and resize `files` as the cache's images were, and run the frozen `selector` on them (None: the
     side images alone), a batch at a time; an undecodable file stops it before anything is written."""
-    settings, norm = metadata.extraction, metadata.normalization
+    settings, norm = stage_one.extraction, stage_one.normalization
     samples = [Sample(sample_id=str(path), path=path, label=-1, split="test") for path in files]
     # decoded and resized as the run's cache was; JPEGs as extract.jpeg_draft says if its images held none
     draft = settings.jpeg_draft if settings.jpeg_draft is not None else config.extract.jpeg_draft
@@ -98,5 +117,5 @@ def image_features(files: list[Path], config: PipelineConfig, metadata: CacheMet
         keys = values = token_indices = None
         if selector is not None:
             keys, values, token_indices = selector(lpm_inputs.to(device))
-            keys, values = as_stored(keys, metadata), as_stored(values, metadata)
+            keys, values = as_stored(keys, stage_one.storage_dtype), as_stored(values, stage_one.storage_dtype)
         yield ImageFeatures(indices.tolist(), side_images.numpy(), keys, values, token_indices)
