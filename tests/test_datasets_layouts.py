@@ -22,7 +22,7 @@ def kinds(result) -> dict[str, str]:
 # --- registry -------------------------------------------------------------------------------
 
 def test_registry_holds_the_papers_datasets_with_their_learning_rates_and_class_counts():
-    paper = {  # METHOD.md's table: name -> (classes, learning rate)
+    paper = {  # docs/method.md's table: name -> (classes, learning rate)
         "messidor2": (5, 2e-4), "ddr": (5, 5e-4), "isic2016": (2, 5e-3), "isic2018": (7, 1e-4),
         "ddsm": (3, 1e-3), "cmmd": (2, 5e-5), "covid": (3, 1e-4), "chncxr": (2, 5e-4),
     }
@@ -30,7 +30,7 @@ def test_registry_holds_the_papers_datasets_with_their_learning_rates_and_class_
         spec = REGISTRY[name]
         assert spec.num_classes == classes, name
         assert spec.default_lr == lr, name
-    published = {  # METHOD.md's per-dataset normalisation: name -> (mean, std)
+    published = {  # docs/method.md's per-dataset normalisation: name -> (mean, std)
         "messidor2": ((0.48436, 0.22381, 0.07583), (0.29392, 0.14722, 0.06351)),
         "ddr": ((0.42374, 0.26095, 0.12840), (0.29483, 0.20167, 0.13668)),
         "isic2016": ((0.72439, 0.61872, 0.56646), (0.16385, 0.17090, 0.19106)),

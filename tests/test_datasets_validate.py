@@ -76,7 +76,7 @@ def test_dry_run_on_a_good_ddr_tree_counts_the_ungradable(tmp_path, no_lpm, wide
     assert result.exit_code == 0, result.output
     assert "2 image(s), ungradable (grade 5)" in result.output
     assert "ready for extraction" in result.output
-    assert "mean (0.42374, 0.26095, 0.12840), std (0.29483, 0.20167, 0.13668)" in result.output  # published (METHOD.md)
+    assert "mean (0.42374, 0.26095, 0.12840), std (0.29483, 0.20167, 0.13668)" in result.output  # published (docs/method.md)
 
 
 def test_structural_errors_stop_extraction_before_the_lpm(tmp_path, no_lpm):

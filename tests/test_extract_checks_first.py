@@ -56,7 +56,7 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_refused_before_the_scan(tmp
 
 
 def test_the_lpm_input_is_resized_as_published_and_the_method_is_part_of_the_key(tmp_path: Path) -> None:
-    """PIL's antialiased bilinear resize by default (METHOD.md); bicubic on request, in another store."""
+    """PIL's antialiased bilinear resize by default (docs/method.md); bicubic on request, in another store."""
     import numpy as np
     from PIL import Image
 

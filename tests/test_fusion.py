@@ -1,4 +1,4 @@
-"""The fusion module equals METHOD.md's formula, computed by hand with explicit loops."""
+"""The fusion module equals docs/method.md's formula, computed by hand with explicit loops."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shapes and parameter counts of the stage-two model at ViT-B/16-384 defaults (METHOD.md)."""
+"""Shapes and parameter counts of the stage-two model at ViT-B/16-384 defaults (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def vit_b_spec(**overrides) -> ModelSpec:
 
 def test_fptplus_parameter_counts_match_method():
     model = FPTPlus(vit_b_spec())
-    # METHOD.md: side 751,877; fusion 149,088 = prompts 73,728 + LayerNorm 1,536 + output 73,824
+    # docs/method.md: side 751,877; fusion 149,088 = prompts 73,728 + LayerNorm 1,536 + output 73,824
     assert count(model.side) == 751_877
     assert count(model.fusion) == 149_088
     assert model.fusion.prompts.numel() == 73_728

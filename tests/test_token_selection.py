@@ -98,7 +98,7 @@ def test_selection_is_per_head():
 
 
 def test_paper_token_count():
-    # METHOD.md: 1025 tokens at 512 px with patch 16, ratio 0.2 -> 205 kept
+    # docs/method.md: 1025 tokens at 512 px with patch 16, ratio 0.2 -> 205 kept
     assert num_selected(1 + (512 // 16) ** 2, 0.2) == 205
     assert num_selected(1025, 0.5) == 512
 

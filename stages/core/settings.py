@@ -1,6 +1,6 @@
 """Every setting of the pipeline as pydantic models, and how a mapping of settings becomes one.
 
-The defaults here are the paper's (METHOD.md); `pipeline.yaml` repeats them so users can see
+The defaults here are the paper's (docs/method.md); `pipeline.yaml` repeats them so users can see
 and edit them. Order of precedence: model defaults < the configuration files < their
 `overrides.<dataset>` section < command-line `--set key.path=value` options. Which files are
 read is the command line's choice (pipeline/config.py); a run folder's resolved config.yaml is

@@ -3,7 +3,7 @@
 Each image is fully decoded (a JPEG at reduced scale through draft, unless its statistics are
 wanted) and its per-channel sums give the train split's mean/std for `normalization: auto`
 without a second pass. The statistics are taken over the train images' pixels at full
-resolution: from thumbnails, the std comes out 2-10 % low (METHOD.md). PIL releases the GIL
+resolution: from thumbnails, the std comes out 2-10 % low (docs/method.md). PIL releases the GIL
 while decoding, so threads run in parallel.
 """
 

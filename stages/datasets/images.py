@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 # extract.resize: how the LPM input and the stored side image are resized. PIL's filters widen with
-# the scale when shrinking, so both are antialiased; bilinear is the published preprocessing (METHOD.md).
+# the scale when shrinking, so both are antialiased; bilinear is the published preprocessing (docs/method.md).
 RESIZE_FILTERS = {"pil-bilinear": Image.Resampling.BILINEAR, "pil-bicubic": Image.Resampling.BICUBIC}
 MAX_DECODED_PIXELS = 2 * 89_478_485
 ORIENTATION_TAG = 0x0112

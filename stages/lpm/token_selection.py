@@ -1,4 +1,4 @@
-"""Important-token selection inside the frozen LPM's self-attention (METHOD.md, stage one).
+"""Important-token selection inside the frozen LPM's self-attention (docs/method.md, stage one).
 
 In each chosen layer, per head: A = softmax(q k^T / sqrt(Dh) + bias); importance is the mean of A
 over queries (`global`) or the CLS query's row (`class_token`); the top n = floor(N * ratio)

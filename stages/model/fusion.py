@@ -1,7 +1,7 @@
 """Fusion modules: learnable prompts cross-attend into the LPM's cached keys and values.
 
 One set of prompts per chosen layer (L x M x Dp); the LayerNorm, the optional prompt
-projection and the output projection are shared by all layers (METHOD.md, stage two).
+projection and the output projection are shared by all layers (docs/method.md, stage two).
 """
 
 from __future__ import annotations

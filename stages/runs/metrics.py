@@ -116,7 +116,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, loss: 
     binary = probabilities.shape[1] == 2
     return Metrics(
         accuracy=float(correct.sum() / max(len(labels), 1)),
-        # a binary task reports the positive class's scores (METHOD.md), the others their macro averages
+        # a binary task reports the positive class's scores (docs/method.md), the others their macro averages
         macro_f1=float(f1[1] if binary else f1.mean()),
         auc=auc_score(labels, probabilities),
         precision=float(precision[1] if binary else precision.mean()),

@@ -1,7 +1,7 @@
 """Side-image augmentation for training (the plain resize for evaluation is stages/model/side_input.py).
 
 Only the side image is augmented; the cached LPM features come from the plain resized image
-(METHOD.md). Crops and photometric jitter use torchvision's own functional transforms.
+(docs/method.md). Crops and photometric jitter use torchvision's own functional transforms.
 """
 
 from __future__ import annotations
