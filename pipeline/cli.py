@@ -377,29 +377,40 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
 
     cfg = _load(config, set_, None)
     caches = list_caches(cfg.cache.root)
-    table = Table(title=f"Caches under {cfg.cache.root}")
-    # a store's name is copied into commands: kept whole on one line, the other columns wrap
-    longest = max([len(path.name) for path, _, _ in caches] + [5])
-    table.add_column("store", no_wrap=True, min_width=longest)
-    for column in ("dataset", "LPM", "layers", "ratio", "importance", "dtype", "samples", "size", "state"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for path, meta, problem in caches:
-        size = folder_bytes(path)
+        size = f"{folder_bytes(path) / 1e6:.1f} MB"
         if meta is None:
-            table.add_row(path.name, "?", "?", "?", "?", "?", "?", "?", f"{size / 1e6:.1f} MB", problem)
+            rows.append((path.name, ["?"] * 7 + [size, problem or "unreadable"], ""))
             continue
-        table.add_row(
-            path.name, meta.dataset, meta.lpm.name, ",".join(map(str, meta.extraction.layers)),
-            f"{meta.extraction.token_ratio:g}", meta.extraction.importance, f"{meta.storage.dtype}/{meta.storage.codec}",
-            str(meta.num_samples), f"{size / 1e6:.1f} MB",
-            ("complete" if meta.complete else "INCOMPLETE") + ("" if meta.has_token_indices else ", no token indices"),
-        )
-    console.print(table)
-    # where each store's images came from, one line each, whole (paths are long and copied)
-    for path, meta, _ in caches:
-        if meta is not None:
-            sources = ", ".join(meta.sources) or "not recorded (running `fpt extract` on the same images records it)"
-            console.print(f"{path.name}: images from {sources}", highlight=False, soft_wrap=True)
+        state = ("complete" if meta.complete else "INCOMPLETE") + ("" if meta.has_token_indices else ", no token indices")
+        sources = ", ".join(meta.sources) or "not recorded (running `fpt extract` on the same images records it)"
+        rows.append((path.name, [meta.dataset, meta.lpm.name, ",".join(map(str, meta.extraction.layers)),
+                                 f"{meta.extraction.token_ratio:g}", meta.extraction.importance,
+                                 f"{meta.storage.dtype}/{meta.storage.codec}", str(meta.num_samples), size, state],
+                     sources))
+    if console.width >= 120:  # a table where it fits; a store name is copied into commands, so never cut
+        table = Table(title=f"Caches under {cfg.cache.root}")
+        table.add_column("store", no_wrap=True, min_width=max([len(name) for name, _, _ in rows] + [5]))
+        for column in ("dataset", "LPM", "layers", "ratio", "importance", "dtype", "samples", "size", "state"):
+            table.add_column(column, overflow="fold")
+        for name, cells, _ in rows:
+            table.add_row(name, *cells)
+        console.print(table)
+        for name, _, sources in rows:
+            if sources:
+                console.print(f"{name}: images from {sources}", highlight=False, soft_wrap=True)
+        return
+    # a narrow terminal or a log file (80 columns): a few whole lines per store
+    console.print(f"Caches under {cfg.cache.root}: {len(rows)}", highlight=False, soft_wrap=True)
+    for name, cells, sources in rows:
+        dataset, lpm, layers, ratio, importance, dtype, samples, size, state = cells
+        console.print(f"\n{name}", highlight=False, soft_wrap=True)
+        console.print(f"  {state}, {samples} images, {size}, {dtype}", highlight=False, soft_wrap=True)
+        console.print(f"  {dataset}; {lpm}, layers {layers}, ratio {ratio}, {importance}", highlight=False,
+                      soft_wrap=True)
+        if sources:
+            console.print(f"  images from {sources}", highlight=False, soft_wrap=True)
 
 
 @cache_app.command("transcode")

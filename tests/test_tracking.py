@@ -77,7 +77,7 @@ def test_a_sweep_is_an_mlflow_parent_run_with_its_trials_as_children(tmp_path: P
     assert not any((path / "tensorboard").exists() for path in (tmp_path / "runs" / "s" / "trials").iterdir())
 
 
-def test_output_to_a_file_gets_the_run_folder_first_and_a_line_per_epoch(tmp_path: Path) -> None:
+def test_output_to_a_file_gets_the_run_folder_first_a_line_per_epoch_and_whole_store_names(tmp_path: Path) -> None:
     assignments = tiny_assignments(tmp_path, *TRAINING, "train.epochs=3")
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump({}))
     extracted = run_fpt("extract", "--dataset", "demo", *cli_args(assignments), cwd=tmp_path)
@@ -94,3 +94,9 @@ def test_output_to_a_file_gets_the_run_folder_first_and_a_line_per_epoch(tmp_pat
     table = [line for line in lines if line.startswith(("┃", "│", "┏", "└"))]
     assert table and all(len(line) <= 80 for line in table)  # the metrics table fits an 80-column log
     assert (run_dir / "train.log").is_file()
+
+    listing = run_fpt("cache", "list", *cli_args(assignments), cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    (store,) = (tmp_path / "cache").glob("*.zarr")
+    assert store.name in listing.stdout.splitlines()  # whole, on a line of its own, in an 80-column log
+    assert f"  images from {(tmp_path / 'data' / 'demo').resolve()}" in listing.stdout.splitlines()
