@@ -53,7 +53,8 @@ def linear_window(x: np.ndarray, center: float, width: float, y_min: float = 0.0
     x > c - 0.5 + (w-1)/2 then y = y_max; else y = ((x - (c - 0.5)) / (w-1) + 0.5) * (y_max - y_min) + y_min."""
     x = x.astype(np.float64)
     ramp = ((x - (center - 0.5)) / (width - 1) + 0.5) * (y_max - y_min) + y_min
-    return np.where(x <= center - 0.5 - (width - 1) / 2, y_min, np.where(x > center - 0.5 + (width - 1) / 2, y_max, ramp))
+    below, above = x <= center - 0.5 - (width - 1) / 2, x > center - 0.5 + (width - 1) / 2
+    return np.where(below, y_min, np.where(above, y_max, ramp))
 
 
 def eight_bits(y: np.ndarray) -> np.ndarray:
@@ -83,7 +84,7 @@ def test_monochrome2_with_rescale_takes_the_first_of_two_windows(tmp_path):
                        WindowCenter=[1000, 40], WindowWidth=[2000, 400])
     modality_values = RAMP_12_BIT * 2.0 - 1024  # PS3.3 C.11.1.1.2: slope * stored + intercept
     expected = eight_bits(linear_window(modality_values, 1000, 2000))
-    assert expected.min() == 0 and expected.max() == 255 and len(np.unique(expected)) > 200  # the window clips both ends
+    assert expected.min() == 0 and expected.max() == 255 and len(np.unique(expected)) > 200  # clipped at both ends
     assert_close(grey_of(path), expected)
 
 
@@ -151,7 +152,7 @@ def test_missing_pydicom_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(UserError) as error:
         open_rgb(next(root.rglob("*.dcm")))
     assert 'pip install "fpt[dicom]"' in error.value.paragraph() and "pydicom" in error.value.paragraph()
-    # the command line, in a process where pydicom cannot be imported: one paragraph, even where damaged files are skipped
+    # the command line, in a process where pydicom cannot be imported: one paragraph, even with damaged files skipped
     blocked = ("import runpy, sys; sys.modules['pydicom'] = None; sys.argv[0] = 'fpt'; "
                "runpy.run_module('fpt.pipeline.cli', run_name='__main__')")
     sets = cli_args(tiny_assignments(tmp_path, f"dataset.path={root}", "extract.on_decode_error=skip"))
@@ -160,6 +161,13 @@ def test_missing_pydicom_says_what_to_install(tmp_path, monkeypatch):
     assert result.returncode == 2, result.stderr
     assert 'pip install "fpt[dicom]"' in result.stderr and "Traceback" not in result.stderr + result.stdout
     assert not list((tmp_path / "cache").glob("*/zarr.json"))  # stopped before any extraction
+
+
+def test_pydicom_2_is_refused_with_the_upgrade(tmp_path, monkeypatch):
+    path = write_dicom(tmp_path / "old.dcm", RAMP_12_BIT[:8, :8], "MONOCHROME2", 12)
+    monkeypatch.setattr(pydicom, "__version__", "2.4.4")
+    with pytest.raises(UserError, match=r"pydicom 3 or later; pydicom 2\.4\.4 is installed.*--upgrade"):
+        open_rgb(path)
 
 
 def test_a_compression_without_a_decoder_names_the_plugins(tmp_path):

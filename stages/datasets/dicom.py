@@ -53,17 +53,24 @@ def is_dicom(path: Path) -> bool:
 
 
 def require_pydicom(path: Path) -> None:
-    """A UserError naming the extra to install when pydicom, the optional dependency that reads DICOM, is missing.
+    """A UserError naming the extra to install when pydicom (>= 3), the optional dependency that reads DICOM, is
+    missing or too old.
 
     Missing pydicom is a setup problem, never a property of one file, so it is not an UnreadableDicom
     (which `extract.on_decode_error=skip` would turn into every DICOM file silently left out)."""
     try:
-        import pydicom  # noqa: F401  (optional: the extra fpt[dicom])
+        import pydicom  # optional: the extra fpt[dicom]
     except ImportError:
         raise UserError(
             f"{path} is a DICOM file, and reading DICOM needs pydicom, which is not installed.",
             f"Install fpt's DICOM extra ({INSTALL_EXTRA}) and run again.",
         ) from None
+    if int(pydicom.__version__.split(".")[0]) < 3:
+        raise UserError(
+            f"{path} is a DICOM file, and reading DICOM needs pydicom 3 or later; pydicom {pydicom.__version__} "
+            "is installed.",
+            f"Upgrade it ({INSTALL_EXTRA} --upgrade) and run again.",
+        )
 
 
 def read_dicom(path: Path) -> Dataset:
@@ -77,7 +84,7 @@ def read_dicom(path: Path) -> Dataset:
         raise UnreadableDicom(f"cannot read DICOM file ({error})") from None
     if "PixelData" not in dataset:
         kind = dataset.get("Modality", "") or "DICOM"
-        raise UnreadableDicom(f"the {kind} file holds no image (no Pixel Data element; a report or a structured document?)")
+        raise UnreadableDicom(f"the {kind} file holds no image (no Pixel Data element: a report or a document?)")
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise UnreadableDicom(
@@ -105,7 +112,7 @@ def check_decoder(dataset: Dataset) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
-        raise UnreadableDicom(f"its transfer syntax {syntax.name} ({syntax}) has no pixel data decoder in pydicom") from None
+        raise UnreadableDicom(f"pydicom has no decoder for its transfer syntax {syntax.name} ({syntax})") from None
     if not decoder.is_available:
         options = "; ".join(decoder.missing_dependencies) or "a decoding plugin"
         raise UnreadableDicom(
@@ -165,7 +172,7 @@ def dicom_rgb(dataset: Dataset) -> np.ndarray:
     interpretation = str(dataset.PhotometricInterpretation)
     if interpretation in COLOUR:
         if stored.ndim != 3 or stored.shape[-1] != 3:
-            raise UnreadableDicom(f"a {interpretation} image should have 3 samples per pixel, it has shape {stored.shape}")
+            raise UnreadableDicom(f"a {interpretation} image has 3 samples per pixel, this one's shape is {stored.shape}")
         if stored.dtype == np.uint8:
             return np.ascontiguousarray(stored)
         return to_eight_bits(stored, 0.0, float(2 ** int(dataset.BitsStored) - 1))
