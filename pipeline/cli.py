@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fpt import __version__
@@ -513,12 +514,13 @@ def _run_app() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as error:
-        error_console.print(f"[bold red]Error:[/bold red] {error.paragraph()}", highlight=False)
+        # escaped: a message may hold brackets, e.g. pip install "fpt[dicom]", which rich would take for markup
+        error_console.print(f"[bold red]Error:[/bold red] {escape(error.paragraph())}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()
     except Interrupted as interruption:
-        error_console.print(f"[bold yellow]Interrupted.[/bold yellow] {interruption.hint}", highlight=False)
+        error_console.print(f"[bold yellow]Interrupted.[/bold yellow] {escape(interruption.hint)}", highlight=False)
         sys.exit(130)
     except typer.Abort:
         sys.exit(130)

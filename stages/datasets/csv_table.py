@@ -35,8 +35,9 @@ def read_rows(csv_path: Path) -> tuple[list[list[str]], int]:
     if not rows:
         raise UserError(f"The label table {csv_path} is empty.", "Write one path,label[,split] row per image.")
     first = rows[0][0].strip() if rows[0] else ""
-    if first.lower() == "path" or Path(first).suffix.lower() not in IMAGE_SUFFIXES:
-        return rows[1:], 2  # a header row: the first cell is not an image file name
+    names_image = Path(first).suffix.lower() in IMAGE_SUFFIXES or (csv_path.parent / first).is_file()
+    if first.lower() == "path" or not first or not names_image:
+        return rows[1:], 2  # a header row: the first cell is not an image file (DICOM files often have no suffix)
     return rows, 1
 
 

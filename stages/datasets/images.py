@@ -5,6 +5,9 @@ would refuse a huge JPEG that `draft` decodes at 1/2, 1/4 or 1/8 scale anyway. f
 that check off and applies its own limit to the size actually decoded (after draft):
 MAX_DECODED_PIXELS, PIL's own hard limit (2 x 89.5 Mpx, about 540 MB as RGB). Larger images
 fail with an ImageDecodeError (fatal or skipped, as extract.on_decode_error says).
+
+A DICOM file (known by its content, whatever its name) is read by dicom.py into the same 8-bit RGB
+image; a missing pydicom raises a UserError, since it is a setup problem and not the file's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
+
+from fpt.stages.datasets.dicom import DICOM_SUFFIXES, UnreadableDicom, dicom_rgb, is_dicom, read_dicom
 
 # extract.resize: how the LPM input and the stored side image are resized. PIL's filters widen with
 # the scale when shrinking, so both are antialiased; bilinear is the published preprocessing (docs/method.md).
@@ -87,21 +92,37 @@ def lpm_draft_size(input_size: int, jpeg_draft: int | None) -> int | None:
     return input_size * jpeg_draft if jpeg_draft else None
 
 
+def check_decoded_size(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_DECODED_PIXELS:
+        raise ImageDecodeError(
+            path,
+            f"image is {width} x {height} = {width * height:,} pixels, more than the "
+            f"{MAX_DECODED_PIXELS:,} fpt decodes; save a downscaled copy "
+            "(or a JPEG, which is decoded at reduced scale)",
+        )
+
+
+def open_dicom_rgb(path: Path) -> Image.Image:
+    """A DICOM file's image as 8-bit RGB (dicom.py: modality LUT, VOI window or LUT, MONOCHROME1 inverted)."""
+    try:
+        dataset = read_dicom(path)
+        check_decoded_size(path, int(dataset.Columns), int(dataset.Rows))
+        return Image.fromarray(dicom_rgb(dataset), mode="RGB")
+    except UnreadableDicom as error:
+        raise ImageDecodeError(path, str(error)) from None
+
+
 def open_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     """Open and fully decode an image as RGB; `draft_size` lets a JPEG decode at the largest reduced scale
-    that keeps it at least draft_size pixels on each side."""
+    that keeps it at least draft_size pixels on each side. A DICOM file is always decoded whole; without
+    pydicom it raises a UserError that says what to install."""
+    if is_dicom(path):
+        return open_dicom_rgb(path)
     try:
         with Image.open(path) as image:
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
-            width, height = image.size
-            if width * height > MAX_DECODED_PIXELS:
-                raise ImageDecodeError(
-                    path,
-                    f"image is {width} x {height} = {width * height:,} pixels, more than the "
-                    f"{MAX_DECODED_PIXELS:,} fpt decodes; save a downscaled copy "
-                    "(or a JPEG, which is decoded at reduced scale)",
-                )
+            check_decoded_size(path, *image.size)
             image.load()
             if image.getexif().get(ORIENTATION_TAG, 1) != 1:
                 return to_rgb(ImageOps.exif_transpose(image))
@@ -109,6 +130,11 @@ def open_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     except FileNotFoundError:
         raise ImageDecodeError(path, "file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            raise ImageDecodeError(
+                path, "named as a DICOM file but without the 'DICM' marker at byte 128 that a DICOM file "
+                "(PS3.10) carries; re-export it from the PACS or viewer as a DICOM Part 10 file",
+            ) from None
         raise ImageDecodeError(path, f"cannot decode image ({error})") from None
 
 

@@ -10,10 +10,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fpt.cache.errors import UserError
+from fpt.stages.datasets.dicom import DICOM_SUFFIXES
 from fpt.stages.datasets.problems import LayoutResult
 from fpt.stages.datasets.samples import SPLITS, Sample, Split
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"} | DICOM_SUFFIXES
 SPLIT_FOLDER_NAMES: dict[Split, tuple[str, ...]] = {
     "train": ("train", "training"),
     "val": ("val", "valid", "validation"),
@@ -143,6 +144,6 @@ def read_class_folders(root: Path, class_names: list[str] | None) -> LayoutResul
         result.add(
             "not_an_image", "warning",
             f"{len(ignored)} file(s) are not images fpt reads ({', '.join(sorted(IMAGE_SUFFIXES))}) and are ignored",
-            "Convert them (e.g. DICOM to PNG) if they belong to the dataset.", ignored,
+            "Convert them (e.g. to PNG) if they belong to the dataset.", ignored,
         )
     return result

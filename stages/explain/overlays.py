@@ -17,21 +17,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from fpt.cache.errors import UserError  # noqa: E402
 from fpt.stages.core.files import replacing  # noqa: E402
+from fpt.stages.datasets.images import ImageDecodeError, open_rgb  # noqa: E402
 
 LONGEST_SIDE = 1024  # pictures of larger images are drawn at this size (the maps are far coarser)
 
 
 def display_image(path: Path | None, fallback: np.ndarray) -> np.ndarray:
-    """The image to draw on, as RGB uint8: the file at its resolution (at most LONGEST_SIDE), else `fallback`."""
+    """The image to draw on, as RGB uint8: the file decoded as the LPM saw it (DICOM windowed, EXIF orientation
+    applied) at its resolution (at most LONGEST_SIDE), else `fallback`, also where the file no longer decodes here
+    (a DICOM file without pydicom): a picture is never worth stopping a run for."""
     if path is None:
         return fallback
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        scale = LONGEST_SIDE / max(image.size)
-        if scale < 1:
-            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
-        return np.asarray(image)
+    try:
+        image = open_rgb(path)
+    except (ImageDecodeError, UserError):
+        return fallback
+    scale = LONGEST_SIDE / max(image.size)
+    if scale < 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+    return np.asarray(image)
 
 
 def draw_explanation(path: Path, image: np.ndarray, attention: np.ndarray, selection: np.ndarray, title: str,

@@ -67,9 +67,10 @@ class ExtractionImages(Dataset):
         index = self.indices[position]
         try:
             image = open_rgb(self.samples[index].path, draft_size=self.draft_size)
-        except ImageDecodeError as error:
+        except (ImageDecodeError, UserError) as error:  # UserError (no pydicom) as a message: it crosses worker processes
+            reason = error.reason if isinstance(error, ImageDecodeError) else error.paragraph()
             blank = torch.zeros(3, self.input_size, self.input_size)
-            return index, blank, np.zeros((self.side_size, self.side_size, 3), np.uint8), error.reason
+            return index, blank, np.zeros((self.side_size, self.side_size, 3), np.uint8), reason
         lpm_input = normalized_tensor(resize_square(image, self.input_size, self.resize), self.mean, self.std)
         return index, lpm_input, side_image(image, self.side_size, self.resize), ""
 
