@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import math
 import shlex
 import shutil
@@ -25,7 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
+from optuna.trial import TrialState
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
@@ -35,7 +38,11 @@ from fpt.cache.progress import Progress, open_progress
 from fpt.cache.reader import read_metadata
 from fpt.pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
 from fpt.pipeline.lpm_guard import lpm_disabled, lpm_forbidden
-from fpt.pipeline.search_space import Trial, build_trials
+from fpt.pipeline.optuna_search import (
+    STUDY_FILE, TRIAL_ID_ATTRIBUTE, PruningHook, distributions, in_flight, is_optuna_method, open_study, told,
+    trial_id_of,
+)
+from fpt.pipeline.search_space import Trial, apply_settings, build_trials
 from fpt.pipeline.task_stop import TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt
 from fpt.stages.core.devices import wants_gpu
 from fpt.stages.core.errors import Interrupted, StopRequested
@@ -47,9 +54,10 @@ from fpt.stages.runs.report import write_report
 from fpt.stages.runs.tracking import mlflow_uri, parent_run
 from fpt.stages.runs.trained_run import read_run
 from fpt.stages.train.cache_choice import find_cache
-from fpt.stages.train.packed_training import pack_key, train_pack
+from fpt.stages.train.packed_training import EpochHook, pack_key, train_pack
 from fpt.stages.train.recipe import TrainResult
 from fpt.stages.train.resume_state import load_resume_state, saved_epoch
+from fpt.stages.train.trial_results import PRUNED_FILE
 
 
 class TrialReport(BaseModel):
@@ -57,10 +65,14 @@ class TrialReport(BaseModel):
 
     trial_id: str
     settings: dict[str, Any]
-    status: str  # finished (in this run) | skipped (finished by an earlier run of the sweep) | failed
+    # finished (in this run) | skipped (finished by an earlier run of the sweep) | pruned (stopped early by
+    # the search's pruner) | failed
+    status: str
     run_dir: Path
     val_auc: float | None = None
+    best_val: dict[str, float | None] | None = None  # every validation score of the best epoch
     best_epoch: int | None = None
+    epochs_trained: int | None = None  # the epochs it trained: all of them, or those before it was pruned
     test_best: dict[str, float] | None = None
     test_last: dict[str, float] | None = None
     seconds: float | None = None
@@ -83,7 +95,8 @@ def _report_from_final(trial: Trial, run_dir: Path, status: str, lpm_disabled: b
     result = TrainResult.model_validate_json((run_dir / "final_metrics.json").read_text())
     return TrialReport(
         trial_id=trial.trial_id, settings=trial.settings, status=status, run_dir=run_dir,
-        val_auc=result.best_val.auc, best_epoch=result.best_epoch,
+        val_auc=result.best_val.auc, best_val=result.best_val.model_dump(), best_epoch=result.best_epoch,
+        epochs_trained=trial.config.train.epochs,
         test_best=result.test_best.model_dump(include=set(reported_scores(is_binary(result.test_best)))),
         test_last=result.test_last.model_dump(include=set(reported_scores(is_binary(result.test_last)))),
         seconds=result.seconds,
@@ -91,8 +104,17 @@ def _report_from_final(trial: Trial, run_dir: Path, status: str, lpm_disabled: b
     )
 
 
+def _report_pruned(trial: Trial, run_dir: Path, lpm_disabled: bool = False) -> TrialReport:
+    """A trial the search's pruner stopped: its best epoch until then, from pruned.json."""
+    pruned = json.loads((run_dir / PRUNED_FILE).read_text())
+    best = pruned.get("best_val") or {}
+    return TrialReport(trial_id=trial.trial_id, settings=trial.settings, status="pruned", run_dir=run_dir,
+                       val_auc=best.get("auc"), best_val=best or None, best_epoch=pruned.get("best_epoch"),
+                       epochs_trained=pruned["epoch"], lpm_disabled=lpm_disabled)
+
+
 def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, plan: ClusterPlan,
-                  stop_name: str | None = None) -> list[TrialReport]:
+                  stop_name: str | None = None, hooks: list[EpochHook | None] | None = None) -> list[TrialReport]:
     """A dask task: train these trials as one pack with the LPM disabled; one report each, or none
     when the sweep asked its tasks to stop (pipeline/task_stop.py).
 
@@ -117,7 +139,8 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
                     found = train_pack([configs[i] for i in indices], cache_path,
                                        run_dirs=[run_dirs[i] for i in indices], isolate_failures=True,
                                        draw_pictures=False, resumable=True,
-                                       resume=[states[i] for i in indices] if epoch else None, should_stop=should_stop)
+                                       resume=[states[i] for i in indices] if epoch else None, should_stop=should_stop,
+                                       epoch_hooks=[hooks[i] for i in indices] if hooks else None)
                 except StopRequested:  # the client that asked is no longer waiting for reports
                     return []
                 outcomes.update(zip(indices, found))
@@ -125,7 +148,9 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
     peak = peak_rss_mb()
     for index, (trial, run_dir) in enumerate(zip(trials, run_dirs)):
         outcome = outcomes[index]
-        if outcome.error is None:
+        if outcome.error is None and outcome.pruned_at is not None:
+            reports.append(_report_pruned(trial, run_dir, guarded))
+        elif outcome.error is None:
             report = _report_from_final(trial, run_dir, "finished", guarded)
             report.resumed_from_epoch = None if states[index] is None else states[index]["epoch"]
             reports.append(report)
@@ -214,12 +239,19 @@ def nested_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def _sort_key(report: TrialReport) -> tuple:
-    failed = report.status == "failed"
-    auc = report.val_auc if report.val_auc is not None and not math.isnan(report.val_auc) else -math.inf
-    test = (report.test_best or {}).get("auc", -math.inf)
-    test = -math.inf if test is None or math.isnan(test) else test
-    return (failed, -auc, -test, report.trial_id)
+def sort_key(metric: str = "auc"):
+    """Trials in order: finished ones by their best validation `metric` (loss: lowest first), then by test AUC;
+    then pruned ones, the same way; failed ones last."""
+    sign = 1.0 if metric == "loss" else -1.0
+
+    def key(report: TrialReport) -> tuple:
+        value = (report.best_val or {}).get(metric, report.val_auc if metric == "auc" else None)
+        value = math.inf if value is None or math.isnan(value) else sign * value
+        test = (report.test_best or {}).get("auc", -math.inf)
+        test = -math.inf if test is None or math.isnan(test) else test
+        return ({"failed": 2, "pruned": 1}.get(report.status, 0), value, -test, report.trial_id)
+
+    return key
 
 
 def write_results_csv(path: Path, reports: list[TrialReport]) -> None:
@@ -227,13 +259,13 @@ def write_results_csv(path: Path, reports: list[TrialReport]) -> None:
     scores = reported_scores(any(is_binary(r.test_best) for r in reports if r.test_best))
     with replacing(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rank", "trial", "status", *names, "val_auc", "best_epoch",
+        writer.writerow(["rank", "trial", "status", *names, "val_auc", "best_epoch", "epochs_trained",
                          *[f"test_best_{m}" for m in scores], *[f"test_last_{m}" for m in scores],
                          "resumed_from_epoch", "seconds", "run_dir", "error"])
         for rank, r in enumerate(reports, 1):
             writer.writerow([
                 rank, r.trial_id, r.status, *[r.settings.get(n, "") for n in names],
-                "" if r.val_auc is None else f"{r.val_auc:.6f}", r.best_epoch or "",
+                "" if r.val_auc is None else f"{r.val_auc:.6f}", r.best_epoch or "", r.epochs_trained or "",
                 *[f"{(r.test_best or {}).get(m, float('nan')):.6f}" if r.test_best else "" for m in scores],
                 *[f"{(r.test_last or {}).get(m, float('nan')):.6f}" if r.test_last else "" for m in scores],
                 r.resumed_from_epoch or "", "" if r.seconds is None else f"{r.seconds:.2f}", str(r.run_dir),
@@ -300,39 +332,24 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
         parent = parent_run(root, train.mlflow_experiment or config.dataset.name,
                             mlflow_uri(train.mlflow_uri, train.runs_root), root.name)
         config = config.model_copy(update={"train": train.model_copy(update={"mlflow_parent_run": parent})})
-    trials = build_trials(config, sweep, metadata.cache_key)
     trials_root = writable_folder(root / "trials", "train.runs_root")
     trials_root.mkdir(parents=True, exist_ok=True)
-
-    reports: dict[str, TrialReport] = {}
-    pending = []
-    for trial in trials:
-        run_dir = trials_root / trial.trial_id
-        if (run_dir / "final_metrics.json").is_file():
-            reports[trial.trial_id] = _report_from_final(trial, run_dir, "skipped")
-        else:
-            pending.append(trial)
-
     want_gpu = _wants_gpu(config.train.device, scheduler)
-    plan = plan_local(len(pending) or 1, bool(want_gpu), max_workers)
-    if pending:
-        try:
-            with dask_client(scheduler, plan, processes=processes) as client:
-                if scheduler:
-                    plan = plan_remote(client, want_gpu)
-                start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in pending}
-                packs = split_into_packs(pending, sweep.pack_size, plan.workers, start_epochs)
-                _run_packs(client, packs, trials_root, path, plan, reports, show_progress)
-        except TasksStopped as stopped:
-            raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, stopped.still_running)) from None
-        except KeyboardInterrupt:  # before the packs were sent, or a second Ctrl-C while they stopped
-            raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, None)) from None
+    reports: dict[str, TrialReport] = {}
+    if is_optuna_method(sweep.method):
+        plan = plan_local(min(sweep.num_trials, sweep.pack_size), bool(want_gpu), max_workers)
+        plan = _run_optuna(config, sweep, root, trials_root, path, metadata.cache_key, scheduler, plan, processes,
+                           reports, show_progress)
+    else:
+        plan = _run_expanded(config, sweep, trials_root, path, metadata.cache_key, scheduler, want_gpu, max_workers,
+                             processes, reports, show_progress)
 
-    ordered = sorted(reports.values(), key=_sort_key)
-    best = next((r for r in ordered if r.status != "failed"), None)
+    ordered = sorted(reports.values(), key=sort_key(sweep.metric))
+    best = next((r for r in ordered if r.status in ("finished", "skipped")), None)
     best_yaml = ""
     if best is not None:
-        best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, val AUC {best.val_auc:.4f}\n"
+        value = (best.best_val or {}).get(sweep.metric, best.val_auc)
+        best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, validation {sweep.metric} {value:.4f}\n"
                      + "".join(f"# {line}\n" for line in repeat_lines(best.run_dir))
                      + yaml.safe_dump(nested_settings(best.settings), sort_keys=True))
     try:
@@ -352,20 +369,117 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
             "and the table is written.",
         ) from None
     if console is not None:
-        console.print(results_table(ordered, f"Sweep {root.name}: {len(ordered)} trials, by validation AUC"))
+        console.print(results_table(ordered, f"Sweep {root.name}: {len(ordered)} trials, by validation {sweep.metric}"))
     return SweepResult(sweep_dir=root, reports=ordered, best=best, best_yaml=best_yaml, plan=plan,
                        seconds=time.perf_counter() - began)
 
 
+def _run_expanded(config: PipelineConfig, sweep: SweepConfig, trials_root: Path, cache_path: Path, cache_key: str,
+                  scheduler: str | None, want_gpu: bool | None, max_workers: int | None, processes: bool,
+                  reports: dict[str, TrialReport], show_progress: bool) -> ClusterPlan:
+    """fpt's own grid or random search: every trial known up front; finished ones are skipped."""
+    trials = build_trials(config, sweep, cache_key)
+    pending = []
+    for trial in trials:
+        run_dir = trials_root / trial.trial_id
+        if (run_dir / "final_metrics.json").is_file():
+            reports[trial.trial_id] = _report_from_final(trial, run_dir, "skipped")
+        else:
+            pending.append(trial)
+    plan = plan_local(len(pending) or 1, bool(want_gpu), max_workers)
+    if pending:
+        try:
+            with dask_client(scheduler, plan, processes=processes) as client:
+                if scheduler:
+                    plan = plan_remote(client, want_gpu)
+                start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in pending}
+                packs = split_into_packs(pending, sweep.pack_size, plan.workers, start_epochs)
+                _run_packs(client, packs, trials_root, cache_path, plan, reports, show_progress)
+        except TasksStopped as stopped:
+            raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, stopped.still_running)) from None
+        except KeyboardInterrupt:  # before the packs were sent, or a second Ctrl-C while they stopped
+            raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, None)) from None
+    return plan
+
+
+def _run_optuna(config: PipelineConfig, sweep: SweepConfig, root: Path, trials_root: Path, cache_path: Path,
+                cache_key: str, scheduler: str | None, plan: ClusterPlan, processes: bool,
+                reports: dict[str, TrialReport], show_progress: bool) -> ClusterPlan:
+    """A search by an Optuna sampler (pipeline/optuna_search.py): rounds of as many trials as the workers'
+    packs hold, asked, trained with a pruning hook each, and told; the study in the sweep folder goes on
+    where an earlier run of the same sweep left it."""
+    study = open_study(root, sweep)
+    space = distributions(sweep)
+    for frozen in told(study):
+        trial = _optuna_trial(config, frozen.params, trial_id_of(frozen))
+        reports[trial.trial_id] = _told_report(trial, trials_root / trial.trial_id, frozen.state)
+    try:
+        with dask_client(scheduler, plan, processes=processes) as client:
+            if scheduler:
+                plan = plan_remote(client, _wants_gpu(config.train.device, scheduler))
+            while True:
+                asked = list(in_flight(study))  # the first round goes on with those an earlier run left
+                room = sweep.num_trials - len(told(study)) - len(asked)
+                capacity = sweep.pack_size * plan.workers
+                asked += [study.ask(space) for _ in range(max(0, min(room, capacity - len(asked))))]
+                if not asked:
+                    break
+                for optuna_trial in asked:
+                    if isinstance(optuna_trial, optuna.Trial):  # optuna-dashboard shows each trial's folder
+                        optuna_trial.set_user_attr(TRIAL_ID_ATTRIBUTE, trial_id_of(optuna_trial))
+                trials = [_optuna_trial(config, t.params, trial_id_of(t)) for t in asked]
+                # the hook rebuilds the trial on the worker from its storage id (optuna.trial.Trial(study, id))
+                hooks = {trial.trial_id: PruningHook(root, sweep, t._trial_id) for trial, t in zip(trials, asked)}
+                start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in trials}
+                packs = split_into_packs(trials, sweep.pack_size, plan.workers, start_epochs)
+                _run_packs(client, packs, trials_root, cache_path, plan, reports, show_progress, hooks)
+                for trial, optuna_trial in zip(trials, asked):
+                    _tell(study, optuna_trial.number, reports[trial.trial_id], sweep.metric)
+    except (TasksStopped, KeyboardInterrupt) as stopped:
+        still = stopped.still_running if isinstance(stopped, TasksStopped) else None
+        raise Interrupted(
+            f"The study in {root / STUDY_FILE} keeps its {len(told(study))} told trial(s); trials in flight keep their "
+            "last finished epoch. Run the same command again: the study goes on from there."
+            + still_running_hint(scheduler, still, "trial is trained")) from None
+    return plan
+
+
+def _optuna_trial(config: PipelineConfig, params: dict[str, Any], trial_id: str) -> Trial:
+    return Trial(trial_id=trial_id, settings=dict(params), config=apply_settings(config, dict(params)))
+
+
+def _told_report(trial: Trial, run_dir: Path, state: Any) -> TrialReport:
+    """The report of a trial an earlier run of the sweep told the study about."""
+    if (run_dir / "final_metrics.json").is_file():
+        return _report_from_final(trial, run_dir, "skipped")
+    if (run_dir / PRUNED_FILE).is_file():
+        return _report_pruned(trial, run_dir)
+    error = (run_dir / "error.txt").read_text() if (run_dir / "error.txt").is_file() else f"Optuna state {state.name}"
+    return TrialReport(trial_id=trial.trial_id, settings=trial.settings, status="failed", run_dir=run_dir, error=error)
+
+
+def _tell(study: Any, number: int, report: TrialReport, metric: str) -> None:
+    """Tell the study how trial `number` ended: its best epoch's validation metric, pruned, or failed."""
+    if report.status == "pruned":
+        study.tell(number, state=TrialState.PRUNED)
+        return
+    value = (report.best_val or {}).get(metric)
+    if report.status == "failed" or value is None or math.isnan(value):
+        study.tell(number, state=TrialState.FAIL)
+        return
+    study.tell(number, value)
+
+
 def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_path: Path, plan: ClusterPlan,
-               reports: dict[str, TrialReport], show_progress: bool) -> None:
+               reports: dict[str, TrialReport], show_progress: bool, hooks: dict[str, EpochHook] | None = None) -> None:
     resources = task_resources(plan)
     stop_name = new_stop_name()
     futures = {}
     for pack in packs:
         run_dirs = [trials_root / t.trial_id for t in pack]
-        future = client.submit(run_pack_task, pack, run_dirs, cache_path, plan, stop_name, resources=resources,
-                               pure=False, key=f"fpt-pack-{pack[0].trial_id}-{len(pack)}")
+        pack_hooks = [hooks.get(t.trial_id) for t in pack] if hooks else None
+        future = client.submit(run_pack_task, pack, run_dirs, cache_path, plan, stop_name, pack_hooks,
+                               resources=resources, pure=False, key=f"fpt-pack-{pack[0].trial_id}-{len(pack)}")
         futures[future] = pack
     total = sum(len(p) for p in packs)
     with open_progress(show_progress, fields=("status",)) as progress:

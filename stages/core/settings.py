@@ -227,9 +227,15 @@ class SweepConfig(StrictModel):
     """Hyperparameter search over train-side settings (`fpt sweep --from-cache`)."""
 
     name: str | None = Field(default=None, description="Folder under train.runs_root; default sweep-<dataset>.")
-    method: Literal["grid", "random"] = "grid"
-    num_trials: int = Field(default=8, ge=1, description="Random search: trials drawn.")
-    seed: int = Field(default=0, description="Random search: seed of the draws.")
+    method: str = Field(default="grid", description="grid | random (fpt's own) | an Optuna sampler: tpe, cmaes, qmc, gp, ...")
+    num_trials: int = Field(default=8, ge=1, description="Random search and Optuna samplers: trials to run.")
+    seed: int = Field(default=0, description="Random search and Optuna samplers: the seed.")
+    metric: Literal["auc", "kappa", "accuracy", "macro_f1", "loss"] = Field(
+        default="auc", description="The validation score trials are ranked and pruned by (loss: lower is better).")
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = Field(
+        default="none", description="Optuna's pruner, stopping unpromising trials after an epoch (Optuna samplers only).")
+    sampler_options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the Optuna sampler.")
+    pruner_options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the Optuna pruner.")
     parameters: dict[str, list[Any] | SweepRange] = Field(
         default_factory=dict,
         description="Dotted setting (as in --set) -> list of values, or {low, high, log, integer} (random only).",

@@ -38,6 +38,7 @@ from fpt.cache.reader import CacheReader
 from fpt.stages.core.errors import StopRequested
 from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.extract.run import resolve_device
+from fpt.stages.runs.metrics import Metrics
 from fpt.stages.train.pack_batches import PackBatches
 from fpt.stages.train.pack_evaluation import PackEvaluation
 from fpt.stages.train.pack_failures import Failure, Isolation
@@ -46,7 +47,7 @@ from fpt.stages.train.pack_stacks import PackStacks
 from fpt.stages.train.pack_step import PackStep
 from fpt.stages.train.recipe import TrainResult
 from fpt.stages.train.stack_threads import StackThreads
-from fpt.stages.train.trial_results import end_epoch, finish
+from fpt.stages.train.trial_results import end_epoch, finish, prune
 from fpt.stages.train.trial_setup import TrialSetup, pack_cache
 from fpt.stages.train.trial_state import PackedTrial
 
@@ -60,13 +61,20 @@ def pack_key(config: PipelineConfig) -> str:
     ))
 
 
-class TrialOutcome:
-    """What a pack returns for each trial: its result, or the error that stopped it."""
+# Asked after each of a trial's epochs with the epoch and its validation metrics; True stops (prunes) the
+# trial there. A search (pipeline/optuna_search.py) gives one per trial; the pack knows nothing of it.
+EpochHook = Callable[[int, Metrics], bool]
 
-    def __init__(self, config: PipelineConfig, result: TrainResult | None = None, error: str | None = None) -> None:
+
+class TrialOutcome:
+    """What a pack returns for each trial: its result, the error that stopped it, or the epoch it was pruned at."""
+
+    def __init__(self, config: PipelineConfig, result: TrainResult | None = None, error: str | None = None,
+                 pruned_at: int | None = None) -> None:
         self.config = config
         self.result = result
         self.error = error
+        self.pruned_at = pruned_at
 
 
 class Pack:
@@ -76,8 +84,9 @@ class Pack:
                  run_dirs: list[Path] | None = None, isolate_failures: bool = False,
                  progress: Any = None, description: str = "Training", draw_pictures: bool = True,
                  resumable: bool = False, resume: list[dict[str, Any]] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> None:
-        """resumable: keep a resume state for every trial after every epoch it trains;
+                 should_stop: Callable[[], bool] | None = None, epoch_hooks: list[EpochHook | None] | None = None) -> None:
+        """epoch_hooks: one per trial (or None): asked after each of its epochs, True prunes it there;
+        resumable: keep a resume state for every trial after every epoch it trains;
         resume: one such state (stages/train/resume_state.py) per trial to go on from, all from the same
         epoch (the states a pack of these trials kept together), with run_dirs their run folders;
         should_stop: asked before every step; True ends the run with `StopRequested` (each trial
@@ -98,6 +107,7 @@ class Pack:
         self.draw_pictures = draw_pictures
         self.resumable = resumable or resume is not None
         self.should_stop = should_stop
+        self.epoch_hooks = epoch_hooks or [None] * len(configs)
         self.isolation = Isolation(isolate_failures)
         lead = configs[0]
         self.cache = pack_cache(configs, cache_path)
@@ -113,6 +123,7 @@ class Pack:
         self._slots = [self.isolation.attempt(setup.build, config, run_dirs[i] if run_dirs else None)
                        for i, config in enumerate(configs)]
         self.trials = [slot for slot in self._slots if isinstance(slot, PackedTrial)]
+        self.trials_index = {id(slot): i for i, slot in enumerate(self._slots) if isinstance(slot, PackedTrial)}
         if resume is not None:  # the shared streams are the same in every state of the pack
             self.resume.restore_shared(resume[0])
             for slot, state in zip(self._slots, resume):
@@ -160,6 +171,8 @@ class Pack:
                     line = self.isolation.guard(trial, end_epoch, trial, epoch, seconds, prediction, self.resumable)
                     if progress is not None and len(self.configs) == 1 and line:
                         progress.print(line)  # one line per epoch: above a bar, or alone in a log file
+                    self._ask_hook(trial, epoch)
+            active = [t for t in active if t.ok]
             if self.resumable:
                 for trial in active:
                     self.isolation.guard(trial, self.resume.save, trial, epoch)
@@ -170,10 +183,20 @@ class Pack:
         self.evaluation.test([t for t in self.trials if t.ok])
         return [self._outcome(config, slot) for config, slot in zip(self.configs, self._slots)]
 
+    def _ask_hook(self, trial: PackedTrial, epoch: int) -> None:
+        """Prune the trial after this epoch if its hook says so (not after its last epoch: it is done)."""
+        hook = self.epoch_hooks[self.trials_index[id(trial)]]
+        if hook is None or not trial.ok or trial.last_val is None or epoch >= trial.epochs:
+            return
+        if self.isolation.guard(trial, hook, epoch, trial.last_val):
+            self.isolation.guard(trial, prune, trial, epoch)
+
     def _outcome(self, config: PipelineConfig, slot: PackedTrial | Failure) -> TrialOutcome:
         """The trial's result once finished (final_metrics.json, its report), or what stopped it."""
         if isinstance(slot, Failure):
             return TrialOutcome(config, error=slot.text)
+        if slot.pruned_at is not None and slot.error is None:
+            return TrialOutcome(config, pruned_at=slot.pruned_at)
         result = self.isolation.guard(slot, finish, slot, self.cache, self.began, self.draw_pictures)
         if slot.error is not None:
             slot.tracker.line(f"stopped: {slot.error}")
@@ -184,7 +207,8 @@ class Pack:
 def train_pack(configs: list[PipelineConfig], cache_path: Path | None = None, run_dirs: list[Path] | None = None,
                isolate_failures: bool = True, progress: Any = None, draw_pictures: bool = True,
                resumable: bool = False, resume: list[dict[str, Any]] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> list[TrialOutcome]:
-    """Train the given trials side by side; one outcome (result or error) per trial, in order."""
+               should_stop: Callable[[], bool] | None = None,
+               epoch_hooks: list[EpochHook | None] | None = None) -> list[TrialOutcome]:
+    """Train the given trials side by side; one outcome (result, error or pruning) per trial, in order."""
     return Pack(configs, cache_path, run_dirs, isolate_failures, progress, draw_pictures=draw_pictures,
-                resumable=resumable, resume=resume, should_stop=should_stop).run()
+                resumable=resumable, resume=resume, should_stop=should_stop, epoch_hooks=epoch_hooks).run()

@@ -31,7 +31,24 @@ def end_epoch(trial: PackedTrial, epoch: int, seconds: float, prediction: Predic
                          lr=trial.scheduler.get_last_lr()[0], seconds=seconds, val=val)
     trial.best = record_epoch(trial.run_dir, trial.model, record, trial.best, epoch == trial.epochs, keep_weights)
     trial.loss_sum, trial.seen = 0.0, 0
+    trial.last_val = val
     return trial.tracker.epoch(epoch, trial.epochs, record.train_loss, record.lr, seconds, val)
+
+
+PRUNED_FILE = "pruned.json"
+
+
+def prune(trial: PackedTrial, epoch: int) -> None:
+    """Stop the trial after `epoch`: a search judged it not promising. Its run folder keeps its epochs
+    (metrics.jsonl, best checkpoint) and gets pruned.json; it keeps no resume state, so it never goes on."""
+    trial.pruned_at = epoch
+    best = trial.best
+    write_json(trial.run_dir / PRUNED_FILE, {"epoch": epoch, "val": trial.last_val.model_dump() if trial.last_val else None,
+                                             "best_epoch": best.epoch if best else None,
+                                             "best_val": best.val.model_dump() if best else None})
+    resume_path(trial.run_dir).unlink(missing_ok=True)
+    trial.tracker.line(f"pruned after epoch {epoch}: the search stopped it as not promising")
+    trial.tracker.close()
 
 
 def record_test(trial: PackedTrial, which: str, prediction: Prediction, sample_ids: list[str],

@@ -45,10 +45,13 @@ class PackedTrial:
     seen: int = 0
     tests: dict[str, Metrics] = field(default_factory=dict)  # "last" and "best": the test metrics of those models
     error: str | None = None  # what stopped the trial, in a pack that isolates failures
+    last_val: Metrics | None = None  # the validation metrics of its latest epoch
+    pruned_at: int | None = None  # the epoch after which a search stopped it as not promising
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        """Neither failed nor pruned: it trains, and is tested when its epochs are done."""
+        return self.error is None and self.pruned_at is None
 
     @property
     def epochs(self) -> int:
