@@ -62,9 +62,10 @@ def weighted_auc(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndar
     weights[b, i] times, as in a bootstrap resample (stages/runs/bootstrap.py); NaN for a row in
     which fewer than two classes appear. The mean over the classes present in the row.
 
-    The images are sorted once per class by probability and grouped by tied value; a row's count of
-    correctly ordered pairs is then, per group, its positives times the negatives below the group
-    plus half those inside it: O(B N) per class, with no sort per resample.
+    The images are sorted once per class by probability; a positive image in a resample counts its
+    weight times the weight of the negatives below its group of tied probabilities, plus half those in
+    the group, read from one cumulative sum of the negatives' weights: O(B N) per class, with no sort
+    per resample.
     """
     labels = np.asarray(labels)
     weights = np.asarray(weights, dtype=np.float64)
@@ -75,16 +76,20 @@ def weighted_auc(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndar
     for label in classes:
         order = np.argsort(probabilities[:, label], kind="stable")
         ordered = probabilities[order, label]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first image of each tied group
+        tied_start = np.r_[True, ordered[1:] != ordered[:-1]]
+        group_start = np.maximum.accumulate(np.where(tied_start, np.arange(len(order)), 0))
+        group_end = np.r_[np.flatnonzero(tied_start)[1:], len(order)][np.cumsum(tied_start) - 1]
         positive = labels[order] == label
-        drawn = weights[:, order]
-        positives = np.add.reduceat(drawn * positive, starts, axis=1)  # (B, groups)
-        negatives = np.add.reduceat(drawn * ~positive, starts, axis=1)
-        below = np.cumsum(negatives, axis=1) - negatives
-        pairs = positives.sum(axis=1) * negatives.sum(axis=1)
-        ordered_pairs = (positives * (below + 0.5 * negatives)).sum(axis=1)
+        negatives_before = np.r_[0, np.cumsum(~positive)]  # at a sorted position: negatives ahead of it
+        negative_weight = np.zeros((len(weights), int((~positive).sum()) + 1))
+        np.cumsum(weights[:, order[~positive]], axis=1, out=negative_weight[:, 1:])
+        below = negative_weight[:, negatives_before[group_start[positive]]]
+        through = negative_weight[:, negatives_before[group_end[positive]]]
+        positive_weight = weights[:, order[positive]]
+        ordered_pairs = (positive_weight * (below + through)).sum(axis=1) / 2
+        pairs = positive_weight.sum(axis=1) * negative_weight[:, -1]
         areas.append(_share(ordered_pairs, pairs, math.nan))
-        present.append(positives.sum(axis=1) > 0)
+        present.append(positive_weight.sum(axis=1) > 0)
     areas_, present_ = np.stack(areas, axis=1), np.stack(present, axis=1)
     if probabilities.shape[1] == 2:
         return areas_[:, 0]
