@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from fpt.stages.core.settings import PipelineConfig
@@ -19,6 +21,14 @@ from fpt.stages.runs.metrics import Metrics
 from fpt.stages.train.best_epoch import BestEpoch
 from fpt.stages.train.rng_stream import RngStream
 from fpt.stages.train.stacked_step import StepMember
+
+
+class TestPredictions(NamedTuple):
+    """A model's predictions on the test split."""
+
+    labels: np.ndarray  # (N,)
+    probabilities: np.ndarray  # (N, classes)
+    class_names: list[str]
 
 
 @dataclass
@@ -42,6 +52,8 @@ class PackedTrial:
     loss_sum: float = 0.0  # the epoch's training loss so far, summed over its samples
     seen: int = 0
     tests: dict[str, Metrics] = field(default_factory=dict)  # "last" and "best": the test metrics of those models
+    # "last" and "best": those models' test predictions, for the intervals in final_metrics.json
+    test_predictions: dict[str, TestPredictions] = field(default_factory=dict)
     error: str | None = None  # what stopped the trial, in a pack that isolates failures
 
     @property
