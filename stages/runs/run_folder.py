@@ -4,7 +4,7 @@
         config.yaml              the resolved configuration of the run (`--config` it to repeat the run)
         run.json                 the cache it trained from, the model spec, the device and torch threads
         metrics.jsonl            one JSON line per epoch
-        final_metrics.json       test metrics of the best-validation and the final model
+        final_metrics.json       test metrics of the best-validation and the final model, with 95 % intervals
         predictions_<split>_<which>.csv  per-sample class probabilities
         checkpoints/best.safetensors, checkpoints/last.safetensors
 Every file is written to a temporary name and renamed (stages/core/files.py), so a crash never leaves
