@@ -302,7 +302,7 @@ def report(
 def compare(
     run_a: Annotated[Path, typer.Argument(help="A run folder (A).")],
     run_b: Annotated[Path, typer.Argument(help="The run folder to compare it with (B), tested on the same images.")],
-    split: Annotated[str, typer.Option("--split", help="The split whose predictions are compared (train, val or test).")] = "test",
+    split: Annotated[str, typer.Option("--split", help="The split compared: train, val or test.")] = "test",
     checkpoint: CheckpointOption = "best",
 ) -> None:
     """Is run A's AUC higher than run B's on the same images, or is the difference noise? Paired bootstrap,

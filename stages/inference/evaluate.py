@@ -61,5 +61,5 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: Checkpoint = "b
                               "per_class": [rates.model_dump() for rates in uncertainty.per_class],
                               "bootstrap": uncertainty.bootstrap.model_dump()})
     return Evaluation(run_dir=run_dir, cache=path, split=split, checkpoint=checkpoint, num_samples=len(labels),
-                      metrics=metrics, uncertainty=uncertainty, metrics_file=metrics_file, predictions_file=predictions_file,
-                      report_files=write_report(run_dir))
+                      metrics=metrics, uncertainty=uncertainty, metrics_file=metrics_file,
+                      predictions_file=predictions_file, report_files=write_report(run_dir))

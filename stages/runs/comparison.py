@@ -139,7 +139,8 @@ def compare_runs(run_a: Path, run_b: Path, split: str = "test", checkpoint: str 
         raise UserError(f"The {split} split holds images of one class only, so it has no AUC to compare.",
                         "Compare the runs on a split with images of at least two classes (--split).")
     counts = resample_counts(resample_indices(labels, resamples, seed), len(labels))
-    resampled_a, resampled_b = weighted_auc(labels, probabilities_a, counts), weighted_auc(labels, probabilities_b, counts)
+    resampled_a = weighted_auc(labels, probabilities_a, counts)
+    resampled_b = weighted_auc(labels, probabilities_b, counts)
     auc_a, auc_b = auc_score(labels, probabilities_a), auc_score(labels, probabilities_b)
     delong = delong_test(labels, probabilities_a[:, 1], probabilities_b[:, 1]) if len(class_names) == 2 else None
     return AucComparison(
