@@ -35,6 +35,7 @@ _API = {
     "explain": ("fpt.stages.explain.explain_run", "explain_cached"),
     "explain_images": ("fpt.stages.explain.explain_run", "explain_images"),
     "load_exported": ("fpt.stages.runs.export", "load_exported"),
+    "compare": ("fpt.stages.runs.comparison", "compare_runs"),
     "UserError": ("fpt.cache.errors", "UserError"),
 }
 __all__ = ["__version__", *_API]

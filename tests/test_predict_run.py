@@ -24,7 +24,9 @@ from fpt.stages.core.settings import LPMConfig
 from fpt.stages.extract.run import run_extract
 from fpt.stages.inference.predict import lpm_settings_for, predict_images
 from fpt.stages.model.side_input import eval_images
+from fpt.stages.runs.bootstrap import bootstrap_uncertainty
 from fpt.stages.runs.export import load_exported
+from fpt.stages.runs.run_folder import read_predictions
 from fpt.stages.train.train_side import train_side
 
 FLOAT16_TOLERANCE = 2e-3
@@ -145,6 +147,26 @@ def test_checkpoints_have_the_permissions_of_the_other_run_files(run: dict[str, 
     expected = stat.S_IMODE((run["run"] / "config.yaml").stat().st_mode)
     for path in [*(run["run"] / "checkpoints").glob("*.safetensors"), *(run["run"] / "export").iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def test_final_metrics_and_report_carry_bootstrap_intervals(run: dict[str, Path]) -> None:
+    final = json.loads((run["run"] / "final_metrics.json").read_text())
+    predictions = read_predictions(run["run"] / "predictions_test_best.csv")
+    expected = bootstrap_uncertainty(np.array(predictions.labels), np.array(predictions.probabilities),
+                                     predictions.class_names)
+    assert set(final["test_best"]) >= {"accuracy", "macro_f1", "auc", "precision", "recall", "kappa"}  # kept as it was
+    assert final["bootstrap"] == {"resamples": 2000, "seed": 0, "confidence": 0.95, "method": expected.bootstrap.method}
+    for name, interval in expected.intervals.items():
+        assert final["test_best_ci"][name] == pytest.approx(interval, abs=1e-6), name
+    assert [rates["class_name"] for rates in final["test_last_per_class"]] == predictions.class_names
+    assert final["test_best_per_class"] == [rates.model_dump() for rates in expected.per_class]
+
+    report = (run["run"] / "report.md").read_text()
+    low, high = final["test_best_ci"]["accuracy"]
+    assert f"| test, best-validation model | {final['test_best']['accuracy']:.3f} ({low:.3f}-{high:.3f}) |" in report
+    assert "2000 resamples (seed 0)" in report and "| class | images | sensitivity | specificity |" in report
+    first = final["test_best_per_class"][0]
+    assert f"| {first['class_name']} | {first['images']} | " in report
 
 
 def test_exported_model_reproduces_train_side_probabilities(run: dict[str, Path]) -> None:

@@ -8,7 +8,6 @@ Everything is drawn with matplotlib's Agg backend, so no display is needed.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -26,30 +25,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from fpt.stages.core.files import atomic_write_text, replacing  # noqa: E402
 from fpt.stages.runs.explanation_record import EXPLAIN_FOLDER, GALLERY, gallery_record  # noqa: E402
 from fpt.stages.runs.metrics import confusion_counts, is_binary, reported_scores, score_header  # noqa: E402
-
-
-class SplitPredictions(BaseModel):
-    """One predictions CSV: the true labels and class probabilities of a split."""
-
-    split: str
-    which: str
-    class_names: list[str]
-    labels: list[int]
-    probabilities: list[list[float]]
-
-
-def read_predictions(path: Path) -> SplitPredictions:
-    """predictions_<split>_<which>.csv (sample_id, label, predicted, p_<class>...)."""
-    _, split, which = path.stem.split("_", 2)
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    header, body = rows[0], rows[1:]
-    class_names = [name[2:] for name in header[3:]]
-    return SplitPredictions(
-        split=split, which=which, class_names=class_names,
-        labels=[int(row[1]) for row in body],
-        probabilities=[[float(x) for x in row[3:]] for row in body],
-    )
+from fpt.stages.runs.run_folder import SplitPredictions, read_predictions  # noqa: E402
 
 
 def read_epochs(run_dir: Path) -> list[dict]:
@@ -136,17 +112,32 @@ def confusion_figure(predictions: SplitPredictions) -> Figure:
     return figure
 
 
-def _metric_rows(run_dir: Path) -> list[tuple[str, dict]]:
-    rows: list[tuple[str, dict]] = []
+class MetricRow(BaseModel):
+    """One row of the report's metrics: what was scored, its scores, and (test and `fpt evaluate` rows of
+    runs that have them) their intervals and per-class rates, with how they were computed."""
+
+    label: str
+    metrics: dict
+    intervals: dict[str, list[float | None]] | None = None
+    per_class: list[dict] | None = None
+    bootstrap: dict | None = None
+
+
+def _metric_rows(run_dir: Path) -> list[MetricRow]:
+    rows: list[MetricRow] = []
     final = run_dir / "final_metrics.json"
     if final.is_file():
         payload = json.loads(final.read_text())
-        rows.append((f"validation, best (epoch {payload['best_epoch']})", payload["best_val"]))
-        rows.append(("test, best-validation model", payload["test_best"]))
-        rows.append(("test, final model", payload["test_last"]))
+        rows.append(MetricRow(label=f"validation, best (epoch {payload['best_epoch']})", metrics=payload["best_val"]))
+        for which, label in (("best", "test, best-validation model"), ("last", "test, final model")):
+            rows.append(MetricRow(label=label, metrics=payload[f"test_{which}"],
+                                  intervals=payload.get(f"test_{which}_ci"),
+                                  per_class=payload.get(f"test_{which}_per_class"), bootstrap=payload.get("bootstrap")))
     for path in sorted(run_dir.glob("evaluation_*.json")):
         payload = json.loads(path.read_text())
-        rows.append((f"`fpt evaluate`: {payload['split']}, {payload['checkpoint']} model", payload["metrics"]))
+        rows.append(MetricRow(label=f"`fpt evaluate`: {payload['split']}, {payload['checkpoint']} model",
+                              metrics=payload["metrics"], intervals=payload.get("metrics_ci"),
+                              per_class=payload.get("per_class"), bootstrap=payload.get("bootstrap")))
     return rows
 
 
@@ -154,6 +145,43 @@ def _format(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.4f}"
+
+
+def _with_interval(value: float | None, interval: list[float | None] | None) -> str:
+    """0.898 (0.861-0.931); n/a where the score is undefined."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    if not interval or interval[0] is None or interval[1] is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
+
+
+def _interval_markdown(rows: list[MetricRow], fields: tuple[str, ...], binary: bool) -> list[str]:
+    """The intervals of the rows that have them, and the sensitivity and specificity of every class
+    for the first of them (the best-validation model on the test split, where the run has it)."""
+    with_intervals = [row for row in rows if row.intervals]
+    if not with_intervals:
+        return []
+    settings = with_intervals[0].bootstrap or {}
+    lines = ["### 95 % confidence intervals", "",
+             "| | " + " | ".join(score_header(f, binary) for f in fields) + " |", "|---|" + "---:|" * len(fields)]
+    lines += [f"| {row.label} | " + " | ".join(_with_interval(row.metrics.get(f), (row.intervals or {}).get(f))
+                                             for f in fields) + " |" for row in with_intervals]
+    lines += ["", f"Bootstrap percentile intervals from {settings.get('resamples')} resamples (seed "
+              f"{settings.get('seed')}) of the split's images, drawn with replacement within each true class so "
+              "that every class is in every resample; all the scores of a row come from the same resamples. "
+              "Differences inside these intervals are noise; `fpt compare` tests the AUC difference of two runs.", ""]
+    first = next((row for row in with_intervals if row.per_class), None)
+    if first is not None and first.per_class is not None:
+        lines += [f"### Sensitivity and specificity per class ({first.label})", "",
+                  "| class | images | sensitivity | specificity |", "|---|---:|---:|---:|"]
+        lines += [f"| {rates['class_name']} | {rates['images']} | "
+                  f"{_with_interval(rates['sensitivity'], rates['sensitivity_ci'])} | "
+                  f"{_with_interval(rates['specificity'], rates['specificity_ci'])} |" for rates in first.per_class]
+        lines += ["", "Each class against the rest: sensitivity is the share of its images predicted as it, "
+                  "specificity the share of the other images not predicted as it (95 % intervals as above). "
+                  "final_metrics.json and evaluation_*.json hold them for every model and split.", ""]
+    return lines
 
 
 def _markdown(run_dir: Path, pictures: dict[str, Path], epochs: list[dict]) -> str:
@@ -169,16 +197,16 @@ def _markdown(run_dir: Path, pictures: dict[str, Path], epochs: list[dict]) -> s
         ]
     rows = _metric_rows(run_dir)
     if rows:
-        binary = is_binary(rows[0][1])
+        binary = is_binary(rows[0].metrics)
         fields = reported_scores(binary)
         lines += ["## Metrics", "", "| | " + " | ".join(score_header(f, binary) for f in fields) + " |",
                   "|---|" + "---:|" * len(fields)]
-        lines += [f"| {label} | " + " | ".join(_format(metrics.get(f)) for f in fields) + " |"
-                  for label, metrics in rows]
+        lines += [f"| {row.label} | " + " | ".join(_format(row.metrics.get(f)) for f in fields) + " |" for row in rows]
         lines += ["", ("F1, precision and recall are the positive class's (the second class); sensitivity and "
                        "specificity are the recall of the positive and of the negative class." if binary else
                        "F1, precision and recall are macro averages; AUC is one-vs-rest macro."),
                   "Kappa is quadratic-weighted.", ""]
+        lines += _interval_markdown(rows, fields, binary)
     # One page: the curves and the first (split, model) pair are shown, the rest are linked.
     tags = [key[4:] for key in pictures if key.startswith("roc_")]
     shown = {"training_curves", *(f"{kind}_{tags[0]}" for kind in ("roc", "confusion") if tags)}

@@ -4,7 +4,7 @@
         config.yaml              the resolved configuration of the run (`--config` it to repeat the run)
         run.json                 the cache it trained from, the model spec, the device and torch threads
         metrics.jsonl            one JSON line per epoch
-        final_metrics.json       test metrics of the best-validation and the final model
+        final_metrics.json       test metrics of the best-validation and the final model, with 95 % intervals
         predictions_<split>_<which>.csv  per-sample class probabilities
         checkpoints/best.safetensors, checkpoints/last.safetensors
 Every file is written to a temporary name and renamed (stages/core/files.py), so a crash never leaves
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
 from fpt.stages.core.files import atomic_write_text, replacing
@@ -61,3 +62,28 @@ def write_predictions(path: Path, sample_ids: list[str], labels: np.ndarray, pro
         writer.writerow(["sample_id", "label", "predicted", *[f"p_{name}" for name in class_names]])
         for sample_id, label, probs in zip(sample_ids, labels, probabilities):
             writer.writerow([sample_id, int(label), int(probs.argmax()), *[f"{p:.6f}" for p in probs]])
+
+
+class SplitPredictions(BaseModel):
+    """One predictions CSV: the sample ids, true labels and class probabilities of a split."""
+
+    split: str
+    which: str
+    class_names: list[str]
+    labels: list[int]
+    probabilities: list[list[float]]
+    sample_ids: list[str] = []
+
+
+def read_predictions(path: Path) -> SplitPredictions:
+    """predictions_<split>_<which>.csv (sample_id, label, predicted, p_<class>...)."""
+    _, split, which = path.stem.split("_", 2)
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    class_names = [name[2:] for name in header[3:]]
+    return SplitPredictions(
+        split=split, which=which, class_names=class_names, sample_ids=[row[0] for row in body],
+        labels=[int(row[1]) for row in body],
+        probabilities=[[float(x) for x in row[3:]] for row in body],
+    )

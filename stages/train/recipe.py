@@ -20,6 +20,7 @@ from fpt.cache.metadata import CacheMetadata
 from fpt.stages.core.settings import PipelineConfig, TrainConfig
 from fpt.stages.model.fpt_model import FPTPlus, ModelSpec
 from fpt.stages.model.side_input import eval_images
+from fpt.stages.runs.bootstrap import BootstrapSettings, ClassRates, Interval
 from fpt.stages.runs.metrics import Metrics
 from fpt.stages.train.cache_batches import Batch, SplitBatches
 from fpt.stages.train.prefetch import prefetched
@@ -34,6 +35,9 @@ class EpochRecord(BaseModel):
 
 
 class TrainResult(BaseModel):
+    """final_metrics.json. The intervals and per-class rates (stages/runs/bootstrap.py) are None in the
+    files of runs that finished before they were computed."""
+
     run_dir: Path
     cache: Path
     best_epoch: int
@@ -42,6 +46,11 @@ class TrainResult(BaseModel):
     test_last: Metrics
     learnable_params: int
     seconds: float
+    test_best_ci: dict[str, Interval] | None = None  # score -> [low, high], 95 %
+    test_last_ci: dict[str, Interval] | None = None
+    test_best_per_class: list[ClassRates] | None = None  # each class's sensitivity and specificity
+    test_last_per_class: list[ClassRates] | None = None
+    bootstrap: BootstrapSettings | None = None  # resamples, seed, confidence and method of the intervals
 
 
 def model_spec(config: PipelineConfig, metadata: CacheMetadata) -> ModelSpec:

@@ -10,13 +10,14 @@ import numpy as np
 
 from fpt.stages.core.files import copy_file, write_json
 from fpt.stages.explain.gallery import why_no_gallery, write_gallery
+from fpt.stages.runs.bootstrap import bootstrap_uncertainty
 from fpt.stages.runs.metrics import classification_metrics
 from fpt.stages.runs.run_folder import load_checkpoint, write_predictions
 from fpt.stages.runs.run_summary import summarize_run
 from fpt.stages.train.best_epoch import record_epoch
 from fpt.stages.train.recipe import EpochRecord, TrainResult
 from fpt.stages.train.resume_state import resume_path
-from fpt.stages.train.trial_state import PackedTrial
+from fpt.stages.train.trial_state import PackedTrial, TestPredictions
 
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray, float]  # sample indices, labels, probabilities, mean loss
 
@@ -57,6 +58,7 @@ def record_test(trial: PackedTrial, which: str, prediction: Prediction, sample_i
     indices, labels, probabilities, loss = prediction
     trial.tests[which] = classification_metrics(labels, probabilities, loss)
     trial.tracker.test(which, trial.tests[which], trial.epochs)
+    trial.test_predictions[which] = TestPredictions(labels, probabilities, class_names)
     write_predictions(trial.run_dir / f"predictions_test_{which}.csv", [sample_ids[i] for i in indices],
                       labels, probabilities, class_names)
 
@@ -65,6 +67,7 @@ def best_is_last(trial: PackedTrial) -> None:
     """The best epoch is the last one: the best model's test results are the last model's."""
     trial.tests["best"] = trial.tests["last"]
     trial.tracker.test("best", trial.tests["best"], trial.epochs)
+    trial.test_predictions["best"] = trial.test_predictions["last"]
     copy_file(trial.run_dir / "predictions_test_last.csv", trial.run_dir / "predictions_test_best.csv")
 
 
@@ -74,13 +77,22 @@ def load_best(trial: PackedTrial) -> None:
 
 
 def finish(trial: PackedTrial, cache: Path, began: float, draw_pictures: bool) -> TrainResult:
-    """final_metrics.json and the report of a trained and tested trial; `began`: when its pack started."""
+    """final_metrics.json and the report of a trained and tested trial; `began`: when its pack started.
+
+    The test scores get bootstrap intervals and per-class rates (stages/runs/bootstrap.py) in every
+    trial, a sweep's included: 2,000 resamples cost about 15 ms for 120 test images and 0.6 s for 4,105
+    (DDR's test split) per model, against minutes of training.
+    """
     if trial.best is None:
         raise RuntimeError(f"The trial {trial.run_dir} has no scored epoch: its validation scores were all NaN.")
+    last = bootstrap_uncertainty(*trial.test_predictions["last"])
+    same = trial.test_predictions["best"] is trial.test_predictions["last"]  # the best epoch was the last
+    best = last if same else bootstrap_uncertainty(*trial.test_predictions["best"])
     result = TrainResult(
         run_dir=trial.run_dir, cache=cache, best_epoch=trial.best.epoch, best_val=trial.best.val,
         test_best=trial.tests["best"], test_last=trial.tests["last"], learnable_params=trial.learnable,
-        seconds=time.perf_counter() - began,
+        seconds=time.perf_counter() - began, test_best_ci=best.intervals, test_last_ci=last.intervals,
+        test_best_per_class=best.per_class, test_last_per_class=last.per_class, bootstrap=best.bootstrap,
     )
     write_json(trial.run_dir / "final_metrics.json", result.model_dump(mode="json"))
     resume_path(trial.run_dir).unlink(missing_ok=True)  # finished: nothing left to resume

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from fpt.stages.core.settings import PipelineConfig
@@ -20,6 +22,14 @@ from fpt.stages.runs.tracking import RunTracker
 from fpt.stages.train.best_epoch import BestEpoch
 from fpt.stages.train.rng_stream import RngStream
 from fpt.stages.train.stacked_step import StepMember
+
+
+class TestPredictions(NamedTuple):
+    """A model's predictions on the test split."""
+
+    labels: np.ndarray  # (N,)
+    probabilities: np.ndarray  # (N, classes)
+    class_names: list[str]
 
 
 @dataclass
@@ -44,6 +54,8 @@ class PackedTrial:
     loss_sum: float = 0.0  # the epoch's training loss so far, summed over its samples
     seen: int = 0
     tests: dict[str, Metrics] = field(default_factory=dict)  # "last" and "best": the test metrics of those models
+    # "last" and "best": those models' test predictions, for the intervals in final_metrics.json
+    test_predictions: dict[str, TestPredictions] = field(default_factory=dict)
     error: str | None = None  # what stopped the trial, in a pack that isolates failures
     last_val: Metrics | None = None  # the validation metrics of its latest epoch
     pruned_at: int | None = None  # the epoch after which a search stopped it as not promising
