@@ -318,8 +318,7 @@ def compare(
     split: Annotated[str, typer.Option("--split", help="The split compared: train, val or test.")] = "test",
     checkpoint: CheckpointOption = "best",
 ) -> None:
-    """Is run A's AUC higher than run B's on the same images, or is the difference noise? Paired bootstrap,
-    and DeLong's test for two classes."""
+    """Is run A's AUC higher than run B's on the same images, or is it noise? (paired bootstrap; DeLong for 2 classes)"""
     from fpt.stages.runs.comparison import compare_runs
 
     result = compare_runs(run_a, run_b, split, _checkpoint(checkpoint))
@@ -372,7 +371,7 @@ def sweep(
     data_root: DataRootOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Hyperparameter search from the cache: grid or random trials on dask, packed on shared batches.
+    """Hyperparameter search from the cache: grid, random or Optuna trials on dask, packed on shared batches.
 
     Run the same command again after Ctrl-C, a kill or a crash: finished trials are skipped and the others go on from their last finished epoch."""
     from fpt.pipeline.sweep import load_sweep_file, run_sweep
