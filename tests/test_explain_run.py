@@ -13,7 +13,7 @@ import torch
 import zarr
 from PIL import Image
 from test_cli_errors import run_fpt
-from tiny import TRAINING, cli_args, tiny_assignments, tiny_config
+from tiny import TRAINING, cli_args, tiny_assignments, tiny_config, trained_tiny_run
 from typer.testing import CliRunner
 
 from fpt.cache.identity import store_key
@@ -26,18 +26,13 @@ from fpt.stages.explain.explain_run import explain_cached
 from fpt.stages.extract.run import run_extract
 from fpt.stages.lpm.build import build_lpm
 from fpt.stages.runs.explanation_record import ExplanationRecord
-from fpt.stages.train.train_side import train_side
 
 GRID = 4  # the tiny LPM input: 64 px in patches of 16
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("explain")
-    config = tiny_config(root, *TRAINING)
-    run_extract(config, show_progress=False)
-    result = train_side(config, show_progress=False)
-    return {"run": result.run_dir, "data": root / "data" / "demo", "cache": result.cache, "root": root}
+    return trained_tiny_run(tmp_path_factory.mktemp("explain"))
 
 
 def read_explanation(folder: Path) -> tuple[ExplanationRecord, dict[str, np.ndarray]]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import accuracy_score, roc_auc_score
-from tiny import TRAINING, tiny_config
+from tiny import TRAINING, tiny_config, trained_tiny_run
 from typer.testing import CliRunner
 
 from fpt.cache.errors import UserError
@@ -34,11 +34,7 @@ FLOAT16_TOLERANCE = 2e-3
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    config = tiny_config(root, *TRAINING)
-    run_extract(config, show_progress=False)
-    result = train_side(config, show_progress=False)
-    return {"run": result.run_dir, "data": root / "data" / "demo", "cache": result.cache, "root": root}
+    return trained_tiny_run(tmp_path_factory.mktemp("tiny"))
 
 
 def read_probabilities(path: Path, key: str) -> dict[str, np.ndarray]:

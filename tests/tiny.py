@@ -8,6 +8,8 @@ from pathlib import Path
 
 from fpt.pipeline.config import load_config
 from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.extract.run import run_extract
+from fpt.stages.train.train_side import train_side
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +43,11 @@ def demo_source(root: Path) -> Path:
 
 def cli_args(assignments: list[str]) -> list[str]:
     return [part for item in assignments for part in ("--set", item)]
+
+
+def trained_tiny_run(root: Path) -> dict[str, Path]:
+    """A tiny demo extracted and trained (TRAINING) under `root`: its run folder, demo images, cache and root."""
+    config = tiny_config(root, *TRAINING)
+    run_extract(config, show_progress=False)
+    result = train_side(config, show_progress=False)
+    return {"run": result.run_dir, "data": root / "data" / "demo", "cache": result.cache, "root": root}
