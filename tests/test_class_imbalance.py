@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from sklearn.metrics import log_loss
 from sklearn.utils.class_weight import compute_class_weight
 from tiny import TRAINING, tiny_config
@@ -18,7 +19,7 @@ from fpt.cache.reader import CacheReader
 from fpt.cache.synthetic import sample_labels, synthetic_metadata, write_synthetic_cache
 from fpt.stages.extract.run import run_extract
 from fpt.stages.train.cache_batches import SplitBatches
-from fpt.stages.train.packed_training import pack_key
+from fpt.stages.train.packed_training import pack_key, train_pack
 from fpt.stages.train.recipe import balanced_class_weights, training_losses
 from fpt.stages.train.train_side import train_side
 
@@ -128,3 +129,23 @@ def test_run_json_and_config_record_the_class_weights_and_the_sampler(tmp_path: 
     assert run["fold"] is None
     saved = (result.run_dir / "config.yaml").read_text()
     assert "class_weights: balanced" in saved and "sampler: balanced" in saved
+
+
+def test_a_weighted_and_a_plain_trial_packed_together_train_as_each_alone(tmp_path: Path, torch_threads) -> None:
+    torch_threads(1)
+    # 13 training images: classes of 5, 4 and 4, so the balanced weights are not all 1
+    settings = [*TRAINING, "demo.num_train=13", "train.epochs=1", "train.loggers=[]"]
+    store = run_extract(tiny_config(tmp_path, *settings), show_progress=False).path
+    trials = [["train.class_weights=balanced"], ["train.class_weights=none"]]
+    alone = [train_side(tiny_config(tmp_path, *settings, *t, f"train.run_name=alone{i}"), store, show_progress=False)
+             for i, t in enumerate(trials)]
+    configs = [tiny_config(tmp_path, *settings, *t, f"train.run_name=packed{i}") for i, t in enumerate(trials)]
+    outcomes = train_pack(configs, store, isolate_failures=False)
+    weights = json.loads((outcomes[0].result.run_dir / "run.json").read_text())["class_weights"]
+    assert weights == pytest.approx(balanced_class_weights(np.array([5, 4, 4])).tolist())
+    # each model has its own loss in the shared step: the plain one's weights of 1 give its mean to float rounding
+    for single, outcome in zip(alone, outcomes):
+        a, b = (load_file(str(r / "checkpoints" / "last.safetensors")) for r in (single.run_dir, outcome.result.run_dir))
+        assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    first, second = (load_file(str(r.run_dir / "checkpoints" / "last.safetensors")) for r in alone)
+    assert not all(torch.equal(first[k], second[k]) for k in first)  # the weights changed the training

@@ -7,7 +7,9 @@ Evaluation reads a shard at a time in order.
 The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
 its scales): shards are read into it, batches are gathered from it and decoded to float32 one
 batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
-front. `in_memory` loads the split once (as stored) and shuffles globally instead.
+front. `in_memory` loads the split once (as stored) and shuffles globally instead. A set of samples
+other than a split (a cross-validation fold) is read the same way by the chunks that hold it, and a
+class-balanced epoch (train.sampler: balanced) by the blocks its draws fall in (`SplitBatches`).
 
 Iterating gives each batch new keys/values tensors. `batches(reuse=n)` decodes them into n
 float32 buffers in turn instead, so a batch's keys/values are overwritten n batches later: one
