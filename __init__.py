@@ -29,6 +29,7 @@ _API = {
     "load_config": ("fpt.pipeline.config", "load_config"),
     "extract": ("fpt.stages.extract.run", "run_extract"),
     "train_side": ("fpt.stages.train.train_side", "train_side"),
+    "cross_validate": ("fpt.stages.train.cross_validation", "cross_validate"),
     "sweep": ("fpt.pipeline.sweep", "run_sweep"),
     "evaluate": ("fpt.stages.inference.evaluate", "evaluate_run"),
     "predict": ("fpt.stages.inference.predict", "predict_images"),

@@ -22,13 +22,20 @@ from fpt.cache.writer import ShardWriter
 def synthetic_metadata(split_counts: dict[str, int], num_classes: int = 3, layers: int = 6, heads: int = 3,
                        selected: int = 205, head_dim: int = 64, side_store_size: int = 144,
                        storage: StorageSettings | None = None, dataset: str = "synthetic",
-                       lpm_name: str = "synthetic") -> CacheMetadata:
+                       lpm_name: str = "synthetic", class_counts: dict[str, list[int]] | None = None) -> CacheMetadata:
+    """Metadata of a synthetic store. class_counts: each split's samples per class (summing to its
+    count); by default the classes take turns, sample i of a split being of class i mod num_classes."""
     storage = storage or StorageSettings(dtype="float16", codec="zstd", codec_level=3, shard_size=32, chunk_size=4)
     ranges, start = {}, 0
     for split, count in split_counts.items():
         ranges[split] = (start, start + count)
         start += count
     counts = {split: [len(range(c, count, num_classes)) for c in range(num_classes)] for split, count in split_counts.items()}
+    if class_counts is not None:
+        if any(sum(class_counts[split]) != count or len(class_counts[split]) != num_classes
+               for split, count in split_counts.items()):
+            raise ValueError("class_counts must give every split's count, split over num_classes classes")
+        counts = {split: list(class_counts[split]) for split in split_counts}
     lpm = LPMIdentity(
         name=lpm_name, weights_source="none", weights_identity="synthetic", embed_dim=heads * head_dim,
         num_heads=heads, head_dim=head_dim, patch_size=16, depth=max(12, layers), num_prefix_tokens=1, num_params=0,
@@ -51,9 +58,18 @@ def synthetic_metadata(split_counts: dict[str, int], num_classes: int = 3, layer
 
 
 def sample_labels(metadata: CacheMetadata) -> np.ndarray:
+    """Each split's labels as its class counts say: the classes take turns, a class whose count is
+    used up leaving the turn (with equal shares, sample i of a split is of class i mod classes)."""
     labels = np.zeros(metadata.num_samples, dtype=np.int64)
-    for start, stop in metadata.split_ranges.values():
-        labels[start:stop] = np.arange(stop - start) % len(metadata.class_names)
+    for split, (start, stop) in metadata.split_ranges.items():
+        left = list(metadata.class_counts[split])
+        turns: list[int] = []
+        while any(left):
+            for c, n in enumerate(left):
+                if n:
+                    turns.append(c)
+                    left[c] -= 1
+        labels[start:stop] = turns
     return labels
 
 

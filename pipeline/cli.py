@@ -161,6 +161,9 @@ def train_side_command(
         source = dataset_source(cfg)
         cache = find_cache(cfg, source, cache)
     console.print(f"Training from the cache {cache} (dataset {cfg.dataset.name} from {source}).", highlight=False)
+    if cfg.train.folds > 1 and cfg.train.fold is None:
+        _cross_validate(cfg, cache, quiet)
+        return
     result = train_side(cfg, cache, show_progress=not quiet, resume_run=resume)
     table = Table(title=f"Test metrics ({result.run_dir})")
     table.add_column("model")
@@ -172,6 +175,35 @@ def train_side_command(
         table.add_row(label, *[f"{getattr(metrics, name):.4f}" for name in fields])
     console.print(table)
     console.print(f"{result.learnable_params:,} learnable parameters; {result.seconds:.1f} s; run folder {result.run_dir}")
+
+
+def _cross_validate(cfg: PipelineConfig, cache: Path, quiet: bool) -> None:
+    """train.folds > 1: one run per fold, then a table of each fold's best validation and test metrics,
+    their mean ± std and the fold ensemble's test metrics."""
+    from fpt.stages.runs.metrics import is_binary, reported_scores, score_header
+    from fpt.stages.train.cross_validation import cross_validate
+
+    result = cross_validate(cfg, cache, show_progress=not quiet)
+    binary = is_binary(result.ensemble_test)
+    fields = reported_scores(binary)
+    for split, rows, mean, std in (
+        ("Validation", [(f"fold {f.fold} (epoch {f.best_epoch})", f.best_val.model_dump()) for f in result.folds],
+         result.val_mean, result.val_std),
+        ("Test", [(f"fold {f.fold}", f.test_best.model_dump()) for f in result.folds], result.test_mean,
+         result.test_std),
+    ):
+        table = Table(title=f"{split} metrics of the {len(result.folds)} folds' best models ({result.folder})")
+        table.add_column("model")
+        for name in fields:
+            table.add_column(score_header(name, binary), justify="right")
+        for label, values in rows:
+            table.add_row(label, *[f"{values[name]:.4f}" for name in fields])
+        table.add_row("mean ± std", *[f"{mean[name]:.4f} ± {std[name]:.4f}" for name in fields])
+        if split == "Test":
+            ensemble = result.ensemble_test
+            table.add_row("ensemble", *[f"{getattr(ensemble, name):.4f}" for name in fields])
+        console.print(table)
+    console.print(f"{result.seconds:.1f} s; cross-validation folder {result.folder} (cv.json, report.md)")
 
 
 RunOption = Annotated[Path, typer.Option("--run", "-r", help="The run folder that `fpt train-side` wrote.")]

@@ -320,6 +320,11 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
                max_workers: int | None, processes: bool, show_progress: bool, console: Console | None) -> SweepResult:
     began = time.perf_counter()
     sweep = sweep or config.sweep
+    if config.train.folds > 1 or {"train.folds", "train.fold"} & set(sweep.parameters):
+        raise UserError("A sweep trains each trial on the dataset's own split; cross-validation (train.folds > 1) "
+                        "is `fpt train-side`'s.",
+                        "Sweep with train.folds=1, then cross-validate the settings you choose with "
+                        "`fpt train-side --set train.folds=5`.")
     source = dataset_source(config)
     path = find_cache(config, source, cache_path).resolve()
     metadata = read_metadata(path)

@@ -194,6 +194,28 @@ class TrainConfig(StrictModel):
                     "(the train split is stored in random order; a store written sorted is read by chunks).",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    class_weights: Literal["none", "balanced"] = Field(
+        default="none",
+        description="Weights of the training cross-entropy. balanced: n_samples / (n_classes * count_c) from the "
+                    "training samples' class counts (sklearn's compute_class_weight('balanced')); none: the recipe's "
+                    "plain cross-entropy.",
+    )
+    sampler: Literal["shuffle", "balanced"] = Field(
+        default="shuffle",
+        description="How an epoch's training samples are drawn. shuffle: each once, in a shuffled order; balanced: as "
+                    "many draws as training samples, with replacement, each with a probability inversely proportional "
+                    "to its class's count (every class drawn equally often on average).",
+    )
+    folds: int = Field(
+        default=1, ge=1,
+        description="1: train on the dataset's train split, validate on its val split. k > 1: k-fold cross-validation, "
+                    "k models on stratified re-splits of train + val (the test split untouched).",
+    )
+    fold_seed: int = Field(default=0, description="Seed of the stratified k-fold split of train + val.")
+    fold: int | None = Field(
+        default=None, ge=1,
+        description="Set by train-side when train.folds > 1: the fold this run is (1..folds), which it validates on.",
+    )
     loggers: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="Trackers every run writes to besides train.log: tensorboard (<run>/tensorboard), mlflow "
@@ -204,6 +226,12 @@ class TrainConfig(StrictModel):
     mlflow_experiment: str | None = Field(default=None, description="MLflow experiment. None: the dataset's name.")
     mlflow_parent_run: str | None = Field(
         default=None, description="Set by `fpt sweep`: its trials become children of the sweep's MLflow run.")
+
+    @model_validator(mode="after")
+    def _fold_of_folds(self) -> "TrainConfig":
+        if self.fold is not None and self.fold > self.folds:
+            raise ValueError(f"train.fold ({self.fold}) must be at most train.folds ({self.folds})")
+        return self
 
 
 class SweepRange(StrictModel):

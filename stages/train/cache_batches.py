@@ -7,7 +7,9 @@ Evaluation reads a shard at a time in order.
 The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
 its scales): shards are read into it, batches are gathered from it and decoded to float32 one
 batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
-front. `in_memory` loads the split once (as stored) and shuffles globally instead.
+front. `in_memory` loads the split once (as stored) and shuffles globally instead. A set of samples
+other than a split (a cross-validation fold) is read the same way by the chunks that hold it, and a
+class-balanced epoch (train.sampler: balanced) by the blocks its draws fall in (`SplitBatches`).
 
 Iterating gives each batch new keys/values tensors. `batches(reuse=n)` decodes them into n
 float32 buffers in turn instead, so a batch's keys/values are overwritten n batches later: one
@@ -89,41 +91,87 @@ class _FeatureRing:
 
 
 class SplitBatches:
-    """Iterable over one split's batches; each iteration is one epoch."""
+    """Iterable over the batches of one split, or of any set of samples (a cross-validation fold);
+    each iteration is one epoch.
+
+    `split`: a split's name, or the cache indices of the samples. A set of samples is read by the
+    chunks that hold them (a few samples each, as a split stored sorted is), the others in those
+    chunks skipped, so a fold drawn from all over train + val costs a chunk read per few samples.
+
+    `balanced`: each epoch is as many draws as there are samples, with replacement, a class drawn
+    uniformly and then a sample of it uniformly, so each sample's chance is inversely proportional
+    to its class's count. The draws come from the shuffle's random stream (seeded, and kept in a
+    resume state), and the reading is the same: blocks in random order into the buffer, the draws
+    shuffled within it; a block with no draw is not read. A sample drawn several times is drawn
+    into the same buffer, so its copies land a few batches apart at most (their augmentations differ).
+    """
 
     def __init__(
-        self, reader: CacheReader, split: str, batch_size: int, shuffle: bool, with_features: bool,
-        seed: int = 0, buffer_shards: int = 4, in_memory: bool = False,
+        self, reader: CacheReader, split: str | np.ndarray, batch_size: int, shuffle: bool, with_features: bool,
+        seed: int = 0, buffer_shards: int = 4, in_memory: bool = False, balanced: bool = False,
     ) -> None:
         self.reader = reader
-        self.start, self.stop = reader.split_range(split)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.with_features = with_features
+        self.balanced = balanced
         self.rng = np.random.default_rng(seed)
-        storage = reader.metadata.storage
-        self.blocks = aligned_blocks(self.start, self.stop, storage.shard_size)
-        # A split stored in random order (cache/storage_order.py) is read by whole shards in random
-        # order. A split stored sorted by id, which for class-per-folder data means by class (a store
-        # whose metadata lists no shuffled splits), is read by chunks (a few samples each) drawn from
-        # the whole split: a buffer of whole shards would hold a few long single-class runs. Same
-        # memory either way.
-        stored_shuffled = split in reader.metadata.shuffled_splits
-        self.shuffle_blocks = self.blocks if stored_shuffled else aligned_blocks(self.start, self.stop, storage.chunk_size)
+        metadata = reader.metadata
+        storage = metadata.storage
+        if isinstance(split, str):
+            start, stop = reader.split_range(split)
+            self.samples = np.arange(start, stop, dtype=np.int64)
+            self.blocks = aligned_blocks(start, stop, storage.shard_size)
+            # A split stored in random order (cache/storage_order.py) is read by whole shards in random
+            # order. A split stored sorted by id, which for class-per-folder data means by class (a store
+            # whose metadata lists no shuffled splits), is read by chunks (a few samples each) drawn from
+            # the whole split: a buffer of whole shards would hold a few long single-class runs. Same
+            # memory either way.
+            stored_shuffled = split in metadata.shuffled_splits
+            self.shuffle_blocks = self.blocks if stored_shuffled else aligned_blocks(start, stop, storage.chunk_size)
+        else:
+            self.samples = np.unique(np.asarray(split, dtype=np.int64))
+            size = storage.chunk_size
+            self.blocks = [(int(c) * size, min(int(c) * size + size, metadata.num_samples))
+                           for c in np.unique(self.samples // size)]
+            stored_shuffled = False
+            self.shuffle_blocks = self.blocks
         block_size = storage.shard_size if stored_shuffled else storage.chunk_size
         self.blocks_per_buffer = max(1, buffer_shards * storage.shard_size // block_size)
+        self.labels = reader.array("labels")[:].astype(np.int64)[self.samples]
         self._memory: _Rows | None = None
         if in_memory and self.blocks:
-            self._memory = _Rows(reader, self.stop - self.start, with_features)
+            self._memory = _Rows(reader, sum(b - a for a, b in self.blocks), with_features)
             for a, b in self.blocks:
                 self._memory.read(reader, a, b)
 
     def __len__(self) -> int:
-        return -(-(self.stop - self.start) // self.batch_size)
+        return -(-self.num_samples // self.batch_size)
 
     @property
     def num_samples(self) -> int:
-        return self.stop - self.start
+        """Samples an epoch yields: the split's (or the set's) size, whichever way they are drawn."""
+        return len(self.samples)
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """How many of the samples each class of the cache has."""
+        return np.bincount(self.labels, minlength=len(self.reader.metadata.class_names))
+
+    def _draws(self) -> np.ndarray:
+        """How often each sample of the cache is drawn this epoch (by cache index; 0 outside the set)."""
+        draws = np.zeros(self.reader.metadata.num_samples, dtype=np.int64)
+        if not self.balanced:
+            draws[self.samples] = 1
+            return draws
+        present = np.flatnonzero(self.class_counts)
+        by_class = self.samples[np.argsort(self.labels, kind="stable")]  # the samples grouped by class, in class order
+        counts = self.class_counts[present]
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        classes = self.rng.integers(len(present), size=self.num_samples)
+        picked = by_class[offsets[classes] + self.rng.integers(counts[classes])]
+        np.add.at(draws, picked, 1)
+        return draws
 
     def _batch(self, rows: _Rows, selected: np.ndarray, ring: _FeatureRing | None = None) -> Batch:
         arrays = rows.take(selected, ("indices", "side_images", "labels"))
@@ -153,23 +201,33 @@ class SplitBatches:
         """One epoch; with `reuse` = n > 0, keys/values live in n buffers used in turn (module docstring)."""
         if not self.blocks:
             return
+        draws = self._draws()
         if self._memory is not None:
-            count = self._memory.count
-            order = self.rng.permutation(count) if self.shuffle else np.arange(count)
-            yield from self._batches(self._memory, order, self._ring(self._memory, reuse))
+            memory = self._memory
+            # each row as often as it is drawn: once for a plain epoch, where this is arange(count)
+            pool = np.repeat(np.arange(memory.count), draws[memory.arrays["indices"][: memory.count]])
+            order = self.rng.permutation(pool) if self.shuffle else pool
+            yield from self._batches(memory, order, self._ring(memory, reuse))
             return
         if self.shuffle:
             blocks = [self.shuffle_blocks[i] for i in self.rng.permutation(len(self.shuffle_blocks))]
             group = self.blocks_per_buffer
         else:
             blocks, group = list(self.blocks), 1
+        blocks = [(a, b) for a, b in blocks if draws[a:b].any()]  # a balanced epoch leaves some out
+        if not blocks:
+            return
         rows = _Rows(self.reader, group * max(b - a for a, b in blocks) + self.batch_size, self.with_features)
         ring = self._ring(rows, reuse)
         for begin in range(0, len(blocks), group):
+            pool = [np.arange(rows.count)]  # the rows left over from the last buffer, each drawn once
             for a, b in blocks[begin : begin + group]:
+                first = rows.count
                 rows.read(self.reader, a, b)
-            count = rows.count
-            order = self.rng.permutation(count) if self.shuffle else np.arange(count)
+                pool.append(np.repeat(np.arange(first, rows.count), draws[a:b]))
+            drawn = np.concatenate(pool)
+            count = len(drawn)
+            order = self.rng.permutation(drawn) if self.shuffle else drawn
             is_last = begin + group >= len(blocks)
             usable = count if is_last else count - count % self.batch_size
             yield from self._batches(rows, order[:usable], ring)

@@ -3,18 +3,25 @@
 Trials packed together have one batch size, seed and data settings (`pack_key`), so the pack reads
 each split of the cache once for all of them and augments each training batch once: the augmentation
 draws from a random stream of its own, seeded by train.seed, whatever the models draw in between.
+
+The training and validation samples are the cache's train and val splits, or, for a fold of a
+cross-validation (train.fold), the fold's two parts of train + val (stages/train/folds.py). The
+training samples are drawn as train.sampler says (stages/train/cache_batches.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
+from fpt.cache.errors import UserError
 from fpt.cache.reader import CacheReader
 from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.train.augment import train_images
 from fpt.stages.train.cache_batches import SplitBatches
+from fpt.stages.train.folds import fold_samples
 from fpt.stages.train.recipe import ReadyBatch, ready_batches, use_prefetch
 from fpt.stages.train.rng_stream import RngStream
 
@@ -32,8 +39,16 @@ class PackBatches:
         self.augment = train.augment
         common = dict(with_features=lead.side.use_prompts, buffer_shards=train.shuffle_buffer_shards,
                       in_memory=train.in_memory)
-        self.train = SplitBatches(reader, "train", train.batch_size, shuffle=True, seed=train.seed, **common)
-        self.val = SplitBatches(reader, "val", train.batch_size, shuffle=False, **common)
+        if train.folds > 1 and train.fold is None:
+            raise UserError(f"train.folds={train.folds} is a cross-validation, which trains one run per fold.",
+                            "Run it with `fpt train-side` (or fpt.cross_validate), or set train.folds=1.")
+        training: str | np.ndarray = "train"
+        validation: str | np.ndarray = "val"
+        if train.fold is not None:
+            training, validation = fold_samples(reader, train.folds, train.fold_seed, train.fold)
+        self.train = SplitBatches(reader, training, train.batch_size, shuffle=True, seed=train.seed,
+                                  balanced=train.sampler == "balanced", **common)
+        self.val = SplitBatches(reader, validation, train.batch_size, shuffle=False, **common)
         self.test = SplitBatches(reader, "test", train.batch_size, shuffle=False, **common)
         self.augment_stream = RngStream(train.seed, device)
         self.generator = torch.Generator().manual_seed(train.seed)

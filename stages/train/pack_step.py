@@ -56,13 +56,15 @@ class PackStep:
         if not any(t.ok for t in group.trials):
             return
         streams = [t.stream for t in group.trials]
+        weights = [t.class_weights for t in group.trials]
         if len(group.trials) == 1:  # a stack of one: its failure is its trial's own
-            losses = guard(group.trials[0], stacked_losses, group.stack, streams, images, keys, values, labels, masks)
+            losses = guard(group.trials[0], stacked_losses, group.stack, streams, images, keys, values, labels, masks,
+                           weights)
             if losses is None:
                 return
         else:
             try:
-                losses = stacked_losses(group.stack, streams, images, keys, values, labels, masks)
+                losses = stacked_losses(group.stack, streams, images, keys, values, labels, masks, weights)
             except Exception:
                 if not self.isolation.isolate:
                     raise
@@ -82,7 +84,7 @@ class PackStep:
             if not trial.model.training:  # after an evaluation; train() walks every module
                 trial.model.train()
             loss = optimization_step(trial.model, trial.optimizer, trial.scheduler, images, keys, values, labels,
-                                     trial.config.train.grad_clip)
+                                     trial.config.train.grad_clip, trial.class_weights)
         trial.count(loss.item(), len(labels))
 
     @staticmethod

@@ -53,11 +53,13 @@ from fpt.stages.train.trial_state import PackedTrial
 
 
 def pack_key(config: PipelineConfig) -> str:
-    """Trials with equal keys see identical batches and augmentations, so they can be packed."""
+    """Trials with equal keys see identical batches and augmentations, so they can be packed: the same
+    samples (split or fold) drawn the same way. Class weights may differ, as each model has its own loss."""
     train, side = config.train, config.side
     return repr((
         train.batch_size, train.seed, train.in_memory, train.shuffle_buffer_shards, train.device,
         train.augment.model_dump_json(), side.input_size, side.use_prompts,
+        train.sampler, train.folds, train.fold_seed, train.fold,
     ))
 
 
@@ -118,7 +120,7 @@ class Pack:
         self.evaluation = PackEvaluation(self.batches, stacks, self.threads, self.isolation)
         self.resume = PackResume(self.batches)
         setup = TrialSetup(self.cache, self.batches.metadata, self.batches.device, len(self.batches.train),
-                           self.threads)
+                           self.threads, self.batches.train.class_counts)
         # each trial, or the failure that stopped its setup (where failures are isolated)
         self._slots = [self.isolation.attempt(setup.build, config, run_dirs[i] if run_dirs else None)
                        for i, config in enumerate(configs)]

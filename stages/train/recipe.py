@@ -1,5 +1,7 @@
 """The pieces of a trial's training: its model spec, AdamW and the half-cycle cosine schedule,
-one optimisation step (cross-entropy, gradient-norm clipping), batches on the device, predictions.
+one optimisation step (cross-entropy, optionally class-weighted, gradient-norm clipping), batches on
+the device, predictions. Validation and test losses stay plain cross-entropy whatever the training
+loss's weights.
 
 The loop that uses them, for one trial or a pack of them, is stages/train/packed_training.py.
 """
@@ -73,12 +75,43 @@ def model_spec(config: PipelineConfig, metadata: CacheMetadata) -> ModelSpec:
     )
 
 
+def balanced_class_weights(counts: np.ndarray) -> np.ndarray:
+    """Cross-entropy weights n_samples / (n_classes * count_c) of the training samples' class counts,
+    sklearn's compute_class_weight('balanced') over the classes present; a class with no training
+    sample is never a target and gets 0."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def class_weights(train: TrainConfig, counts: np.ndarray) -> np.ndarray | None:
+    """The weights of the training loss that train.class_weights asks for (None: plain cross-entropy)."""
+    return balanced_class_weights(counts) if train.class_weights == "balanced" else None
+
+
+def training_losses(logits: torch.Tensor, labels: torch.Tensor, weights: list[torch.Tensor | None]) -> torch.Tensor:
+    """(K,) training losses of K models' logits (K, B, C) on one batch: each model's cross-entropy,
+    weighted by its class weights where it has them (the weighted mean sum w_y l / sum w_y, as
+    `F.cross_entropy(weight=)` gives it). A model without weights in a pack with weighted ones gets
+    weights of 1, its plain mean up to float rounding."""
+    count, batch = logits.shape[:2]
+    losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(count), reduction="none").view(count, batch)
+    if all(w is None for w in weights):
+        return losses.mean(dim=1)
+    ones = torch.ones(logits.shape[-1], device=logits.device)
+    per_sample = torch.stack([ones if w is None else w for w in weights])[:, labels]  # (K, B)
+    return (losses * per_sample).sum(dim=1) / per_sample.sum(dim=1)
+
+
 def optimization_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                       scheduler: torch.optim.lr_scheduler.LRScheduler, images: torch.Tensor,
                       keys: torch.Tensor | None, values: torch.Tensor | None, labels: torch.Tensor,
-                      grad_clip: float) -> torch.Tensor:
-    """One step of the recipe: cross-entropy, gradient-norm clipping, AdamW, per-step schedule."""
-    loss = F.cross_entropy(model(images, keys, values), labels)
+                      grad_clip: float, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One step of the recipe: cross-entropy (weighted by `class_weights` if given), gradient-norm
+    clipping, AdamW, per-step schedule."""
+    loss = F.cross_entropy(model(images, keys, values), labels, weight=class_weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     recipe_update(optimizer, scheduler, grad_clip)

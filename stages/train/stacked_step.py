@@ -1,6 +1,6 @@
 """One optimisation step of the recipe for K stacked models on one batch.
 
-Each model gets its own cross-entropy; one backward through the stacked forward gives every
+Each model gets its own cross-entropy (with its own class weights, if it has them); one backward through the stacked forward gives every
 model the gradient of its own loss (the models share no parameter, so the gradient of the sum is
 each model's own). Then each model takes its own step: gradient-norm clipping, AdamW with its
 own learning rate and weight decay, and its own per-step schedule. The fusion dropout masks are
@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from fpt.stages.model.fpt_model import FPTPlus
 from fpt.stages.model.stacked_model import StackedModels
-from fpt.stages.train.recipe import recipe_update
+from fpt.stages.train.recipe import recipe_update, training_losses
 from fpt.stages.train.rng_stream import RngStream
 
 
@@ -29,6 +28,7 @@ class StepMember:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stream: RngStream
     grad_clip: float
+    class_weights: torch.Tensor | None = None  # (C,) weights of its cross-entropy, None for the plain one
 
 
 def dropout_masks(stack: StackedModels, streams: list[RngStream], batch_size: int,
@@ -48,16 +48,17 @@ def dropout_masks(stack: StackedModels, streams: list[RngStream], batch_size: in
 
 
 def stacked_losses(stack: StackedModels, streams: list[RngStream], images: torch.Tensor, keys: torch.Tensor | None,
-                   values: torch.Tensor | None, labels: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+                   values: torch.Tensor | None, labels: torch.Tensor, masks: torch.Tensor | None = None,
+                   class_weights: list[torch.Tensor | None] | None = None) -> torch.Tensor:
     """Back-propagate every model's training loss on the batch; each model's parameters get its
     gradient (`.grad`). Returns the K losses, detached. `masks`: the step's dropout masks if the
-    caller drew them already (`dropout_masks`), else they are drawn here from `streams`."""
+    caller drew them already (`dropout_masks`), else they are drawn here from `streams`;
+    `class_weights`: each model's cross-entropy weights (None: plain cross-entropy for all)."""
     leaves = stack.leaves()
     if masks is None:
         masks = dropout_masks(stack, streams, len(labels), images.device)
     logits = stack.forward(leaves, images, keys, values, masks)
-    count, batch = logits.shape[:2]
-    losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(count), reduction="none").view(count, batch).mean(dim=1)
+    losses = training_losses(logits, labels, class_weights or [None] * len(streams))
     losses.sum().backward()
     stack.hand_back_gradients(leaves)
     return losses.detach()
@@ -72,7 +73,8 @@ def member_update(member: StepMember) -> None:
 def step_together(stack: StackedModels, members: list[StepMember], images: torch.Tensor, keys: torch.Tensor | None,
                   values: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
     """One full step of every model of the stack; returns the K training losses."""
-    losses = stacked_losses(stack, [m.stream for m in members], images, keys, values, labels)
+    losses = stacked_losses(stack, [m.stream for m in members], images, keys, values, labels,
+                            class_weights=[m.class_weights for m in members])
     for member in members:
         member_update(member)
     return losses

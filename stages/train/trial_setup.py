@@ -3,13 +3,15 @@
 A trial is checked against the cache first (a setting the cache cannot serve, a side network that
 does not fit the LPM), so that a trial that cannot run fails before it has a run folder. Its model
 is initialised inside its own random stream, from its own seed, so it starts as it would alone.
-Its folder gets config.yaml and run.json before training starts.
+Its folder gets config.yaml and run.json before training starts; the weights of its loss
+(train.class_weights) come from the class counts of the pack's training samples.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fpt.cache.errors import UserError
@@ -25,7 +27,7 @@ from fpt.stages.runs.run_folder import new_run_dir, write_config
 from fpt.stages.runs.tracking import RunTracker, mlflow_uri
 from fpt.stages.runs.trained_run import read_run
 from fpt.stages.train.cache_choice import contradictions, find_cache
-from fpt.stages.train.recipe import adamw, half_cycle_cosine, model_spec
+from fpt.stages.train.recipe import adamw, class_weights, half_cycle_cosine, model_spec
 from fpt.stages.train.rng_stream import RngStream
 from fpt.stages.train.stack_threads import StackThreads
 from fpt.stages.train.trial_state import PackedTrial
@@ -58,12 +60,14 @@ class TrialSetup:
     """Builds the trials of one pack, which share its cache, device, batches per epoch and stack threads."""
 
     def __init__(self, cache: Path, metadata: CacheMetadata, device: torch.device, steps_per_epoch: int,
-                 threads: StackThreads | None) -> None:
+                 threads: StackThreads | None, train_counts: np.ndarray) -> None:
+        """train_counts: the class counts of the pack's training samples (the train split's, or a fold's)."""
         self.cache = cache
         self.metadata = metadata
         self.device = device
         self.steps_per_epoch = steps_per_epoch
         self.threads = threads
+        self.train_counts = train_counts
 
     def build(self, config: PipelineConfig, run_dir: Path | None) -> PackedTrial:
         """The trial of `config`, in `run_dir` (a run that goes on) or in a new run folder."""
@@ -100,9 +104,12 @@ class TrialSetup:
                              {"lr": lr, "epochs": train.epochs, "batch_size": train.batch_size,
                               "weight_decay": train.weight_decay, "seed": train.seed, "cache": str(self.cache)},
                              train.mlflow_parent_run)
+        weights = class_weights(train, self.train_counts)
         trial = PackedTrial(config=config, run_dir=run_dir, source=source, spec=spec, model=model, flat=flat,
                             optimizer=optimizer, scheduler=scheduler, stream=stream, lr=lr, learnable=learnable,
-                            tracker=tracker)
+                            tracker=tracker,
+                            class_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32,
+                                                                                   device=self.device))
         self.write_run_files(trial)
         tracker.line(f"{'going on' if going_on else 'started'}: {config.dataset.name} from the cache {self.cache}, "
                      f"{learnable:,} learnable parameters, lr {lr:g}, {train.epochs} epochs on {self.device}")
@@ -117,6 +124,13 @@ class TrialSetup:
             "model_spec": trial.spec.model_dump(), "class_names": self.metadata.class_names,
             "normalization": self.metadata.normalization.model_dump(), "learnable_params": trial.learnable,
             "lr": trial.lr,
+            # what it trained on and how: the class counts of its training samples, the weights of its
+            # loss (null: plain cross-entropy), the sampler, and for a fold of a cross-validation which one
+            "train_class_counts": self.train_counts.tolist(),
+            "class_weights": None if trial.class_weights is None else trial.class_weights.tolist(),
+            "sampler": trial.config.train.sampler,
+            "fold": None if trial.config.train.fold is None else {
+                "fold": trial.config.train.fold, "folds": trial.config.train.folds, "seed": trial.config.train.fold_seed},
             # bit-for-bit repeatability depends on these (docs/sweeps.md, "Packed trials")
             "device": str(self.device), "torch_threads": self._torch_threads(trial), "torch_version": torch.__version__,
         })

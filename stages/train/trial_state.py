@@ -50,6 +50,7 @@ class PackedTrial:
     lr: float
     learnable: int
     tracker: RunTracker  # train.log and the trackers train.loggers names
+    class_weights: torch.Tensor | None  # (C,) weights of its training cross-entropy (train.class_weights), on its device
     best: BestEpoch | None = None  # None until an epoch has been scored
     loss_sum: float = 0.0  # the epoch's training loss so far, summed over its samples
     seen: int = 0
@@ -71,7 +72,8 @@ class PackedTrial:
 
     def member(self) -> StepMember:
         """What the trial's model needs for its own share of a stacked step."""
-        return StepMember(self.model, self.optimizer, self.scheduler, self.stream, self.config.train.grad_clip)
+        return StepMember(self.model, self.optimizer, self.scheduler, self.stream, self.config.train.grad_clip,
+                          self.class_weights)
 
     def count(self, loss: float, samples: int) -> None:
         """Add a step's mean training loss over `samples` samples to the epoch's running loss."""
