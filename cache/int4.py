@@ -10,11 +10,11 @@ Stored: packed (..., ceil(Dh / 2)) uint8 and scales (..., ceil(Dh / GROUP)) floa
 that is odd is padded with one zero channel (nibble 8) and one that is not a multiple of GROUP ends
 in a shorter last group, so every LPM can be stored; decoding needs Dh to cut the padding off.
 
-GROUP = 32 (bench/int4_groups.py, ViT-B/16 at 512 px, random weights, keys and values of 12
-images): 16 channels per scale gives 0.125 bytes per number of scales on top of the 0.5 of the
-nibbles (1.18 MB per image uncompressed at ViT-B/512) for a 9 % lower relative error than 32
-(1.06 MB); 64 (one scale per head and token, 1.00 MB) errs 14 % more than 32. Symmetric against
-asymmetric (min/max with a float16 zero point per group): bench/README.md section 3.
+GROUP = 32 (bench/int4_groups.py, ViT-B/16 at 512 px, random weights, bench/README.md section 3):
+scales add 0.0625 bytes to the 0.5 of each number's nibble, 0.69 MB per ViT-B/512 image with zstd
+(0.83 with blosc-lz4, under the 0.95 MB aimed at); 16 channels per scale err 12 % less for 18 % more
+bytes, 64 err 11 % more for 11 % fewer. Asymmetric groups (a float16 minimum too) err 5-8 % less at
+equal bytes; symmetric keeps one scale array, stores 0 exactly and decodes with one multiply.
 """
 
 from __future__ import annotations
