@@ -3,17 +3,22 @@
     python bench/cache_dtype_auc.py                      # the default demo (extracts it once if needed)
     python bench/cache_dtype_auc.py --no-auc             # sizes only
     python bench/cache_dtype_auc.py --set demo.num_train=48 ...   # any pipeline.yaml override
+    python bench/cache_dtype_auc.py --codecs zstd --dtypes float16,int4 --seeds 0,1,2   # AUC per seed
 
 The demo is extracted once in float32 (the reference, as the paper's per-image files); every other
 dtype/codec is written from it with cache/transcode.py, which stores exactly what `fpt extract`
 with that setting stores (same key, so extract would reuse it). Sizes are measured on disk.
-The AUC part trains train-side from the zstd store of each dtype with the same seed.
+The AUC part trains train-side from the zstd store of each dtype once per seed (`train.seed`: the
+side network's initialisation, dropout, augmentation and batch order), every dtype with the same
+seeds, and prints each run, then each dtype's mean and the spread (sample standard deviation) over
+the seeds: a dtype loses AUC when its mean is below float16's by more than that spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -27,11 +32,12 @@ from fpt.cache.transcode import transcode  # noqa: E402
 from fpt.pipeline.config import load_config  # noqa: E402
 from fpt.stages.extract.run import run_extract  # noqa: E402
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
+DTYPES = ("float32", "float16", "bfloat16", "int8", "int4")
 CODECS = ("none", "zstd", "blosc-zstd", "blosc-lz4", "gzip")
 # The paper's per-image float32 file at ViT-B/16, 512 px: 2 (K, V) x 6 layers x 12 heads x 205 tokens x 64.
 PAPER_NUMBERS = 2 * 6 * 12 * 205 * 64
-BYTES_PER_NUMBER = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "int8": 1.0 + 2.0 / 64}  # int8: + a float16 scale per 64
+# int8: + a float16 scale per 64 numbers (a token); int4: half a byte + a float16 scale per 32
+BYTES_PER_NUMBER = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "int8": 1.0 + 2.0 / 64, "int4": 0.5 + 2.0 / 32}
 
 
 def feature_bytes(path: Path) -> int:
@@ -46,6 +52,8 @@ def main() -> None:
     parser.add_argument("--set", dest="assignments", action="append", default=[], help="pipeline.yaml override")
     parser.add_argument("--no-auc", action="store_true", help="only the sizes")
     parser.add_argument("--codecs", default=",".join(CODECS))
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="dtypes to store (and train from)")
+    parser.add_argument("--seeds", default="0", help="train.seed values, comma-separated")
     args = parser.parse_args()
 
     config = load_config(None, [*args.assignments, "cache.dtype=float32", "cache.codec=zstd"], "demo")
@@ -58,7 +66,8 @@ def main() -> None:
     print(f"\n{'dtype':9} {'codec':11} {'K/V bytes/img':>14} {'all bytes/img':>14} {'vs float32 raw':>15} "
           f"{'ViT-B/512 uncompressed':>23}")
     stores: dict[str, Path] = {}
-    for dtype in DTYPES:
+    dtypes = args.dtypes.split(",")
+    for dtype in dtypes:
         for codec in args.codecs.split(","):
             storage = meta.storage.model_copy(update={"dtype": dtype, "codec": codec})
             path = reference.path if storage == meta.storage else (
@@ -76,10 +85,20 @@ def main() -> None:
         return
     from fpt.stages.train.train_side import train_side
 
-    print(f"\n{'dtype':9} {'test AUC (best val)':>20} {'test AUC (final)':>17} {'seconds':>8}")
-    for dtype in DTYPES:
-        result = train_side(config, stores[dtype], show_progress=False)
-        print(f"{dtype:9} {result.test_best.auc:20.4f} {result.test_last.auc:17.4f} {result.seconds:8.1f}", flush=True)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    scores: dict[str, list[float]] = {dtype: [] for dtype in dtypes}
+    print(f"\n{'dtype':9} {'seed':>4} {'test AUC (best val)':>20} {'test AUC (final)':>17} {'seconds':>8}")
+    for seed in seeds:  # seed by seed, so a drift of the machine touches every dtype alike
+        seeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+        for dtype in dtypes:
+            result = train_side(seeded, stores[dtype], show_progress=False)
+            scores[dtype].append(result.test_best.auc)
+            print(f"{dtype:9} {seed:4} {result.test_best.auc:20.4f} {result.test_last.auc:17.4f} {result.seconds:8.1f}",
+                  flush=True)
+    print(f"\n{'dtype':9} {'mean AUC (best val)':>20} {'std over seeds':>15}  per seed")
+    for dtype, values in scores.items():
+        spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+        print(f"{dtype:9} {statistics.mean(values):20.4f} {spread:15.4f}  " + " ".join(f"{v:.4f}" for v in values))
 
 
 def _existing(root: Path, source: Path, storage: StorageSettings) -> Path | None:

@@ -6,6 +6,8 @@
              numpy has no bfloat16, so the raw bits are what any zarr reader sees
     int8     stored as int8 with one scale per token: x = q * scale, scale = max|x| / 127 over the
              token's Dh channels; the scales live in `<name>_scale` (N, L, H, n) float16
+    int4     two 4-bit integers per uint8 with one float16 scale per 32 channels (cache/int4.py);
+             stored (N, L, H, n, Dh/2), scales in `<name>_scale` (N, L, H, n, Dh/32)
 """
 
 from __future__ import annotations
@@ -13,18 +15,33 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fpt.cache import int4
+
 INT8_MAX = 127
-# The smallest positive float16 subnormal: a scale below it would round to 0 and lose the token.
-MIN_SCALE = float(np.finfo(np.float16).smallest_subnormal)
-MAX_SCALE = float(np.finfo(np.float16).max)
+MIN_SCALE, MAX_SCALE = int4.MIN_SCALE, int4.MAX_SCALE  # a scale below float16's smallest subnormal would be 0
 
 
 def stored_dtype(dtype: str) -> np.dtype:
-    return np.dtype({"float32": "float32", "float16": "float16", "bfloat16": "uint16", "int8": "int8"}[dtype])
+    return np.dtype({"float32": "float32", "float16": "float16", "bfloat16": "uint16", "int8": "int8",
+                     "int4": "uint8"}[dtype])
 
 
 def has_scales(dtype: str) -> bool:
-    return dtype == "int8"
+    return dtype in ("int8", "int4")
+
+
+def stored_shape(feature_shape: tuple[int, ...], dtype: str) -> tuple[int, ...]:
+    """Shape of one sample's stored keys (or values) of float shape (L, H, n, Dh): int4 packs two channels a byte."""
+    if dtype == "int4":
+        return (*feature_shape[:-1], int4.packed_channels(feature_shape[-1]))
+    return tuple(feature_shape)
+
+
+def scale_shape(feature_shape: tuple[int, ...], dtype: str) -> tuple[int, ...]:
+    """Shape of one sample's `<name>_scale` array: per token (int8) or per group of channels (int4)."""
+    if dtype == "int4":
+        return (*feature_shape[:-1], int4.scale_groups(feature_shape[-1]))
+    return tuple(feature_shape[:-1])
 
 
 def scale_name(name: str) -> str:
@@ -45,11 +62,14 @@ def encode(features: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | N
         # Quantise with the float16 scale that is stored, so decoding sees exactly the same one.
         quantised = np.rint(values / scale.astype(np.float32)[..., None])
         return np.clip(quantised, -INT8_MAX, INT8_MAX).astype(np.int8), scale
+    if dtype == "int4":
+        return int4.quantise(features)
     raise ValueError(f"unknown storage dtype {dtype!r}")
 
 
-def decode(stored: np.ndarray, scales: np.ndarray | None, dtype: str) -> np.ndarray:
-    """Float features from their stored form: float16 stays float16, the others become float32."""
+def decode(stored: np.ndarray, scales: np.ndarray | None, dtype: str, channels: int | None = None) -> np.ndarray:
+    """Float features from their stored form: float16 stays float16, the others become float32.
+    `channels`: Dh, which int4 needs (its packed last axis holds ceil(Dh / 2) bytes)."""
     if dtype in ("float32", "float16"):
         return stored
     if dtype == "bfloat16":
@@ -57,22 +77,34 @@ def decode(stored: np.ndarray, scales: np.ndarray | None, dtype: str) -> np.ndar
     if dtype == "int8":
         assert scales is not None, "int8 features need their scales"
         return stored.astype(np.float32) * scales.astype(np.float32)[..., None]
+    if dtype == "int4":
+        assert scales is not None and channels is not None, "int4 features need their scales and Dh"
+        return int4.dequantise(stored, scales, channels)
     raise ValueError(f"unknown storage dtype {dtype!r}")
 
 
 def decode_rows(stored: np.ndarray, scales: np.ndarray | None, rows: np.ndarray, dtype: str,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, channels: int | None = None) -> torch.Tensor:
     """Rows `rows` of stored features as one float32 tensor, gathered and converted in a single pass
     (no float16 copy of the batch first): what stage two feeds the fusion modules. `out`: a float32
-    tensor of that shape to write into instead of a new one."""
+    tensor of that shape to write into instead of a new one. `channels`: Dh (int4 needs it; the
+    others read it from `stored`)."""
     source = torch.from_numpy(stored)
     if dtype == "bfloat16":
         source = source.view(torch.bfloat16)  # the stored uint16 are bfloat16 bit patterns
-    shape = (len(rows), *stored.shape[1:])
+    if dtype == "int4" and channels is None:
+        raise ValueError("decode_rows needs the head dimension (channels) of int4 features")
+    shape = (len(rows), *stored.shape[1:-1], channels if dtype == "int4" else stored.shape[-1])
     if out is None:
         out = torch.empty(shape, dtype=torch.float32)
     elif out.shape != shape or out.dtype != torch.float32:
         raise ValueError(f"decode_rows writes float32 {shape}, not {out.dtype} {tuple(out.shape)}")
+    if dtype == "int4":
+        assert scales is not None, "int4 features need their scales"
+        # the packed rows are an eighth of the float32 batch: gathered first, then decoded in one go
+        int4.dequantise_into(torch.from_numpy(np.take(stored, rows, axis=0)),
+                             torch.from_numpy(np.take(scales, rows, axis=0)).float(), out)
+        return out
     for position, row in enumerate(rows.tolist()):
         out[position].copy_(source[row])
     if dtype == "int8":

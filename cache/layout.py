@@ -2,9 +2,11 @@
 
     <root>/<dataset>-<key>.zarr/          zarr v3 group; attributes["fpt"] = CacheMetadata
         keys          (N, L, H, n, Dh)   cache.dtype as stored (see cache/encoding.py); chunks (c, ...), shards (s, ...)
+                                         int4: (N, L, H, n, ceil(Dh/2)) uint8, two channels a byte
         values        (N, L, H, n, Dh)   same
         keys_scale    (N, L, H, n)       float16   int8 only: per-token scales; same sample-axis chunks/shards
-        values_scale  (N, L, H, n)       float16   int8 only
+                      (N, L, H, n, ceil(Dh/32))    int4: one scale per 32 channels
+        values_scale  same as keys_scale
         token_indices (N, L, H, n)       int16     the LPM token index of each kept key/value (format 3 on)
         side_images   (N, S', S', 3)     uint8     same sample-axis chunking and sharding
         labels        (N,)               int16
@@ -25,7 +27,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
 
-from fpt.cache.encoding import has_scales, scale_name, stored_dtype
+from fpt.cache.encoding import has_scales, scale_name, scale_shape, stored_dtype, stored_shape
 from fpt.cache.metadata import CacheMetadata, StorageSettings
 
 FEATURE_ARRAYS = ("keys", "values")
@@ -104,28 +106,31 @@ def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits
     chunk, shard = storage.chunk_size, storage.shard_size
     feature_shape = metadata.feature_shape
     side = metadata.extraction.side_store_size
+    packed = storage.dtype == "int4"
+    stored = stored_shape(feature_shape, storage.dtype)
     for name in FEATURE_ARRAYS:
         group.create_array(
             name,
-            shape=(count, *feature_shape),
+            shape=(count, *stored),
             dtype=feature_numpy_dtype(storage),
-            chunks=(chunk, *feature_shape),
-            shards=(shard, *feature_shape),
+            chunks=(chunk, *stored),
+            shards=(shard, *stored),
             compressors=compressors(storage),
             fill_value=0,
-            dimension_names=("sample", "layer", "head", "token", "channel"),
+            dimension_names=("sample", "layer", "head", "token", "channel_pair" if packed else "channel"),
         )
     if has_scales(storage.dtype):
+        scales = scale_shape(feature_shape, storage.dtype)
         for name in FEATURE_ARRAYS:
             group.create_array(
                 scale_name(name),
-                shape=(count, *feature_shape[:-1]),
+                shape=(count, *scales),
                 dtype="float16",
-                chunks=(chunk, *feature_shape[:-1]),
-                shards=(shard, *feature_shape[:-1]),
+                chunks=(chunk, *scales),
+                shards=(shard, *scales),
                 compressors=compressors(storage),
                 fill_value=0,
-                dimension_names=("sample", "layer", "head", "token"),
+                dimension_names=("sample", "layer", "head", "token") + (("channel_group",) if packed else ()),
             )
     if metadata.has_token_indices:
         group.create_array(

@@ -53,7 +53,7 @@ class Normalization(BaseModel):
 
 
 class StorageSettings(BaseModel):
-    dtype: Literal["float16", "bfloat16", "float32", "int8"]
+    dtype: Literal["float16", "bfloat16", "float32", "int8", "int4"]
     codec: str
     codec_level: int
     shard_size: int

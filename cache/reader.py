@@ -139,7 +139,7 @@ class CacheReader:
         if with_features:
             dtype = self.metadata.storage.dtype
             for name in ("keys", "values"):
-                out[name] = decode(stored[name], stored.get(scale_name(name)), dtype)
+                out[name] = decode(stored[name], stored.get(scale_name(name)), dtype, self.metadata.lpm.head_dim)
         if with_token_indices:
             out[TOKEN_INDICES] = stored[TOKEN_INDICES].astype(np.int64)
         return out

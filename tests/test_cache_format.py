@@ -45,7 +45,7 @@ def test_int8_error_is_at_most_half_a_step_per_token() -> None:
     np.testing.assert_array_equal(restored[0, 0, 0], 0)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8", "int4"])
 def test_reader_returns_floats_close_to_the_written_features(tmp_path: Path, dtype: str) -> None:
     storage = StorageSettings(dtype=dtype, codec="zstd", codec_level=3, shard_size=4, chunk_size=2)
     metadata = synthetic_metadata({"train": 6, "val": 3, "test": 3}, selected=7, head_dim=16, side_store_size=16,
@@ -56,7 +56,7 @@ def test_reader_returns_floats_close_to_the_written_features(tmp_path: Path, dty
     labels = sample_labels(metadata)
     expected = np.stack([synthetic_features(i, int(labels[i]), metadata.feature_shape)[0] for i in range(12)])
     assert got["keys"].dtype.kind == "f"
-    tolerance = {"float32": 0, "float16": 2e-3, "bfloat16": 1.6e-2, "int8": 2e-2}[dtype]
+    tolerance = {"float32": 0, "float16": 2e-3, "bfloat16": 1.6e-2, "int8": 2e-2, "int4": 1 / 14}[dtype]
     peak = np.abs(expected).max()
     assert np.abs(got["keys"].astype(np.float32) - expected).max() <= tolerance * peak
     np.testing.assert_array_equal(got["labels"], labels)

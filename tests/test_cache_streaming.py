@@ -78,15 +78,15 @@ def test_streaming_holds_a_bounded_number_of_samples(store: Path, monkeypatch: p
     assert yielded == read_rows == 37
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8", "int4"])
 def test_decode_rows_gathers_and_converts_like_decode(dtype: str) -> None:
     from fpt.cache.encoding import decode, decode_rows, encode
 
     features = np.random.default_rng(0).normal(size=(9, 2, 3, 5, 8)).astype(np.float32)
     stored, scales = encode(features, dtype)
     rows = np.array([7, 0, 7, 3])
-    expected = decode(stored[rows], None if scales is None else scales[rows], dtype).astype(np.float32)
-    got = decode_rows(stored, scales, rows, dtype)
+    expected = decode(stored[rows], None if scales is None else scales[rows], dtype, 8).astype(np.float32)
+    got = decode_rows(stored, scales, rows, dtype, channels=8)
     assert got.dtype == torch.float32 and got.shape == (4, 2, 3, 5, 8)
     np.testing.assert_array_equal(got.numpy(), expected)
 

@@ -138,7 +138,7 @@ class ExtractConfig(StrictModel):
 
 class CacheConfig(StrictModel):
     root: Path = Path("outputs/cache")
-    dtype: Literal["float16", "bfloat16", "float32", "int8"] = "float16"
+    dtype: Literal["float16", "bfloat16", "float32", "int8", "int4"] = "float16"
     codec: Literal["zstd", "blosc-zstd", "blosc-lz4", "gzip", "none"] = "blosc-lz4"
     codec_level: int = Field(default=3, ge=0, le=22)
     shard_size: int = Field(default=32, ge=1, description="Samples per shard file.")

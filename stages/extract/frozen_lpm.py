@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel
 from torch.utils.data import DataLoader
 
+from fpt.cache.encoding import decode, encode, has_scales
 from fpt.cache.errors import UserError
 from fpt.cache.metadata import CacheMetadata, ExtractionSettings, LPMIdentity, Normalization
 from fpt.stages.core.devices import decode_workers
@@ -37,7 +38,7 @@ class StageOne(BaseModel):
     lpm: LPMIdentity
     extraction: ExtractionSettings
     normalization: Normalization
-    storage_dtype: Literal["float16", "bfloat16", "float32", "int8"]
+    storage_dtype: Literal["float16", "bfloat16", "float32", "int8", "int4"]
 
     @classmethod
     def of_cache(cls, metadata: CacheMetadata) -> "StageOne":
@@ -81,7 +82,12 @@ def _same_lpm_hint(recorded: LPMIdentity) -> str:
 
 
 def as_stored(features: torch.Tensor, storage_dtype: str) -> torch.Tensor:
-    """Round features as the cache stores them, back in float32."""
+    """Round features as the cache stores them, back in float32. int8 and int4 go through the store's own
+    encode and decode (numpy, on the CPU), which extraction applies to the same float32 features."""
+    if has_scales(storage_dtype):
+        stored, scales = encode(features.float().cpu().numpy(), storage_dtype)
+        decoded = decode(stored, scales, storage_dtype, features.shape[-1])
+        return torch.from_numpy(decoded).to(features.device)
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(storage_dtype)
     return features.to(dtype).float() if dtype is not None else features.float()
 

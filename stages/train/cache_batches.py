@@ -4,8 +4,8 @@ Training streams the split: every epoch its shards (or, for a split stored sorte
 chunks of a few samples) are read in a new random order into a buffer the size of a few shards,
 and samples are shuffled within it, so memory is bounded by the buffer, not the dataset.
 Evaluation reads a shard at a time in order.
-The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 with
-its scales): shards are read into it, batches are gathered from it and decoded to float32 one
+The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 or int4 with
+their scales): shards are read into it, batches are gathered from it and decoded to float32 one
 batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
 front. `in_memory` loads the split once (as stored) and shuffles globally instead. A set of samples
 other than a split (a cross-validation fold) is read the same way by the chunks that hold it, and a
@@ -179,8 +179,9 @@ class SplitBatches:
         if self.with_features:
             dtype = self.reader.metadata.storage.dtype
             slot = ring.next_slot() if ring is not None else None
+            channels = self.reader.metadata.lpm.head_dim
             keys, values = (decode_rows(rows.arrays[name], rows.arrays.get(scale_name(name)), selected, dtype,
-                                        None if slot is None else slot[name][: len(selected)])
+                                        None if slot is None else slot[name][: len(selected)], channels)
                             for name in ("keys", "values"))
         return Batch(indices=arrays["indices"], side_images=arrays["side_images"], labels=arrays["labels"],
                      keys=keys, values=values)
@@ -192,7 +193,8 @@ class SplitBatches:
     def _ring(self, rows: _Rows, reuse: int) -> _FeatureRing | None:
         if not (reuse and self.with_features):
             return None
-        return _FeatureRing({name: rows.arrays[name].shape[1:] for name in ("keys", "values")}, self.batch_size, reuse)
+        shape = self.reader.metadata.feature_shape  # as decoded: int4's stored rows are half as wide
+        return _FeatureRing({name: shape for name in ("keys", "values")}, self.batch_size, reuse)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
