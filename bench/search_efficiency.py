@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,7 +25,15 @@ WEIGHT_DECAYS = [0.0, 0.05, 0.1, 0.3]
 
 
 def epochs_per_trial(run_dir: Path) -> int:
-    return len((run_dir / "metrics.jsonl").read_text().splitlines())
+    metrics = run_dir / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0  # a failed trial trained none
+
+
+def wall_seconds(sweep_dir: Path) -> float:
+    """From the first trial folder made to the last file written (a re-run that skips every trial keeps them)."""
+    trials = [path for path in (sweep_dir / "trials").iterdir()]
+    files = [f for trial in trials for f in trial.rglob("*") if f.is_file()]
+    return max(f.stat().st_mtime for f in files) - min(t.stat().st_ctime for t in trials)
 
 
 def main() -> None:
@@ -52,12 +59,9 @@ def main() -> None:
                       sampler_options={"n_startup_trials": args.pack_size},
                       parameters={"train.lr": {"low": LRS[0], "high": LRS[-1], "log": True},
                                   "train.weight_decay": WEIGHT_DECAYS})
-    began = time.perf_counter()
     grid_result = run_sweep(config, grid, max_workers=1, show_progress=False)
-    grid_seconds = time.perf_counter() - began
-    began = time.perf_counter()
     tpe_result = run_sweep(config, tpe, max_workers=1, show_progress=False)
-    tpe_seconds = time.perf_counter() - began
+    grid_seconds, tpe_seconds = wall_seconds(grid_result.sweep_dir), wall_seconds(tpe_result.sweep_dir)
 
     grid_best = max(r.val_auc for r in grid_result.reports if r.status in ("finished", "skipped"))
     grid_epochs = sum(epochs_per_trial(r.run_dir) for r in grid_result.reports)
@@ -65,7 +69,8 @@ def main() -> None:
     spent, reached_at, reached_trial = 0, None, None
     for report in ordered:
         spent += epochs_per_trial(report.run_dir)
-        aucs = [json.loads(line)["val"]["auc"] for line in (report.run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics = report.run_dir / "metrics.jsonl"
+        aucs = [json.loads(line)["val"]["auc"] for line in metrics.read_text().splitlines()] if metrics.is_file() else [0.0]
         if reached_at is None and max(aucs) >= grid_best:
             reached_at, reached_trial = spent, report.trial_id
     tpe_epochs = spent

@@ -13,12 +13,10 @@ import zarr
 from tiny import TRAINING, cli_args, tiny_assignments, tiny_config
 from typer.testing import CliRunner
 
-from fpt.cache import int4
 from fpt.cache.encoding import decode, decode_rows, encode
 from fpt.cache.metadata import StorageSettings
 from fpt.cache.reader import CacheReader
 from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
-from fpt.cache.transcode import transcode
 from fpt.pipeline.cli import app
 from fpt.stages.extract.frozen_lpm import StageOne, as_stored, frozen_selector, image_features
 from fpt.stages.extract.run import run_extract
