@@ -21,8 +21,7 @@ from fpt.stages.core.settings import PipelineConfig, SweepConfig, SweepRange, fo
 
 SEARCHABLE_SECTIONS = ("train", "side")
 NOT_SEARCHABLE = ("train.runs_root", "train.run_name", "train.device")
-# Settings that do not change what a trial computes, left out of its hash.
-# where a trial runs and what it reports to, which do not change its result
+# Settings that do not change what a trial computes (where it runs, what it reports to), left out of its hash.
 NOT_HASHED = {"train": {"runs_root", "run_name", "device", "loggers", "mlflow_uri", "mlflow_experiment",
                         "mlflow_parent_run"}}
 
@@ -92,9 +91,12 @@ def expand_settings(sweep: SweepConfig) -> list[dict[str, Any]]:
 
 
 def trial_id(config: PipelineConfig, cache_key: str) -> str:
-    """Stable name of a trial: a hash of everything that decides its result."""
-    train = config.train.model_dump(mode="json", exclude=NOT_HASHED["train"])
-    payload = {"cache_key": cache_key, "side": config.side.model_dump(mode="json"), "train": train}
+    """Stable name of a trial: a hash of everything that decides its result. Settings at their defaults are
+    left out, so a setting added to fpt later (at a default that keeps the old behaviour) does not rename
+    the trials of an existing sweep, which would train them all again."""
+    train = config.train.model_dump(mode="json", exclude=NOT_HASHED["train"], exclude_defaults=True)
+    side = config.side.model_dump(mode="json", exclude_defaults=True)
+    payload = {"cache_key": cache_key, "side": side, "train": train}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return digest[:12]
 

@@ -10,7 +10,7 @@ from sweep_support import tiny_config
 
 from fpt.cache.errors import UserError
 from fpt.pipeline.search_space import build_trials, expand_settings, trial_id
-from fpt.stages.core.settings import SweepConfig
+from fpt.stages.core.settings import PipelineConfig, SweepConfig, TrainConfig
 
 
 def test_grid_is_every_combination_in_a_fixed_order() -> None:
@@ -58,6 +58,25 @@ def test_trial_names_are_stable_hashes_of_the_settings(tmp_path: Path) -> None:
     assert names != [t.trial_id for t in build_trials(base, sweep, "otherkey")]
     assert trials[0].config.train.lr == trials[0].settings["train.lr"]
     assert trial_id(trials[0].config, "cachekey") == trials[0].trial_id
+
+
+class NewerTrainConfig(TrainConfig):
+    """The train settings of a newer fpt, with one more setting whose default keeps the old behaviour."""
+
+    later_setting: int = 0
+
+
+def with_newer_train(config: PipelineConfig, **changes: object) -> PipelineConfig:
+    return config.model_copy(update={"train": NewerTrainConfig(**config.train.model_dump(), **changes)})
+
+
+def test_a_setting_added_at_its_default_keeps_the_trial_names(tmp_path: Path) -> None:
+    """Re-running an existing sweep with a newer fpt finds its trials under the same names (else it would
+    train every trial again); the new setting set to another value is another trial."""
+    trials = build_trials(tiny_config(tmp_path), SweepConfig(parameters={"train.lr": [1e-3, 2e-3]}), "cachekey")
+    for trial in trials:
+        assert trial_id(with_newer_train(trial.config), "cachekey") == trial.trial_id
+    assert trial_id(with_newer_train(trials[0].config, later_setting=1), "cachekey") != trials[0].trial_id
 
 
 def test_settings_equal_to_the_base_are_run_once(tmp_path: Path) -> None:
