@@ -278,7 +278,7 @@ def explain(
         if images:
             raise UserError("--gallery draws test images of the run's cache, so it takes no image files.",
                             "Leave out either --gallery or the images.")
-        record = write_gallery(run, show_progress=not quiet)
+        record = write_gallery(run, show_progress=not quiet, originals=True)
         folder = run / EXPLAIN_FOLDER / GALLERY
         write_report(run)
     elif images:

@@ -206,9 +206,11 @@ def _require_prompts(run: RunRecord, run_dir: Path) -> None:
 def explain_cached(run_dir: Path, split: str = "test", checkpoint: Checkpoint = "best",
                    samples: list[str] | None = None, limit: int | None = None, cache: Path | None = None,
                    assignments: list[str] | None = None, per_layer: bool = False, name: str | None = None,
-                   show_progress: bool = True) -> tuple[Path, ExplanationRecord]:
+                   show_progress: bool = True, originals: bool = True) -> tuple[Path, ExplanationRecord]:
     """Explain images of the run's cache, from the cache alone: a split's (its first `limit` in storage order),
-    or the named `samples` (sample ids). Written to <run>/explain/<name> (default <split>_<checkpoint>)."""
+    or the named `samples` (sample ids). Written to <run>/explain/<name> (default <split>_<checkpoint>).
+    `originals`: draw over the original files where they are still at the run's dataset folder; otherwise,
+    and always without it, over the cache's side images (train-side's gallery: stage two opens no image)."""
     if split not in SPLITS:
         raise UserError(f"There is no split called {split!r}.", f"Use one of {', '.join(SPLITS)}.")
     run = read_run(run_dir)
@@ -229,7 +231,7 @@ def explain_cached(run_dir: Path, split: str = "test", checkpoint: Checkpoint = 
         indices = list(range(start, stop if limit is None else min(stop, start + limit)))
     device = resolve_device(config.train.device)
     model = load_run_model(run_dir, run, checkpoint, device)
-    source = Path(run.dataset_source) if run.dataset_source else None
+    source = Path(run.dataset_source) if run.dataset_source and originals else None
     batches = _cached_batches(reader, indices, config.train.batch_size, source, device)
     folder = run_dir / EXPLAIN_FOLDER / (name or f"{split}_{checkpoint}")
     with torch.inference_mode():

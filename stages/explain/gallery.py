@@ -46,8 +46,12 @@ def why_no_gallery(run_dir: Path) -> str | None:
     return None
 
 
-def write_gallery(run_dir: Path, per_kind: int = 2, show_progress: bool = False) -> ExplanationRecord:
-    """Explain the gallery's images into <run>/explain/gallery (best checkpoint)."""
+def write_gallery(run_dir: Path, per_kind: int = 2, show_progress: bool = False,
+                  originals: bool = False) -> ExplanationRecord:
+    """Explain the gallery's images into <run>/explain/gallery (best checkpoint), drawn over the cache's side
+    images, or over the original files with `originals` (`fpt explain --gallery`): a training run opens no
+    image file, so that stage two runs where only the cache is."""
     samples = gallery_samples(run_dir / PREDICTIONS, per_kind)
-    _, record = explain_cached(run_dir, "test", "best", samples=samples, name=GALLERY, show_progress=show_progress)
+    _, record = explain_cached(run_dir, "test", "best", samples=samples, name=GALLERY, show_progress=show_progress,
+                               originals=originals)
     return record
