@@ -29,9 +29,9 @@ def epochs_per_trial(run_dir: Path) -> int:
     return len(metrics.read_text().splitlines()) if metrics.is_file() else 0  # a failed trial trained none
 
 
-def wall_seconds(sweep_dir: Path) -> float:
-    """From the first trial folder made to the last file written (a re-run that skips every trial keeps them)."""
-    trials = [path for path in (sweep_dir / "trials").iterdir()]
+def wall_seconds(trials: list[Path]) -> float:
+    """From the first of these trial folders made to the last file written in them (so a re-run that skips
+    every trial still gives the time the trials took)."""
     files = [f for trial in trials for f in trial.rglob("*") if f.is_file()]
     return max(f.stat().st_mtime for f in files) - min(t.stat().st_ctime for t in trials)
 
@@ -61,7 +61,8 @@ def main() -> None:
                                   "train.weight_decay": WEIGHT_DECAYS})
     grid_result = run_sweep(config, grid, max_workers=1, show_progress=False)
     tpe_result = run_sweep(config, tpe, max_workers=1, show_progress=False)
-    grid_seconds, tpe_seconds = wall_seconds(grid_result.sweep_dir), wall_seconds(tpe_result.sweep_dir)
+    grid_seconds = wall_seconds([r.run_dir for r in grid_result.reports])
+    tpe_seconds = wall_seconds([r.run_dir for r in tpe_result.reports])
 
     grid_best = max(r.val_auc for r in grid_result.reports if r.status in ("finished", "skipped"))
     grid_epochs = sum(epochs_per_trial(r.run_dir) for r in grid_result.reports)
