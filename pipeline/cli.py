@@ -174,7 +174,8 @@ def train_side_command(
     for label, metrics in ((f"best (epoch {result.best_epoch})", result.test_best), ("final", result.test_last)):
         table.add_row(label, *[f"{getattr(metrics, name):.4f}" for name in fields])
     console.print(table)
-    console.print(f"{result.learnable_params:,} learnable parameters; {result.seconds:.1f} s; run folder {result.run_dir}")
+    console.print(f"{result.learnable_params:,} learnable parameters; {result.seconds:.1f} s; run folder {result.run_dir}",
+                  soft_wrap=True)
 
 
 def _cross_validate(cfg: PipelineConfig, cache: Path, quiet: bool) -> None:
@@ -187,23 +188,24 @@ def _cross_validate(cfg: PipelineConfig, cache: Path, quiet: bool) -> None:
     binary = is_binary(result.ensemble_test)
     fields = reported_scores(binary)
     for split, rows, mean, std in (
-        ("Validation", [(f"fold {f.fold} (epoch {f.best_epoch})", f.best_val.model_dump()) for f in result.folds],
+        ("Validation", [(f"fold {f.fold}, ep. {f.best_epoch}", f.best_val.model_dump()) for f in result.folds],
          result.val_mean, result.val_std),
         ("Test", [(f"fold {f.fold}", f.test_best.model_dump()) for f in result.folds], result.test_mean,
          result.test_std),
     ):
-        table = Table(title=f"{split} metrics of the {len(result.folds)} folds' best models ({result.folder})")
-        table.add_column("model")
+        table = Table(title=f"{split} metrics of the {len(result.folds)} folds' best models")
+        table.add_column("model", no_wrap=True)
         for name in fields:
             table.add_column(score_header(name, binary), justify="right")
         for label, values in rows:
             table.add_row(label, *[f"{values[name]:.4f}" for name in fields])
-        table.add_row("mean ± std", *[f"{mean[name]:.4f} ± {std[name]:.4f}" for name in fields])
+        table.add_row("mean", *[f"{mean[name]:.4f}" for name in fields])
+        table.add_row("± std", *[f"{std[name]:.4f}" for name in fields])
         if split == "Test":
             ensemble = result.ensemble_test
             table.add_row("ensemble", *[f"{getattr(ensemble, name):.4f}" for name in fields])
         console.print(table)
-    console.print(f"{result.seconds:.1f} s; cross-validation folder {result.folder} (cv.json, report.md)")
+    console.print(f"{result.seconds:.1f} s; cross-validation folder {result.folder} (cv.json, report.md)", soft_wrap=True)
 
 
 RunOption = Annotated[Path, typer.Option("--run", "-r", help="The run folder that `fpt train-side` wrote.")]
