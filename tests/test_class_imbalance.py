@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cache_testing import class_count_store
 from safetensors.torch import load_file
 from sklearn.metrics import log_loss
 from sklearn.utils.class_weight import compute_class_weight
 from tiny import TRAINING, tiny_config
 
-from fpt.cache.metadata import StorageSettings
 from fpt.cache.reader import CacheReader
-from fpt.cache.synthetic import sample_labels, synthetic_metadata, write_synthetic_cache
+from fpt.cache.synthetic import sample_labels
 from fpt.stages.extract.run import run_extract
 from fpt.stages.train.cache_batches import SplitBatches
 from fpt.stages.train.packed_training import pack_key, train_pack
@@ -29,10 +29,7 @@ COUNTS = {"train": [60, 15, 5], "val": [12, 3, 3], "test": [4, 4, 4]}
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    storage = StorageSettings(dtype="float16", codec="zstd", codec_level=1, shard_size=8, chunk_size=2)
-    metadata = synthetic_metadata({split: sum(c) for split, c in COUNTS.items()}, selected=4, head_dim=8,
-                                  side_store_size=16, storage=storage, class_counts=COUNTS)
-    return write_synthetic_cache(tmp_path_factory.mktemp("cache"), metadata)
+    return class_count_store(tmp_path_factory.mktemp("cache"), COUNTS)
 
 
 def test_the_synthetic_store_holds_the_class_counts_asked_for(store: Path) -> None:

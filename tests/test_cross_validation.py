@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cache_testing import class_count_store
 from tiny import TRAINING, cli_args, tiny_assignments, tiny_config
 from typer.testing import CliRunner
 
 from fpt.cache.errors import UserError
-from fpt.cache.metadata import StorageSettings
 from fpt.cache.reader import CacheReader
-from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
 from fpt.pipeline.cli import app
 from fpt.stages.extract.run import run_extract
 from fpt.stages.train.cache_batches import SplitBatches
@@ -26,10 +25,7 @@ COUNTS = {"train": [40, 13, 7], "val": [9, 4, 2], "test": [4, 4, 4]}
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    storage = StorageSettings(dtype="float16", codec="zstd", codec_level=1, shard_size=8, chunk_size=2)
-    metadata = synthetic_metadata({split: sum(c) for split, c in COUNTS.items()}, selected=4, head_dim=8,
-                                  side_store_size=16, storage=storage, class_counts=COUNTS)
-    return write_synthetic_cache(tmp_path_factory.mktemp("cache"), metadata)
+    return class_count_store(tmp_path_factory.mktemp("cache"), COUNTS)
 
 
 def test_folds_are_disjoint_stratified_and_validate_every_sample_once(store: Path) -> None:

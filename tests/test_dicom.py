@@ -170,9 +170,9 @@ def test_pydicom_2_is_refused_with_the_upgrade(tmp_path, monkeypatch):
         open_rgb(path)
 
 
-def test_a_compression_without_a_decoder_names_the_plugins(tmp_path):
-    if get_decoder(JPEGLSLossless).is_available:
-        pytest.skip("a JPEG-LS decoder is installed here")
+def test_a_compression_without_a_decoder_names_the_plugins(tmp_path, monkeypatch):
+    # as on a machine without the JPEG-LS plugins, whatever this one has installed
+    monkeypatch.setattr(type(get_decoder(JPEGLSLossless)), "is_available", property(lambda decoder: False))
     path = write_dicom(tmp_path / "jls.dcm", RAMP_12_BIT[:8, :8], "MONOCHROME2", 12)
     dataset = pydicom.dcmread(path)
     dataset.file_meta.TransferSyntaxUID = JPEGLSLossless

@@ -27,6 +27,7 @@ from fpt.cache.reader import CacheReader, read_metadata
 from fpt.stages.core.devices import resolve_device
 from fpt.stages.core.files import write_json
 from fpt.stages.datasets.layouts import find_images
+from fpt.stages.datasets.samples import SPLITS
 from fpt.stages.explain.attention_maps import AGGREGATION, Explanation, explain_batch
 from fpt.stages.explain.overlays import display_image, draw_explanation
 from fpt.stages.explain.patch_maps import TokenGrid
@@ -35,8 +36,6 @@ from fpt.stages.model.fpt_model import FPTPlus
 from fpt.stages.model.side_input import eval_images
 from fpt.stages.runs.explanation_record import EXPLAIN_FOLDER, MAPS_FILE, RECORD_FILE, ExplainedImage, ExplanationRecord
 from fpt.stages.runs.trained_run import Checkpoint, RunRecord, load_run_model, read_run, run_cache_metadata, run_config
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass

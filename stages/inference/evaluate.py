@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from fpt.cache.errors import UserError
 from fpt.cache.reader import CacheReader
 from fpt.stages.core.files import write_json
+from fpt.stages.datasets.samples import SPLITS
 from fpt.stages.extract.run import resolve_device
 from fpt.stages.runs.bootstrap import Uncertainty, bootstrap_uncertainty
 from fpt.stages.runs.metrics import Metrics, classification_metrics
@@ -18,8 +19,6 @@ from fpt.stages.runs.run_folder import write_predictions
 from fpt.stages.runs.trained_run import Checkpoint, load_run_model, read_run, run_cache_metadata, run_config
 from fpt.stages.train.cache_batches import SplitBatches
 from fpt.stages.train.recipe import predict_split
-
-SPLITS = ("train", "val", "test")
 
 
 class Evaluation(BaseModel):
