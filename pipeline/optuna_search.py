@@ -16,6 +16,7 @@ study holds `sweep.num_trials`.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,10 +132,19 @@ class PruningHook:
         value = metric_value(val, self.sweep.metric)
         if value is None:
             return False
-        study = optuna.load_study(study_name=STUDY_NAME, storage=storage(self.folder), pruner=pruner_for(self.sweep))
+        study = _worker_study(self.folder, self.sweep.model_dump_json(include={"pruner", "pruner_options"}))
         trial = optuna.trial.Trial(study, self.optuna_trial_id)
         trial.report(value, epoch)
         return trial.should_prune()
+
+
+@functools.lru_cache(maxsize=8)
+def _worker_study(folder: Path, pruning: str) -> optuna.Study:
+    """The study as a worker process loads it once: a fresh JournalStorage replays the whole journal, and a
+    pack asks after every epoch of every trial; the loaded one reads only what was appended since.
+    `pruning`: the sweep's pruner settings as JSON (the pruner lives with the study object, not in storage)."""
+    sweep = SweepConfig.model_validate_json(pruning)
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage(folder), pruner=pruner_for(sweep))
 
 
 def trial_id_of(trial: optuna.trial.FrozenTrial | optuna.Trial) -> str:
