@@ -131,7 +131,7 @@ def train_side_command(
     config: ConfigOption = None,
     set_: SetOption = None,
     data_root: DataRootOption = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Go on with an interrupted run: its folder (its own settings are used).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Go on with an interrupted run, or cross-validation: its folder (its own settings are used).")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Stage two: train the fusion modules and side network from the cache of the dataset's images."""
@@ -150,6 +150,11 @@ def train_side_command(
                             "--no-prompts, --config, --dataset or --data-root.",
                             "Leave them out (the run's own config.yaml is used), or start a new run with them.")
         cfg = run_config(resume)
+        if cfg.train.folds > 1 and cfg.train.fold is None:  # the folder of a whole cross-validation
+            cache = find_cache(cfg, dataset_source(cfg), cache)
+            console.print(f"Going on with the cross-validation in {resume} (cache {cache}).", highlight=False)
+            _cross_validate(cfg, cache, quiet, resume)
+            return
         run = read_run(resume)
         cache, _ = run_cache_metadata(run, cache)  # the very cache the run started on, checked by its key
         source = run.dataset_source or "a source it does not record"
@@ -178,13 +183,13 @@ def train_side_command(
                   soft_wrap=True)
 
 
-def _cross_validate(cfg: PipelineConfig, cache: Path, quiet: bool) -> None:
+def _cross_validate(cfg: PipelineConfig, cache: Path, quiet: bool, folder: Path | None = None) -> None:
     """train.folds > 1: one run per fold, then a table of each fold's best validation and test metrics,
     their mean ± std and the fold ensemble's test metrics."""
     from fpt.stages.runs.metrics import is_binary, reported_scores, score_header
     from fpt.stages.train.cross_validation import cross_validate
 
-    result = cross_validate(cfg, cache, show_progress=not quiet)
+    result = cross_validate(cfg, cache, show_progress=not quiet, folder=folder)
     binary = is_binary(result.ensemble_test)
     fields = reported_scores(binary)
     for split, rows, mean, std in (

@@ -122,11 +122,13 @@ def metric_value(metrics: Metrics, metric: str) -> float | None:
 @dataclass(frozen=True)
 class PruningHook:
     """Sent with a trial to the worker that trains it (it pickles): after each epoch, report the trial's
-    validation metric to the study and ask the pruner whether to stop it there."""
+    validation metric to the study and ask the pruner whether to stop it there. step_offset: where the
+    run's epochs start among its trial's steps (a fold of a cross-validated trial: pipeline/sweep_folds.py)."""
 
     folder: Path
     sweep: SweepConfig
     optuna_trial_id: int
+    step_offset: int = 0
 
     def __call__(self, epoch: int, val: Metrics) -> bool:
         value = metric_value(val, self.sweep.metric)
@@ -134,7 +136,7 @@ class PruningHook:
             return False
         study = _worker_study(self.folder, self.sweep.model_dump_json(include={"pruner", "pruner_options"}))
         trial = optuna.trial.Trial(study, self.optuna_trial_id)
-        trial.report(value, epoch)
+        trial.report(value, self.step_offset + epoch)
         return trial.should_prune()
 
 

@@ -42,6 +42,11 @@ def _check_path(path: str) -> None:
             "Search over settings under train. or side. (e.g. train.lr, side.num_prompts); the "
             "extraction settings are fixed by the cache.",
         )
+    if path in ("train.folds", "train.fold"):
+        raise UserError(f"The sweep parameter {path!r} cannot be searched: trials scored on different folds "
+                        "do not compare.",
+                        "Set train.folds for the whole sweep (--set train.folds=5): each trial then trains its "
+                        "folds and is scored by their mean.")
     if path in NOT_SEARCHABLE:
         raise UserError(f"The sweep parameter {path!r} cannot be searched.", "Remove it from sweep.parameters.")
 
@@ -62,8 +67,8 @@ def _draw(spec: list[Any] | SweepRange, rng: np.random.Generator) -> Any:
     return int(round(value)) if spec.integer else float(f"{value:.6g}")
 
 
-def expand_settings(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """The settings of every trial, in a fixed order (grid: row-major over the parameters)."""
+def check_parameters(sweep: SweepConfig) -> None:
+    """Refuse a sweep with nothing to search, or one that searches what a sweep cannot vary."""
     if not sweep.parameters:
         raise UserError(
             "The sweep has no parameters to search.",
@@ -72,6 +77,11 @@ def expand_settings(sweep: SweepConfig) -> list[dict[str, Any]]:
         )
     for path in sweep.parameters:
         _check_path(path)
+
+
+def expand_settings(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """The settings of every trial, in a fixed order (grid: row-major over the parameters)."""
+    check_parameters(sweep)
     names = sorted(sweep.parameters)
     if sweep.method == "grid":
         ranges = [name for name in names if not isinstance(sweep.parameters[name], list)]

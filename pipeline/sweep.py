@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import json
 import math
 import shlex
 import shutil
@@ -34,16 +33,19 @@ from rich.console import Console
 from rich.table import Table
 
 from fpt.cache.errors import UserError
+from fpt.cache.metadata import CacheMetadata
 from fpt.cache.progress import Progress, open_progress
-from fpt.cache.reader import read_metadata
+from fpt.cache.reader import CacheReader, read_metadata
 from fpt.pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
 from fpt.pipeline.lpm_guard import lpm_disabled, lpm_forbidden
 from fpt.pipeline.optuna_search import (
     STUDY_FILE, TRIAL_ID_ATTRIBUTE, PruningHook, distributions, in_flight, is_optuna_method, open_study, told,
     trial_id_of,
 )
-from fpt.pipeline.search_space import Trial, apply_settings, build_trials
+from fpt.pipeline.search_space import Trial, apply_settings, build_trials, check_parameters
+from fpt.pipeline.sweep_folds import finished_earlier, fold_run, fold_runs, step_offset, trial_report
 from fpt.pipeline.task_stop import TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt
+from fpt.pipeline.trial_reports import CV_FILE, TrialReport, report_failed, report_from_final, report_pruned
 from fpt.stages.core.devices import wants_gpu
 from fpt.stages.core.errors import Interrupted, StopRequested
 from fpt.stages.core.files import atomic_write_text, replacing, writable_folder
@@ -54,32 +56,10 @@ from fpt.stages.runs.report import write_report
 from fpt.stages.runs.tracking import mlflow_uri, parent_run
 from fpt.stages.runs.trained_run import read_run
 from fpt.stages.train.cache_choice import find_cache
+from fpt.stages.train.folds import pooled_samples, stratified_folds
 from fpt.stages.train.packed_training import EpochHook, pack_key, train_pack
-from fpt.stages.train.recipe import TrainResult
 from fpt.stages.train.resume_state import load_resume_state, saved_epoch
 from fpt.stages.train.trial_results import PRUNED_FILE
-
-
-class TrialReport(BaseModel):
-    """The outcome of one trial, as it crosses back from a dask worker."""
-
-    trial_id: str
-    settings: dict[str, Any]
-    # finished (in this run) | skipped (finished by an earlier run of the sweep) | pruned (stopped early by
-    # the search's pruner) | failed
-    status: str
-    run_dir: Path
-    val_auc: float | None = None
-    best_val: dict[str, float | None] | None = None  # every validation score of the best epoch
-    best_epoch: int | None = None
-    epochs_trained: int | None = None  # the epochs it trained: all of them, or those before it was pruned
-    test_best: dict[str, float] | None = None
-    test_last: dict[str, float] | None = None
-    seconds: float | None = None
-    error: str | None = None
-    lpm_disabled: bool = False
-    worker_peak_rss_mb: float | None = None  # peak resident memory of the process that trained it
-    resumed_from_epoch: int | None = None  # went on from the resume state an interrupted sweep left
 
 
 class SweepResult(BaseModel):
@@ -89,28 +69,6 @@ class SweepResult(BaseModel):
     best_yaml: str
     plan: ClusterPlan
     seconds: float
-
-
-def _report_from_final(trial: Trial, run_dir: Path, status: str, lpm_disabled: bool = False) -> TrialReport:
-    result = TrainResult.model_validate_json((run_dir / "final_metrics.json").read_text())
-    return TrialReport(
-        trial_id=trial.trial_id, settings=trial.settings, status=status, run_dir=run_dir,
-        val_auc=result.best_val.auc, best_val=result.best_val.model_dump(), best_epoch=result.best_epoch,
-        epochs_trained=trial.config.train.epochs,
-        test_best=result.test_best.model_dump(include=set(reported_scores(is_binary(result.test_best)))),
-        test_last=result.test_last.model_dump(include=set(reported_scores(is_binary(result.test_last)))),
-        seconds=result.seconds,
-        lpm_disabled=lpm_disabled,
-    )
-
-
-def _report_pruned(trial: Trial, run_dir: Path, lpm_disabled: bool = False) -> TrialReport:
-    """A trial the search's pruner stopped: its best epoch until then, from pruned.json."""
-    pruned = json.loads((run_dir / PRUNED_FILE).read_text())
-    best = pruned.get("best_val") or {}
-    return TrialReport(trial_id=trial.trial_id, settings=trial.settings, status="pruned", run_dir=run_dir,
-                       val_auc=best.get("auc"), best_val=best or None, best_epoch=pruned.get("best_epoch"),
-                       epochs_trained=pruned["epoch"], lpm_disabled=lpm_disabled)
 
 
 def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, plan: ClusterPlan,
@@ -149,16 +107,15 @@ def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, p
     for index, (trial, run_dir) in enumerate(zip(trials, run_dirs)):
         outcome = outcomes[index]
         if outcome.error is None and outcome.pruned_at is not None:
-            reports.append(_report_pruned(trial, run_dir, guarded))
+            reports.append(report_pruned(trial, run_dir, guarded))
         elif outcome.error is None:
-            report = _report_from_final(trial, run_dir, "finished", guarded)
+            report = report_from_final(trial, run_dir, "finished", guarded)
             report.resumed_from_epoch = None if states[index] is None else states[index]["epoch"]
             reports.append(report)
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "error.txt").write_text(outcome.error)
-            reports.append(TrialReport(trial_id=trial.trial_id, settings=trial.settings, status="failed",
-                                       run_dir=run_dir, error=outcome.error, lpm_disabled=guarded))
+            reports.append(report_failed(trial, run_dir, outcome.error, guarded))
     for report in reports:
         report.worker_peak_rss_mb = peak
     return reports
@@ -212,9 +169,10 @@ def split_into_packs(trials: list[Trial], pack_size: int, workers: int,
 
 def repeat_lines(run_dir: Path) -> list[str]:
     """How to train a sweep's trial again on its own, and how exactly that repeats it: bit for bit
-    only where the trial ran on one CPU thread (docs/sweeps.md, "Packed trials")."""
+    only where the trial ran on one CPU thread (docs/sweeps.md, "Packed trials"). A cross-validated trial's
+    folder holds the config.yaml of its whole cross-validation."""
     try:
-        run = read_run(run_dir)
+        run = read_run(run_dir / "fold-1" if (run_dir / CV_FILE).is_file() else run_dir)
     except UserError:
         return []
     command = f"fpt train-side --config {shlex.quote(str(run_dir.resolve() / 'config.yaml'))} --cache {shlex.quote(str(run.cache))}"
@@ -257,20 +215,28 @@ def sort_key(metric: str = "auc"):
 def write_results_csv(path: Path, reports: list[TrialReport]) -> None:
     names = sorted({name for r in reports for name in r.settings})
     scores = reported_scores(any(is_binary(r.test_best) for r in reports if r.test_best))
+    folded = any(r.folds for r in reports)  # cross-validated: val_auc is the folds' mean, test the fold ensemble's
     with replacing(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rank", "trial", "status", *names, "val_auc", "best_epoch", "epochs_trained",
+        writer.writerow(["rank", "trial", "status", *names, "val_auc", *(["val_auc_std", "folds"] if folded else []),
+                         "best_epoch", "epochs_trained",
                          *[f"test_best_{m}" for m in scores], *[f"test_last_{m}" for m in scores],
                          "resumed_from_epoch", "seconds", "run_dir", "error"])
         for rank, r in enumerate(reports, 1):
             writer.writerow([
                 rank, r.trial_id, r.status, *[r.settings.get(n, "") for n in names],
-                "" if r.val_auc is None else f"{r.val_auc:.6f}", r.best_epoch or "", r.epochs_trained or "",
+                "" if r.val_auc is None else f"{r.val_auc:.6f}",
+                *([_std(r, "auc"), r.folds or ""] if folded else []), r.best_epoch or "", r.epochs_trained or "",
                 *[f"{(r.test_best or {}).get(m, float('nan')):.6f}" if r.test_best else "" for m in scores],
                 *[f"{(r.test_last or {}).get(m, float('nan')):.6f}" if r.test_last else "" for m in scores],
                 r.resumed_from_epoch or "", "" if r.seconds is None else f"{r.seconds:.2f}", str(r.run_dir),
                 _first_line(r.error),
             ])
+
+
+def _std(report: TrialReport, metric: str) -> str:
+    value = (report.val_std or {}).get(metric)
+    return "" if value is None else f"{value:.6f}"
 
 
 def results_table(reports: list[TrialReport], title: str) -> Table:
@@ -285,14 +251,14 @@ def results_table(reports: list[TrialReport], title: str) -> Table:
     if any_failed:
         table.add_column("error", overflow="fold", max_width=48)
 
-    def fmt(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
+    def fmt(value: float | None, std: float | None = None) -> str:
+        return "-" if value is None else f"{value:.4f}" + ("" if std is None else f" ± {std:.4f}")
 
     for rank, r in enumerate(reports, 1):
         best, last = r.test_best or {}, r.test_last or {}
         style = "red" if r.status == "failed" else ("bold green" if rank == 1 else None)
         table.add_row(str(rank), r.trial_id, r.status, *[str(r.settings.get(n, "")) for n in names],
-                      fmt(r.val_auc), fmt(best.get("auc")), fmt(best.get("accuracy")), fmt(best.get("kappa")),
+                      fmt(r.val_auc, (r.val_std or {}).get("auc")), fmt(best.get("auc")), fmt(best.get("accuracy")), fmt(best.get("kappa")),
                       fmt(last.get("auc")), *([_first_line(r.error)] if any_failed else []), style=style)
     return table
 
@@ -320,14 +286,19 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
                max_workers: int | None, processes: bool, show_progress: bool, console: Console | None) -> SweepResult:
     began = time.perf_counter()
     sweep = sweep or config.sweep
-    if config.train.folds > 1 or {"train.folds", "train.fold"} & set(sweep.parameters):
-        raise UserError("A sweep trains each trial on the dataset's own split; cross-validation (train.folds > 1) "
-                        "is `fpt train-side`'s.",
-                        "Sweep with train.folds=1, then cross-validate the settings you choose with "
-                        "`fpt train-side --set train.folds=5`.")
+    check_parameters(sweep)
+    if config.train.fold is not None:
+        raise UserError(f"train.fold={config.train.fold} names one fold of a cross-validation; a sweep trains "
+                        "all of a trial's folds.",
+                        "Leave train.fold out: with train.folds=k each trial trains its k folds and is scored by "
+                        "their mean.")
     source = dataset_source(config)
     path = find_cache(config, source, cache_path).resolve()
     metadata = read_metadata(path)
+    if config.train.folds > 1:  # refused here, before any trial, when a class has fewer samples than folds
+        reader = CacheReader(path)
+        indices, labels = pooled_samples(reader)
+        stratified_folds(indices, labels, config.train.folds, config.train.fold_seed, metadata.class_names)
     if console is not None:
         console.print(f"Training from the cache {path} (dataset {metadata.dataset} from {source}).", highlight=False)
     root = sweep_dir(config, sweep)
@@ -343,10 +314,10 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
     reports: dict[str, TrialReport] = {}
     if is_optuna_method(sweep.method):
         plan = plan_local(min(sweep.num_trials, sweep.pack_size), bool(want_gpu), max_workers)
-        plan = _run_optuna(config, sweep, root, trials_root, path, metadata.cache_key, scheduler, plan, processes,
+        plan = _run_optuna(config, sweep, root, trials_root, path, metadata, scheduler, plan, processes,
                            reports, show_progress)
     else:
-        plan = _run_expanded(config, sweep, trials_root, path, metadata.cache_key, scheduler, want_gpu, max_workers,
+        plan = _run_expanded(config, sweep, trials_root, path, metadata, scheduler, want_gpu, max_workers,
                              processes, reports, show_progress)
 
     ordered = sorted(reports.values(), key=sort_key(sweep.metric))
@@ -354,15 +325,18 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
     best_yaml = ""
     if best is not None:
         value = (best.best_val or {}).get(sweep.metric, best.val_auc)
-        best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, validation {sweep.metric} {value:.4f}\n"
+        score = f"validation {sweep.metric} {value:.4f}"
+        if best.folds:
+            score = (f"validation {sweep.metric} {value:.4f} ± {(best.val_std or {}).get(sweep.metric, math.nan):.4f} "
+                     f"(mean ± std of its {best.folds} cross-validation folds)")
+        best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, {score}\n"
                      + "".join(f"# {line}\n" for line in repeat_lines(best.run_dir))
                      + yaml.safe_dump(nested_settings(best.settings), sort_keys=True))
     try:
         write_results_csv(root / "results.csv", ordered)
         if best is not None:
             atomic_write_text(root / "best.yaml", best_yaml)
-            if best.run_dir is not None and not (best.run_dir / "training_curves.png").is_file():
-                write_report(best.run_dir)
+            _draw_pictures(best.run_dir)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
@@ -379,45 +353,74 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
                        seconds=time.perf_counter() - began)
 
 
-def _run_expanded(config: PipelineConfig, sweep: SweepConfig, trials_root: Path, cache_path: Path, cache_key: str,
-                  scheduler: str | None, want_gpu: bool | None, max_workers: int | None, processes: bool,
-                  reports: dict[str, TrialReport], show_progress: bool) -> ClusterPlan:
-    """fpt's own grid or random search: every trial known up front; finished ones are skipped."""
-    trials = build_trials(config, sweep, cache_key)
+def _draw_pictures(run_dir: Path) -> None:
+    """The report pictures of the best trial's run, or of each of its fold runs (the sweep draws no others)."""
+    runs = sorted(run_dir.glob("fold-*")) if (run_dir / CV_FILE).is_file() else [run_dir]
+    for run in runs:
+        if not (run / "training_curves.png").is_file():
+            write_report(run)
+
+
+def _run_expanded(config: PipelineConfig, sweep: SweepConfig, trials_root: Path, cache_path: Path,
+                  metadata: CacheMetadata, scheduler: str | None, want_gpu: bool | None, max_workers: int | None,
+                  processes: bool, reports: dict[str, TrialReport], show_progress: bool) -> ClusterPlan:
+    """fpt's own grid or random search: every trial known up front; finished ones are skipped. The runs of
+    all trials (each trial's folds, when cross-validated) are sent at once."""
+    trials = build_trials(config, sweep, metadata.cache_key)
     pending = []
     for trial in trials:
-        run_dir = trials_root / trial.trial_id
-        if (run_dir / "final_metrics.json").is_file():
-            reports[trial.trial_id] = _report_from_final(trial, run_dir, "skipped")
+        done = finished_earlier(trial, trials_root)
+        if done is not None:
+            reports[trial.trial_id] = done
         else:
             pending.append(trial)
-    plan = plan_local(len(pending) or 1, bool(want_gpu), max_workers)
-    if pending:
+    runs: dict[str, TrialReport] = {}
+    todo = _runs_to_train([run for trial in pending for run in fold_runs(trial)], trials_root, runs, pruned=False)
+    plan = plan_local(len(todo) or 1, bool(want_gpu), max_workers)
+    if todo:
         try:
             with dask_client(scheduler, plan, processes=processes) as client:
                 if scheduler:
                     plan = plan_remote(client, want_gpu)
-                start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in pending}
-                packs = split_into_packs(pending, sweep.pack_size, plan.workers, start_epochs)
-                _run_packs(client, packs, trials_root, cache_path, plan, reports, show_progress)
+                start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in todo}
+                packs = split_into_packs(todo, sweep.pack_size, plan.workers, start_epochs)
+                _run_packs(client, packs, trials_root, cache_path, plan, runs, show_progress)
         except TasksStopped as stopped:
             raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, stopped.still_running)) from None
         except KeyboardInterrupt:  # before the packs were sent, or a second Ctrl-C while they stopped
             raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, None)) from None
+    for trial in pending:
+        reports[trial.trial_id] = trial_report(trial, runs, trials_root, metadata.class_names)
     return plan
 
 
+def _runs_to_train(candidates: list[Trial], trials_root: Path, runs: dict[str, TrialReport], pruned: bool) -> list[Trial]:
+    """The runs among `candidates` that still train; a run an earlier run of the sweep finished (or, in a
+    search with a pruner, pruned before it could tell the study) is reported into `runs` instead."""
+    todo = []
+    for run in candidates:
+        run_dir = trials_root / run.trial_id
+        if (run_dir / "final_metrics.json").is_file():
+            runs[run.trial_id] = report_from_final(run, run_dir, "skipped")
+        elif pruned and (run_dir / PRUNED_FILE).is_file():
+            runs[run.trial_id] = report_pruned(run, run_dir)
+        else:
+            todo.append(run)
+    return todo
+
+
 def _run_optuna(config: PipelineConfig, sweep: SweepConfig, root: Path, trials_root: Path, cache_path: Path,
-                cache_key: str, scheduler: str | None, plan: ClusterPlan, processes: bool,
+                metadata: CacheMetadata, scheduler: str | None, plan: ClusterPlan, processes: bool,
                 reports: dict[str, TrialReport], show_progress: bool) -> ClusterPlan:
     """A search by an Optuna sampler (pipeline/optuna_search.py): rounds of as many trials as the workers'
-    packs hold, asked, trained with a pruning hook each, and told; the study in the sweep folder goes on
-    where an earlier run of the same sweep left it."""
+    packs hold, asked, trained with a pruning hook each (fold by fold when cross-validated:
+    pipeline/sweep_folds.py), and told; the study in the sweep folder goes on where an earlier run of the
+    same sweep left it."""
     study = open_study(root, sweep)
     space = distributions(sweep)
     for frozen in told(study):
         trial = _optuna_trial(config, frozen.params, trial_id_of(frozen))
-        reports[trial.trial_id] = _told_report(trial, trials_root / trial.trial_id, frozen.state)
+        reports[trial.trial_id] = _told_report(trial, trials_root, frozen.state)
     try:
         with dask_client(scheduler, plan, processes=processes) as client:
             if scheduler:
@@ -434,11 +437,21 @@ def _run_optuna(config: PipelineConfig, sweep: SweepConfig, root: Path, trials_r
                         optuna_trial.set_user_attr(TRIAL_ID_ATTRIBUTE, trial_id_of(optuna_trial))
                 trials = [_optuna_trial(config, t.params, trial_id_of(t)) for t in asked]
                 # the hook rebuilds the trial on the worker from its storage id (optuna.trial.Trial(study, id))
-                hooks = {trial.trial_id: PruningHook(root, sweep, t._trial_id) for trial, t in zip(trials, asked)}
-                start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in trials}
-                packs = split_into_packs(trials, sweep.pack_size, plan.workers, start_epochs)
-                _run_packs(client, packs, trials_root, cache_path, plan, reports, show_progress, hooks)
+                storage_ids = {trial.trial_id: t._trial_id for trial, t in zip(trials, asked)}
+                runs: dict[str, TrialReport] = {}
+                going = trials
+                for fold in range(1, max(config.train.folds, 1) + 1):
+                    todo = _runs_to_train([fold_run(t, fold) for t in going], trials_root, runs, pruned=True)
+                    hooks = {run.trial_id: PruningHook(root, sweep, storage_ids[trial.trial_id], step_offset(run))
+                             for trial in going for run in [fold_run(trial, fold)]}
+                    if todo:
+                        start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in todo}
+                        packs = split_into_packs(todo, sweep.pack_size, plan.workers, start_epochs)
+                        label = f"fold {fold} of {config.train.folds}" if config.train.folds > 1 else None
+                        _run_packs(client, packs, trials_root, cache_path, plan, runs, show_progress, hooks, label)
+                    going = [t for t in going if runs[fold_run(t, fold).trial_id].status in ("finished", "skipped")]
                 for trial, optuna_trial in zip(trials, asked):
+                    reports[trial.trial_id] = trial_report(trial, runs, trials_root, metadata.class_names)
                     _tell(study, optuna_trial.number, reports[trial.trial_id], sweep.metric)
     except (TasksStopped, KeyboardInterrupt) as stopped:
         still = stopped.still_running if isinstance(stopped, TasksStopped) else None
@@ -453,14 +466,23 @@ def _optuna_trial(config: PipelineConfig, params: dict[str, Any], trial_id: str)
     return Trial(trial_id=trial_id, settings=dict(params), config=apply_settings(config, dict(params)))
 
 
-def _told_report(trial: Trial, run_dir: Path, state: Any) -> TrialReport:
+def _told_report(trial: Trial, trials_root: Path, state: Any) -> TrialReport:
     """The report of a trial an earlier run of the sweep told the study about."""
-    if (run_dir / "final_metrics.json").is_file():
-        return _report_from_final(trial, run_dir, "skipped")
-    if (run_dir / PRUNED_FILE).is_file():
-        return _report_pruned(trial, run_dir)
-    error = (run_dir / "error.txt").read_text() if (run_dir / "error.txt").is_file() else f"Optuna state {state.name}"
-    return TrialReport(trial_id=trial.trial_id, settings=trial.settings, status="failed", run_dir=run_dir, error=error)
+    done = finished_earlier(trial, trials_root)
+    if done is not None:
+        return done
+    for run in fold_runs(trial):
+        run_dir = trials_root / run.trial_id
+        if (run_dir / PRUNED_FILE).is_file():
+            pruned = report_pruned(run, run_dir)
+            if run is trial:
+                return pruned
+            return TrialReport(trial_id=trial.trial_id, settings=trial.settings, status="pruned",
+                               run_dir=trials_root / trial.trial_id, folds=trial.config.train.folds,
+                               epochs_trained=step_offset(run) + (pruned.epochs_trained or 0))
+        if (run_dir / "error.txt").is_file():
+            return report_failed(trial, trials_root / trial.trial_id, (run_dir / "error.txt").read_text())
+    return report_failed(trial, trials_root / trial.trial_id, f"Optuna state {state.name}")
 
 
 def _tell(study: Any, number: int, report: TrialReport, metric: str) -> None:
@@ -476,7 +498,8 @@ def _tell(study: Any, number: int, report: TrialReport, metric: str) -> None:
 
 
 def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_path: Path, plan: ClusterPlan,
-               reports: dict[str, TrialReport], show_progress: bool, hooks: dict[str, EpochHook] | None = None) -> None:
+               reports: dict[str, TrialReport], show_progress: bool, hooks: dict[str, EpochHook] | None = None,
+               label: str | None = None) -> None:
     resources = task_resources(plan)
     stop_name = new_stop_name()
     futures = {}
@@ -484,11 +507,12 @@ def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_p
         run_dirs = [trials_root / t.trial_id for t in pack]
         pack_hooks = [hooks.get(t.trial_id) for t in pack] if hooks else None
         future = client.submit(run_pack_task, pack, run_dirs, cache_path, plan, stop_name, pack_hooks,
-                               resources=resources, pure=False, key=f"fpt-pack-{pack[0].trial_id}-{len(pack)}")
+                               resources=resources, pure=False, key=f"fpt-pack-{pack[0].trial_id.replace('/', '-')}-{len(pack)}")
         futures[future] = pack
     total = sum(len(p) for p in packs)
     with open_progress(show_progress, fields=("status",)) as progress:
-        task = progress.add_task(f"Sweep ({len(packs)} pack(s) on {plan.workers} worker(s))", total=total, status="")
+        what = f"Sweep, {label}" if label else "Sweep"
+        task = progress.add_task(f"{what} ({len(packs)} pack(s) on {plan.workers} worker(s))", total=total, status="")
         def stopping() -> None:
             progress.update(task, status="stopping: each pack after its current step")
 
@@ -508,8 +532,7 @@ def _collect(futures: dict[Any, list[Trial]], trials_root: Path, reports: dict[s
             pack_reports = future.result()
         except Exception as error:  # the whole task died (worker lost, out of memory): its trials failed
             message = f"{type(error).__name__}: {error}"
-            pack_reports = [TrialReport(trial_id=t.trial_id, settings=t.settings, status="failed",
-                                        run_dir=trials_root / t.trial_id, error=message) for t in pack]
+            pack_reports = [report_failed(t, trials_root / t.trial_id, message) for t in pack]
         for report in pack_reports:
             reports[report.trial_id] = report
             failed += report.status == "failed"
@@ -517,21 +540,24 @@ def _collect(futures: dict[Any, list[Trial]], trials_root: Path, reports: dict[s
 
 
 def _how_to_go_on(trials: list[Trial], trials_root: Path, scheduler: str | None, still_running: int | None) -> str:
-    """What an interrupted sweep keeps, trial by trial, and how it goes on."""
+    """What an interrupted sweep keeps, run by run (a trial, or a fold of a cross-validated one), and how it
+    goes on."""
+    runs = [run for trial in trials for run in fold_runs(trial)]
+    noun = "fold runs" if len(runs) > len(trials) else "trials"
     finished, going_on = 0, []
-    for trial in trials:
-        run_dir = trials_root / trial.trial_id
+    for run in runs:
+        run_dir = trials_root / run.trial_id
         if (run_dir / "final_metrics.json").is_file():
             finished += 1
         elif epoch := saved_epoch(run_dir):
             going_on.append(epoch)
-    fresh = len(trials) - finished - len(going_on)
-    kept = f"The sweep in {trials_root.parent} keeps {finished} of its {len(trials)} trials finished"
+    fresh = len(runs) - finished - len(going_on)
+    kept = f"The sweep in {trials_root.parent} keeps {finished} of its {len(runs)} {noun} finished"
     if going_on:
         span = f"{min(going_on)}" if min(going_on) == max(going_on) else f"{min(going_on)}-{max(going_on)}"
         kept += f", {len(going_on)} at their last finished epoch ({span})"
     kept += f"; {fresh} have no finished epoch yet." if fresh else "."
-    hint = f"{kept} Run the same command again: finished trials are skipped and the others go on from there."
+    hint = f"{kept} Run the same command again: finished {noun} are skipped and the others go on from there."
     return hint + still_running_hint(scheduler, still_running, "trial is trained")
 
 

@@ -13,11 +13,14 @@ from cache_testing import class_count_store
 from tiny import TRAINING, cli_args, tiny_assignments, tiny_config
 from typer.testing import CliRunner
 
+import fpt.stages.train.pack_resume
 from fpt.cache.errors import UserError
 from fpt.cache.reader import CacheReader
 from fpt.pipeline.cli import app
+from fpt.stages.core.errors import Interrupted
 from fpt.stages.extract.run import run_extract
 from fpt.stages.train.cache_batches import SplitBatches
+from fpt.stages.train.cross_validation import cross_validate
 from fpt.stages.train.folds import fold_samples, pooled_samples, stratified_folds
 
 COUNTS = {"train": [40, 13, 7], "val": [9, 4, 2], "test": [4, 4, 4]}
@@ -120,3 +123,39 @@ def test_a_three_fold_cross_validation_end_to_end(tmp_path: Path) -> None:
     assert ensemble_ids == ids and len(ids) == 6
     assert np.allclose(ensemble, mean, atol=1e-6)
     assert "ensemble of the 3 folds" in (folder / "report.md").read_text()
+
+
+def test_an_interrupted_cross_validation_goes_on_to_the_uninterrupted_result(tmp_path: Path, torch_threads,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    torch_threads(1)
+    settings = [*TRAINING, "train.epochs=2", "train.loggers=[]", "train.folds=3"]
+    run_extract(tiny_config(tmp_path, *TRAINING), show_progress=False)
+    whole = cross_validate(tiny_config(tmp_path, *settings, "train.run_name=whole"), show_progress=False)
+
+    # Ctrl-C just after fold 2's first epoch kept its resume state
+    original = fpt.stages.train.pack_resume.PackResume.save
+
+    def save_then_interrupt(self, trial, epoch):
+        original(self, trial, epoch)
+        if trial.config.train.fold == 2 and epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fpt.stages.train.pack_resume.PackResume, "save", save_then_interrupt)
+    with pytest.raises(Interrupted, match="keeps 1 finished fold.*fold 2 keeps its last finished epoch \\(1\\)"
+                                          ".*--resume"):
+        cross_validate(tiny_config(tmp_path, *settings, "train.run_name=cut"), show_progress=False)
+    monkeypatch.undo()
+    cut = tmp_path / "runs" / "cut"
+    assert (cut / "fold-1" / "final_metrics.json").is_file() and not (cut / "fold-3").exists()
+    fold_one = (cut / "fold-1" / "final_metrics.json").stat().st_mtime_ns
+
+    result = CliRunner().invoke(app, ["train-side", "--resume", str(cut), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (cut / "fold-1" / "final_metrics.json").stat().st_mtime_ns == fold_one  # kept, not trained again
+    done = json.loads((cut / "cv.json").read_text())
+    reference = json.loads((whole.folder / "cv.json").read_text())
+    for key in ("val_mean", "val_std", "test_mean", "ensemble_test"):
+        assert done[key] == reference[key], key
+    for fold in (1, 2, 3):
+        epochs = [json.loads(line)["epoch"] for line in (cut / f"fold-{fold}" / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2]
