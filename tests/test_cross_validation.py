@@ -124,6 +124,13 @@ def test_a_three_fold_cross_validation_end_to_end(tmp_path: Path) -> None:
     assert np.allclose(ensemble, mean, atol=1e-6)
     assert "ensemble of the 3 folds" in (folder / "report.md").read_text()
 
+    # `fpt evaluate --split val` on a fold validates on that fold's part, as its training did
+    evaluated = CliRunner().invoke(app, ["evaluate", "--run", str(folder / "fold-2"), "--split", "val"])
+    assert evaluated.exit_code == 0, evaluated.output
+    recomputed = json.loads((folder / "fold-2" / "evaluation_val_best.json").read_text())
+    assert recomputed["num_samples"] == 6
+    assert recomputed["metrics"]["auc"] == pytest.approx(cv["folds"][1]["best_val"]["auc"], abs=1e-6)
+
 
 def test_an_interrupted_cross_validation_goes_on_to_the_uninterrupted_result(tmp_path: Path, torch_threads,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
