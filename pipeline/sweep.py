@@ -1,5 +1,10 @@
 """`fpt sweep --from-cache`: many train-side trials from one cache, on dask.distributed.
 
+This module runs a sweep: its trials (fpt's grid or random expansion, or asked of an Optuna study),
+which of them an earlier run finished, and the rounds of packs it sends to dask
+(pipeline/sweep_packs.py); pipeline/sweep_results.py writes what it found, pipeline/sweep_folds.py
+makes cross-validated trials of fold runs.
+
     <runs_root>/<sweep name>/
         trials/<trial id>/     one run folder per trial (as train-side writes); final_metrics.json
                                marks it finished, error.txt holds a failed trial's error
@@ -16,49 +21,42 @@ epoch; a failed trial is reported, the others go on.
 
 from __future__ import annotations
 
-import csv
 import errno
 import math
-import shlex
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 from pydantic import BaseModel
 from rich.console import Console
-from rich.table import Table
 
 from fpt.cache.errors import UserError
 from fpt.cache.metadata import CacheMetadata
-from fpt.cache.progress import Progress, open_progress
 from fpt.cache.reader import CacheReader, read_metadata
-from fpt.pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote, task_resources, worker_setup
-from fpt.pipeline.lpm_guard import lpm_disabled, lpm_forbidden
+from fpt.pipeline.cluster import ClusterPlan, dask_client, plan_local, plan_remote
+from fpt.pipeline.lpm_guard import lpm_disabled
 from fpt.pipeline.optuna_search import (
     STUDY_FILE, TRIAL_ID_ATTRIBUTE, PruningHook, distributions, in_flight, is_optuna_method, open_study, told,
     trial_id_of,
 )
 from fpt.pipeline.search_space import Trial, apply_settings, build_trials, check_parameters
 from fpt.pipeline.sweep_folds import finished_earlier, fold_run, fold_runs, step_offset, trial_report
-from fpt.pipeline.task_stop import TasksStopped, new_stop_name, still_running_hint, stop_requests, stopping_on_interrupt
+from fpt.pipeline.sweep_packs import run_packs, split_into_packs
+from fpt.pipeline.sweep_results import best_yaml_text, results_table, sort_key, write_results_csv
+from fpt.pipeline.task_stop import TasksStopped, still_running_hint
 from fpt.pipeline.trial_reports import CV_FILE, TrialReport, report_failed, report_from_final, report_pruned
 from fpt.stages.core.devices import wants_gpu
-from fpt.stages.core.errors import Interrupted, StopRequested
-from fpt.stages.core.files import atomic_write_text, replacing, writable_folder
-from fpt.stages.core.settings import PipelineConfig, SweepConfig, format_validation_error, read_yaml_file, set_in
+from fpt.stages.core.errors import Interrupted
+from fpt.stages.core.files import atomic_write_text, writable_folder
+from fpt.stages.core.settings import PipelineConfig, SweepConfig, format_validation_error, read_yaml_file
 from fpt.stages.datasets.registry import dataset_source
-from fpt.stages.runs.metrics import is_binary, reported_scores
 from fpt.stages.runs.report import write_report
 from fpt.stages.runs.tracking import mlflow_uri, parent_run
-from fpt.stages.runs.trained_run import read_run
 from fpt.stages.train.cache_choice import find_cache
 from fpt.stages.train.folds import pooled_samples, stratified_folds
-from fpt.stages.train.packed_training import EpochHook, pack_key, train_pack
-from fpt.stages.train.resume_state import load_resume_state, saved_epoch
+from fpt.stages.train.resume_state import saved_epoch
 from fpt.stages.train.trial_results import PRUNED_FILE
 
 
@@ -69,198 +67,6 @@ class SweepResult(BaseModel):
     best_yaml: str
     plan: ClusterPlan
     seconds: float
-
-
-def run_pack_task(trials: list[Trial], run_dirs: list[Path], cache_path: Path, plan: ClusterPlan,
-                  stop_name: str | None = None, hooks: list[EpochHook | None] | None = None) -> list[TrialReport]:
-    """A dask task: train these trials as one pack with the LPM disabled; one report each, or none
-    when the sweep asked its tasks to stop (pipeline/task_stop.py).
-
-    A trial whose folder holds a resume state goes on from it; any other unfinished folder starts
-    over. Trials stopped at different epochs cannot share batches: each epoch's trials are a pack."""
-    with stop_requests(stop_name) as should_stop:
-        if should_stop():
-            return []
-        device = worker_setup(plan, trials[0].config.train.device)
-        configs = [t.config.model_copy(update={"train": t.config.train.model_copy(update={"device": device})})
-                   for t in trials]
-        states = [_resume_state(run_dir) for run_dir in run_dirs]
-        by_epoch: dict[int, list[int]] = {}
-        for index, state in enumerate(states):
-            by_epoch.setdefault(0 if state is None else state["epoch"], []).append(index)
-        outcomes: dict[int, Any] = {}
-        with lpm_disabled():
-            guarded = lpm_forbidden()
-            for epoch, indices in sorted(by_epoch.items(), reverse=True):
-                # Pictures cost about a second per run; the sweep draws them for its best trial only.
-                try:
-                    found = train_pack([configs[i] for i in indices], cache_path,
-                                       run_dirs=[run_dirs[i] for i in indices], isolate_failures=True,
-                                       draw_pictures=False, resumable=True,
-                                       resume=[states[i] for i in indices] if epoch else None, should_stop=should_stop,
-                                       epoch_hooks=[hooks[i] for i in indices] if hooks else None)
-                except StopRequested:  # the client that asked is no longer waiting for reports
-                    return []
-                outcomes.update(zip(indices, found))
-    reports = []
-    peak = peak_rss_mb()
-    for index, (trial, run_dir) in enumerate(zip(trials, run_dirs)):
-        outcome = outcomes[index]
-        if outcome.error is None and outcome.pruned_at is not None:
-            reports.append(report_pruned(trial, run_dir, guarded))
-        elif outcome.error is None:
-            report = report_from_final(trial, run_dir, "finished", guarded)
-            report.resumed_from_epoch = None if states[index] is None else states[index]["epoch"]
-            reports.append(report)
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(outcome.error)
-            reports.append(report_failed(trial, run_dir, outcome.error, guarded))
-    for report in reports:
-        report.worker_peak_rss_mb = peak
-    return reports
-
-
-def _resume_state(run_dir: Path) -> dict[str, Any] | None:
-    """The state an interrupted sweep left in the trial's folder, or None; a folder without a usable
-    state is emptied, so the trial starts over."""
-    try:
-        state: dict[str, Any] | None = load_resume_state(run_dir)
-    except UserError:  # none, unreadable, or another version's
-        state = None
-    if state is None:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        return None
-    (run_dir / "error.txt").unlink(missing_ok=True)  # from an earlier failure; the trial is tried again
-    return state
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    status = Path("/proc/self/status")
-    if status.is_file():  # VmHWM belongs to this process image; ru_maxrss may carry its parent's peak
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
-
-
-def split_into_packs(trials: list[Trial], pack_size: int, workers: int,
-                     start_epochs: dict[str, int] | None = None) -> list[list[Trial]]:
-    """Group packable trials; split groups so every worker has work and no pack exceeds pack_size.
-    start_epochs: the epoch each trial goes on from (default 0); only trials at one epoch can share batches."""
-    groups: dict[tuple[str, int], list[Trial]] = {}
-    for trial in trials:
-        start = (start_epochs or {}).get(trial.trial_id, 0)
-        groups.setdefault((pack_key(trial.config), start), []).append(trial)
-    packs = []
-    share = math.ceil(workers / max(len(groups), 1))  # packs per group so that every worker has one
-    for group in groups.values():
-        count = max(math.ceil(len(group) / pack_size), min(share, len(group)))
-        size = math.ceil(len(group) / count)
-        packs.extend(group[i : i + size] for i in range(0, len(group), size))
-    return packs
-
-
-def repeat_lines(run_dir: Path) -> list[str]:
-    """How to train a sweep's trial again on its own, and how exactly that repeats it: bit for bit
-    only where the trial ran on one CPU thread (docs/sweeps.md, "Packed trials"). A cross-validated trial's
-    folder holds the config.yaml of its whole cross-validation."""
-    try:
-        run = read_run(run_dir / "fold-1" if (run_dir / CV_FILE).is_file() else run_dir)
-    except UserError:
-        return []
-    command = f"fpt train-side --config {shlex.quote(str(run_dir.resolve() / 'config.yaml'))} --cache {shlex.quote(str(run.cache))}"
-    if run.device == "cpu" and run.torch_threads == 1:
-        return [f"repeat it bit for bit: OMP_NUM_THREADS=1 {command}"]
-    lines = [f"repeat it: {command}"]
-    if run.device is not None:
-        threads = f", {run.torch_threads} torch threads" if run.device == "cpu" else ""
-        lines.append(f"(it trained on {run.device}{threads} in a pack; alone it agrees to float rounding, "
-                     "which training amplifies: docs/sweeps.md, \"Packed trials\")")
-    return lines
-
-
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0] if text and text.strip() else ""
-
-
-def nested_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in sorted(settings.items()):
-        set_in(tree, path.split("."), value)
-    return tree
-
-
-def sort_key(metric: str = "auc"):
-    """Trials in order: finished ones by their best validation `metric` (loss: lowest first), then by test AUC;
-    then pruned ones, the same way; failed ones last."""
-    sign = 1.0 if metric == "loss" else -1.0
-
-    def key(report: TrialReport) -> tuple:
-        value = (report.best_val or {}).get(metric, report.val_auc if metric == "auc" else None)
-        value = math.inf if value is None or math.isnan(value) else sign * value
-        test = (report.test_best or {}).get("auc", -math.inf)
-        test = -math.inf if test is None or math.isnan(test) else test
-        return ({"failed": 2, "pruned": 1}.get(report.status, 0), value, -test, report.trial_id)
-
-    return key
-
-
-def write_results_csv(path: Path, reports: list[TrialReport]) -> None:
-    names = sorted({name for r in reports for name in r.settings})
-    scores = reported_scores(any(is_binary(r.test_best) for r in reports if r.test_best))
-    folded = any(r.folds for r in reports)  # cross-validated: val_auc is the folds' mean, test the fold ensemble's
-    with replacing(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["rank", "trial", "status", *names, "val_auc", *(["val_auc_std", "folds"] if folded else []),
-                         "best_epoch", "epochs_trained",
-                         *[f"test_best_{m}" for m in scores], *[f"test_last_{m}" for m in scores],
-                         "resumed_from_epoch", "seconds", "run_dir", "error"])
-        for rank, r in enumerate(reports, 1):
-            writer.writerow([
-                rank, r.trial_id, r.status, *[r.settings.get(n, "") for n in names],
-                "" if r.val_auc is None else f"{r.val_auc:.6f}",
-                *([_std(r, "auc"), r.folds or ""] if folded else []), r.best_epoch or "", r.epochs_trained or "",
-                *[f"{(r.test_best or {}).get(m, float('nan')):.6f}" if r.test_best else "" for m in scores],
-                *[f"{(r.test_last or {}).get(m, float('nan')):.6f}" if r.test_last else "" for m in scores],
-                r.resumed_from_epoch or "", "" if r.seconds is None else f"{r.seconds:.2f}", str(r.run_dir),
-                _first_line(r.error),
-            ])
-
-
-def _std(report: TrialReport, metric: str) -> str:
-    value = (report.val_std or {}).get(metric)
-    return "" if value is None else f"{value:.6f}"
-
-
-def results_table(reports: list[TrialReport], title: str) -> Table:
-    names = sorted({name for r in reports for name in r.settings})
-    table = Table(title=title)
-    table.add_column("#", justify="right")
-    table.add_column("trial", no_wrap=True, min_width=12)
-    table.add_column("status")
-    for column in (*names, "val AUC", "test AUC", "test acc", "test kappa", "test AUC (last)"):
-        table.add_column(column, justify="right")
-    any_failed = any(r.status == "failed" for r in reports)
-    if any_failed:
-        table.add_column("error", overflow="fold", max_width=48)
-
-    def fmt(value: float | None, std: float | None = None) -> str:
-        return "-" if value is None else f"{value:.4f}" + ("" if std is None else f" ± {std:.4f}")
-
-    for rank, r in enumerate(reports, 1):
-        best, last = r.test_best or {}, r.test_last or {}
-        style = "red" if r.status == "failed" else ("bold green" if rank == 1 else None)
-        table.add_row(str(rank), r.trial_id, r.status, *[str(r.settings.get(n, "")) for n in names],
-                      fmt(r.val_auc, (r.val_std or {}).get("auc")), fmt(best.get("auc")), fmt(best.get("accuracy")), fmt(best.get("kappa")),
-                      fmt(last.get("auc")), *([_first_line(r.error)] if any_failed else []), style=style)
-    return table
 
 
 def sweep_dir(config: PipelineConfig, sweep: SweepConfig) -> Path:
@@ -322,16 +128,7 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
 
     ordered = sorted(reports.values(), key=sort_key(sweep.metric))
     best = next((r for r in ordered if r.status in ("finished", "skipped")), None)
-    best_yaml = ""
-    if best is not None:
-        value = (best.best_val or {}).get(sweep.metric, best.val_auc)
-        score = f"validation {sweep.metric} {value:.4f}"
-        if best.folds:
-            score = (f"validation {sweep.metric} {value:.4f} ± {(best.val_std or {}).get(sweep.metric, math.nan):.4f} "
-                     f"(mean ± std of its {best.folds} cross-validation folds)")
-        best_yaml = (f"# best of sweep {root.name}: trial {best.trial_id}, {score}\n"
-                     + "".join(f"# {line}\n" for line in repeat_lines(best.run_dir))
-                     + yaml.safe_dump(nested_settings(best.settings), sort_keys=True))
+    best_yaml = "" if best is None else best_yaml_text(best, sweep.metric, root.name)
     try:
         write_results_csv(root / "results.csv", ordered)
         if best is not None:
@@ -384,7 +181,7 @@ def _run_expanded(config: PipelineConfig, sweep: SweepConfig, trials_root: Path,
                     plan = plan_remote(client, want_gpu)
                 start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in todo}
                 packs = split_into_packs(todo, sweep.pack_size, plan.workers, start_epochs)
-                _run_packs(client, packs, trials_root, cache_path, plan, runs, show_progress)
+                run_packs(client, packs, trials_root, cache_path, plan, runs, show_progress)
         except TasksStopped as stopped:
             raise Interrupted(_how_to_go_on(trials, trials_root, scheduler, stopped.still_running)) from None
         except KeyboardInterrupt:  # before the packs were sent, or a second Ctrl-C while they stopped
@@ -448,7 +245,7 @@ def _run_optuna(config: PipelineConfig, sweep: SweepConfig, root: Path, trials_r
                         start_epochs = {t.trial_id: saved_epoch(trials_root / t.trial_id) or 0 for t in todo}
                         packs = split_into_packs(todo, sweep.pack_size, plan.workers, start_epochs)
                         label = f"fold {fold} of {config.train.folds}" if config.train.folds > 1 else None
-                        _run_packs(client, packs, trials_root, cache_path, plan, runs, show_progress, hooks, label)
+                        run_packs(client, packs, trials_root, cache_path, plan, runs, show_progress, hooks, label)
                     going = [t for t in going if runs[fold_run(t, fold).trial_id].status in ("finished", "skipped")]
                 for trial, optuna_trial in zip(trials, asked):
                     reports[trial.trial_id] = trial_report(trial, runs, trials_root, metadata.class_names)
@@ -495,48 +292,6 @@ def _tell(study: Any, number: int, report: TrialReport, metric: str) -> None:
         study.tell(number, state=TrialState.FAIL)
         return
     study.tell(number, value)
-
-
-def _run_packs(client: Any, packs: list[list[Trial]], trials_root: Path, cache_path: Path, plan: ClusterPlan,
-               reports: dict[str, TrialReport], show_progress: bool, hooks: dict[str, EpochHook] | None = None,
-               label: str | None = None) -> None:
-    resources = task_resources(plan)
-    stop_name = new_stop_name()
-    futures = {}
-    for pack in packs:
-        run_dirs = [trials_root / t.trial_id for t in pack]
-        pack_hooks = [hooks.get(t.trial_id) for t in pack] if hooks else None
-        future = client.submit(run_pack_task, pack, run_dirs, cache_path, plan, stop_name, pack_hooks,
-                               resources=resources, pure=False, key=f"fpt-pack-{pack[0].trial_id.replace('/', '-')}-{len(pack)}")
-        futures[future] = pack
-    total = sum(len(p) for p in packs)
-    with open_progress(show_progress, fields=("status",)) as progress:
-        what = f"Sweep, {label}" if label else "Sweep"
-        task = progress.add_task(f"{what} ({len(packs)} pack(s) on {plan.workers} worker(s))", total=total, status="")
-        def stopping() -> None:
-            progress.update(task, status="stopping: each pack after its current step")
-
-        with stopping_on_interrupt(client, list(futures), stop_name, stopping):
-            _collect(futures, trials_root, reports, progress, task)
-
-
-def _collect(futures: dict[Any, list[Trial]], trials_root: Path, reports: dict[str, TrialReport], progress: Progress,
-             task: Any) -> None:
-    """Each pack's reports as it ends; a pack whose task died reports its trials failed."""
-    from distributed import as_completed
-
-    failed = 0
-    for future in as_completed(list(futures)):
-        pack = futures[future]
-        try:
-            pack_reports = future.result()
-        except Exception as error:  # the whole task died (worker lost, out of memory): its trials failed
-            message = f"{type(error).__name__}: {error}"
-            pack_reports = [report_failed(t, trials_root / t.trial_id, message) for t in pack]
-        for report in pack_reports:
-            reports[report.trial_id] = report
-            failed += report.status == "failed"
-        progress.update(task, advance=len(pack), status=f"{failed} failed" if failed else "")
 
 
 def _how_to_go_on(trials: list[Trial], trials_root: Path, scheduler: str | None, still_running: int | None) -> str:

@@ -13,7 +13,7 @@ from tiny import cli_args, tiny_assignments
 from typer.testing import CliRunner
 
 from fpt.pipeline.cli import app
-from fpt.pipeline.sweep import write_results_csv
+from fpt.pipeline.sweep_results import write_results_csv
 from fpt.pipeline.trial_reports import TrialReport
 
 

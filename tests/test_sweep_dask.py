@@ -177,7 +177,7 @@ def test_ctrl_c_stops_the_packs_running_on_a_cluster_and_waits_for_them(tmp_path
 
     from distributed import Client, LocalCluster
 
-    import fpt.pipeline.sweep
+    import fpt.pipeline.sweep_packs
     from fpt.stages.core.errors import Interrupted
     from fpt.stages.train.resume_state import resume_path, saved_epoch
 
@@ -196,7 +196,7 @@ def test_ctrl_c_stops_the_packs_running_on_a_cluster_and_waits_for_them(tmp_path
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
-            monkeypatch.setattr(fpt.pipeline.sweep, "_collect", ctrl_c_after_two_epochs)
+            monkeypatch.setattr(fpt.pipeline.sweep_packs, "_collect", ctrl_c_after_two_epochs)
             with pytest.raises(Interrupted) as stopped:
                 run_sweep(base, sweep, scheduler=cluster.scheduler_address, show_progress=False)
             assert not any(client.processing().values())  # the worker is idle: nothing trains any more

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from sweep_support import build_tiny_cache, tiny_config
 from tiny import LARGER
 
-import fpt.pipeline.sweep
+import fpt.pipeline.sweep_packs
 from fpt.cache.errors import UserError
 from fpt.pipeline.optuna_search import STUDY_NAME, storage
 from fpt.pipeline.sweep import run_sweep
@@ -50,13 +50,13 @@ def val_aucs(run_dir: Path) -> dict[int, float]:
 def recording_packs(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[int, float]]]:
     """The (fold, lr) of each trial of each pack the sweep trains (its workers are threads of this process)."""
     packs: list[list[tuple[int, float]]] = []
-    train_pack = fpt.pipeline.sweep.train_pack
+    train_pack = fpt.pipeline.sweep_packs.train_pack
 
     def recorded(configs, *args, **kwargs):
         packs.append([(c.train.fold, c.train.lr) for c in configs])
         return train_pack(configs, *args, **kwargs)
 
-    monkeypatch.setattr(fpt.pipeline.sweep, "train_pack", recorded)
+    monkeypatch.setattr(fpt.pipeline.sweep_packs, "train_pack", recorded)
     return packs
 
 

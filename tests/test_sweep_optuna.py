@@ -17,8 +17,9 @@ import fpt.stages.train.pack_resume
 from fpt.cache.errors import UserError
 from fpt.pipeline.cluster import ClusterPlan
 from fpt.pipeline.optuna_search import STUDY_FILE, STUDY_NAME, open_study, storage
-from fpt.pipeline.search_space import apply_settings
-from fpt.pipeline.sweep import Trial, run_pack_task, run_sweep, sweep_dir
+from fpt.pipeline.search_space import Trial, apply_settings
+from fpt.pipeline.sweep import run_sweep, sweep_dir
+from fpt.pipeline.sweep_packs import run_pack_task
 from fpt.stages.core.errors import Interrupted
 from fpt.stages.core.settings import SweepConfig
 from fpt.stages.train.resume_state import saved_epoch
@@ -84,7 +85,7 @@ def test_a_stopped_search_goes_on_with_the_same_study(tmp_path: Path, torch_thre
 
     # A first run told two trials, then stopped while a third trained: its second epoch was its last saved.
     calls = {"count": 0}
-    original_packs = fpt.pipeline.sweep._run_packs
+    original_packs = fpt.pipeline.sweep.run_packs
 
     def two_rounds_only(*args, **kwargs):
         calls["count"] += 1
@@ -92,7 +93,7 @@ def test_a_stopped_search_goes_on_with_the_same_study(tmp_path: Path, torch_thre
             raise KeyboardInterrupt
         return original_packs(*args, **kwargs)
 
-    monkeypatch.setattr(fpt.pipeline.sweep, "_run_packs", two_rounds_only)
+    monkeypatch.setattr(fpt.pipeline.sweep, "run_packs", two_rounds_only)
     with pytest.raises(Interrupted) as stopped:
         run_sweep(config, sweep.model_copy(update={"pack_size": 2}), processes=False, max_workers=1,
                   show_progress=False)

@@ -15,12 +15,14 @@ from safetensors.torch import load_file
 from sweep_support import build_tiny_cache, tiny_config
 
 import fpt.pipeline.sweep
+import fpt.pipeline.sweep_results
 import fpt.stages.train.pack_resume
 from fpt.cache.errors import UserError
 from fpt.cache.reader import read_metadata
 from fpt.pipeline.cluster import ClusterPlan
 from fpt.pipeline.search_space import build_trials
-from fpt.pipeline.sweep import run_pack_task, run_sweep, split_into_packs, sweep_dir
+from fpt.pipeline.sweep import run_sweep, sweep_dir
+from fpt.pipeline.sweep_packs import run_pack_task, split_into_packs
 from fpt.stages.core.errors import Interrupted
 from fpt.stages.core.settings import SweepConfig
 from fpt.stages.train.resume_state import resume_path, saved_epoch
@@ -87,7 +89,7 @@ def test_an_interrupted_sweep_goes_on_from_each_trials_last_epoch(tmp_path: Path
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fpt.pipeline.sweep, "_run_packs", interrupted)
+    monkeypatch.setattr(fpt.pipeline.sweep, "run_packs", interrupted)
     with pytest.raises(Interrupted) as stopped:
         run_sweep(base, cut, processes=False, max_workers=1, show_progress=False)
     monkeypatch.undo()
@@ -138,7 +140,7 @@ def test_a_full_disk_at_the_results_table_keeps_the_trials_and_the_last_table(tm
     first = run_sweep(base, sweep, processes=False, max_workers=1, show_progress=False)
     table = (first.sweep_dir / "results.csv").read_text()
 
-    real_writer = fpt.pipeline.sweep.csv.writer
+    real_writer = fpt.pipeline.sweep_results.csv.writer
 
     class FillsTheDisk:
         """Writes the header, then the disk is full."""
@@ -151,7 +153,7 @@ def test_a_full_disk_at_the_results_table_keeps_the_trials_and_the_last_table(tm
                 raise OSError(errno.ENOSPC, "No space left on device")
             self.inner.writerow(row)
 
-    monkeypatch.setattr(fpt.pipeline.sweep.csv, "writer", FillsTheDisk)
+    monkeypatch.setattr(fpt.pipeline.sweep_results.csv, "writer", FillsTheDisk)
     with pytest.raises(UserError) as stopped:
         run_sweep(base, sweep, processes=False, max_workers=1, show_progress=False)
     message = stopped.value.paragraph()

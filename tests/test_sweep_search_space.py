@@ -132,7 +132,7 @@ def test_local_cluster_never_oversubscribes_cores(monkeypatch: pytest.MonkeyPatc
 
 
 def test_packs_split_by_data_order_and_size(tmp_path: Path) -> None:
-    from fpt.pipeline.sweep import split_into_packs
+    from fpt.pipeline.sweep_packs import split_into_packs
 
     base = tiny_config(tmp_path)
     sweep = SweepConfig(parameters={"train.lr": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3], "train.seed": [0, 1]})

@@ -1,7 +1,7 @@
 """What a training run keeps after each epoch so that an interrupted run can go on where it stopped.
 
 `fpt train-side --resume RUN` goes on with one run; `fpt sweep` run again goes on with each of its
-unfinished trials (pipeline/sweep.py), every trial of a pack keeping a state of its own.
+unfinished trials (pipeline/sweep_packs.py), every trial of a pack keeping a state of its own.
 
 `checkpoints/resume.pt` holds, as of the end of its last finished epoch, everything the rest of the
 run depends on: the model's weights, the optimiser's moments, the schedule's position, the three
