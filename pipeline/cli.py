@@ -520,6 +520,25 @@ def cache_transcode(
                   f"the source, {source.storage.dtype}/{source.storage.codec}, is {before / 1e6:.1f} MB and is kept).")
 
 
+@cache_app.command("compact")
+def cache_compact(
+    path: Annotated[Path, typer.Argument(help="A complete cache store (format 4).")],
+    table: Annotated[Optional[str], typer.Option("--table", help="The label table whose order to lay the rows out in (its sha256 or a prefix; default: the latest one written).")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Lay a grown store's rows out again in its label table's order (shuffled train split, whole shards), without the LPM; resumable."""
+    from fpt.cache.catalog import folder_bytes
+    from fpt.cache.compact import compact
+
+    result = compact(path, table, show_progress=not quiet)
+    if result.already_compact:
+        console.print(f"{path} is already laid out in the order of label table {result.label_table[:16]}: nothing to do.")
+        return
+    console.print(f"[green]Compacted[/green]: {path}, {result.rows_after} rows in the order of label table "
+                  f"{result.label_table[:16]} (was {result.rows_before} rows; {folder_bytes(path) / 1e6:.1f} MB). "
+                  "Do not train from the store while it is compacted.", highlight=False)
+
+
 @cache_app.command("verify")
 def cache_verify(
     path: Annotated[Optional[Path], typer.Argument(help="A cache store (default: every cache under cache.root).")] = None,

@@ -22,7 +22,7 @@ from fpt.stages.datasets.registry import dataset_source
 from fpt.stages.runs.cross_validation_summary import (
     CrossValidationResult, FoldSummary, new_cv_dir, summarize_cross_validation,
 )
-from fpt.stages.train.cache_choice import find_cache
+from fpt.stages.train.cache_choice import find_cache, label_table_of
 from fpt.stages.train.folds import pooled_samples, stratified_folds
 from fpt.stages.train.train_side import train_side
 
@@ -43,7 +43,7 @@ def cross_validate(config: PipelineConfig, cache_path: Path | None = None,
                         f"fold={train.fold}).", "Set train.folds=k and leave train.fold out; train-side sets it.")
     writable_folder(train.runs_root, "train.runs_root")
     cache = find_cache(config, dataset_source(config), cache_path)
-    reader = CacheReader(cache)
+    reader = CacheReader(cache, label_table_of(cache, dataset_source(config)))
     indices, labels = pooled_samples(reader)
     stratified_folds(indices, labels, train.folds, train.fold_seed, reader.metadata.class_names)  # refused before any folder
     began = time.perf_counter()
