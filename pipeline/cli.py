@@ -454,6 +454,7 @@ def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
 def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
     """List the caches under cache.root with their size and settings."""
     from fpt.cache.catalog import folder_bytes, list_caches
+    from fpt.cache.label_table import table_digests
 
     cfg = _load(config, set_, None)
     caches = list_caches(cfg.cache.root)
@@ -464,6 +465,8 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
             rows.append((path.name, ["?"] * 7 + [size, problem or "unreadable"], ""))
             continue
         state = ("complete" if meta.complete else "INCOMPLETE") + ("" if meta.has_token_indices else ", no token indices")
+        if meta.by_content:  # rows of image contents; `samples` counts the latest label table's
+            state += f", {len(table_digests(path))} label table(s)"
         sources = ", ".join(meta.sources) or "not recorded (running `fpt extract` on the same images records it)"
         rows.append((path.name, [meta.dataset, meta.lpm.name, ",".join(map(str, meta.extraction.layers)),
                                  f"{meta.extraction.token_ratio:g}", meta.extraction.importance,
@@ -526,7 +529,7 @@ def cache_compact(
     table: Annotated[Optional[str], typer.Option("--table", help="The label table whose order to lay the rows out in (its sha256 or a prefix; default: the latest one written).")] = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Lay a grown store's rows out again in its label table's order (shuffled train split, whole shards), without the LPM; resumable."""
+    """Lay a grown store's rows out again in a label table's order (each split consecutive, whole shards), without the LPM; resumable. Train from it afterwards, not during."""
     from fpt.cache.catalog import folder_bytes
     from fpt.cache.compact import compact
 
@@ -535,8 +538,8 @@ def cache_compact(
         console.print(f"{path} is already laid out in the order of label table {result.label_table[:16]}: nothing to do.")
         return
     console.print(f"[green]Compacted[/green]: {path}, {result.rows_after} rows in the order of label table "
-                  f"{result.label_table[:16]} (was {result.rows_before} rows; {folder_bytes(path) / 1e6:.1f} MB). "
-                  "Do not train from the store while it is compacted.", highlight=False)
+                  f"{result.label_table[:16]} (was {result.rows_before} rows; {folder_bytes(path) / 1e6:.1f} MB).",
+                  highlight=False)
 
 
 @cache_app.command("verify")

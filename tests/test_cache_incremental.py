@@ -10,17 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_testing import stored_arrays
+from cache_testing import as_legacy, stored_arrays
 from PIL import Image
 from tiny import TRAINING, tiny_config
 
 import fpt.stages.lpm.token_selection
 from fpt.cache.compact import compact
 from fpt.cache.errors import UserError
+from fpt.cache.integrity import verify_store
 from fpt.cache.metadata import StorageSettings
 from fpt.cache.reader import CacheReader, read_metadata
 from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
 from fpt.cache.writer import ShardWriter
+from fpt.stages.datasets.fingerprint import dataset_fingerprint
+from fpt.stages.datasets.registry import resolve_dataset
 from fpt.stages.extract.run import run_extract
 from fpt.stages.train.cache_batches import SplitBatches
 from fpt.stages.train.train_side import train_side
@@ -202,3 +205,21 @@ def test_a_store_of_format_3_is_read_and_compaction_names_the_command(tmp_path: 
     with pytest.raises(UserError) as caught:
         compact(path)
     assert "format version 3" in caught.value.paragraph() and "fpt extract" in caught.value.paragraph()
+
+
+def test_a_format_3_store_of_the_same_scan_is_upgraded_without_the_lpm(tmp_path: Path, lpm_images: list[int]) -> None:
+    config = tiny_config(tmp_path)
+    current = run_extract(config, show_progress=False)
+    old = as_legacy(current.path, 3, dataset_fingerprint(resolve_dataset(config, show_progress=False).samples))
+    want = stored_arrays(current.path)
+    shutil.rmtree(current.path)
+    lpm_images.clear()
+    upgraded = run_extract(config, show_progress=False)
+    assert lpm_images == [] and upgraded.transcoded_from == old and upgraded.path == current.path
+    assert any("format 3" in note for note in upgraded.notes) and old.exists()
+    got = stored_arrays(upgraded.path)
+    for name in ("keys", "values", "token_indices", "side_images", "contents"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert "labels" not in got and verify_store(upgraded.path, read_metadata(upgraded.path)).ok
+    assert CacheReader(upgraded.path).sample_ids() == CacheReader(old).sample_ids()
+    assert upgraded.label_table == current.label_table
