@@ -90,7 +90,7 @@ def read_table(store: Path, digest: str) -> LabelTable:
     folder = store / TABLES
     matches = sorted(folder.glob(f"{digest}*.json")) if digest else []
     if len(matches) != 1:
-        known = ", ".join(p.stem[:12] for p in sorted(folder.glob("*.json"))) or "none"
+        known = ", ".join(digest[:12] for digest in table_digests(store)) or "none"
         raise UserError(
             f"The cache {store} has {'no' if not matches else 'more than one'} label table {digest[:16] or '(none named)'} "
             f"(it holds: {known}).",
@@ -104,7 +104,8 @@ def read_table(store: Path, digest: str) -> LabelTable:
 
 
 def table_digests(store: Path) -> list[str]:
-    return sorted(p.stem for p in (store / TABLES).glob("*.json"))
+    """The sha256 of every label table in the store."""
+    return sorted(p.stem for p in (store / TABLES).glob("*.json") if p.name != "zarr.json")
 
 
 def table_view(store: StoreMetadata, table: LabelTable | None) -> CacheMetadata:

@@ -18,6 +18,7 @@ import fpt.stages.lpm.token_selection
 from fpt.cache.compact import compact
 from fpt.cache.errors import UserError
 from fpt.cache.integrity import verify_store
+from fpt.cache.label_table import table_digests
 from fpt.cache.metadata import StorageSettings
 from fpt.cache.reader import CacheReader, read_metadata
 from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
@@ -76,6 +77,7 @@ def test_relabel_runs_no_lpm_and_the_run_records_the_new_table(tmp_path: Path, l
     second = run_extract(config, show_progress=False)
     assert lpm_images == [] and second.computed_samples == 0 and second.path == first.path
     assert second.label_table != first.label_table and second.metadata.num_rows == 24
+    assert table_digests(first.path) == sorted([first.label_table, second.label_table])
     after = train_side(config, show_progress=False)
     recorded = [json.loads((run.run_dir / "run.json").read_text())["label_table"] for run in (before, after)]
     assert recorded == [first.label_table, second.label_table]
