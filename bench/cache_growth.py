@@ -1,6 +1,6 @@
 """One store for every labelling and every added image: what relabelling, adding images and compacting cost.
 
-    python bench/cache_growth.py [--added 20] [--relabelled 5] [--epochs 2] [--rounds 5] [--quick]
+    python bench/cache_growth.py [--added 20] [--relabelled 5] [--epochs 1] [--rounds 5] [--fresh] [--quick]
 
 On the default demo (240/80/120 images, vit_tiny with random weights at 512 px), in one process:
   1. extract the demo with `--added` train images held back (the store of the first extraction);
@@ -8,11 +8,12 @@ On the default demo (240/80/120 images, vit_tiny with random weights at 512 px),
      table, no LPM), and train `--epochs` epochs on the new labels;
   3. put the held-back images back, `fpt extract` again (the LPM runs on those only);
   4. copy the grown store and `fpt cache compact` the copy;
-  5. extract the same final dataset into an empty cache root: the layout a single extraction writes
-     (split-ordered, the train split shuffled, whole shards), which is the layout before stores grew;
+  5. with `--fresh`, extract the same final dataset into an empty cache root; without it, the store
+     of step 1 copied before step 2 stands for it (one extraction of all but the added images): the
+     layout a single extraction writes (split-ordered, the train split shuffled, whole shards),
+     which is the layout stores had before they could grow;
   6. time a stage-two epoch of the train split on the three stores (read and decode every batch, as
-     training does, with `--rounds` rounds in a rotating order; the median), and a training epoch of
-     train-side (`--epochs` epochs, mean of the epochs' seconds in metrics.jsonl) from each.
+     training does, with `--rounds` rounds in a rotating order; the median, and per image).
 The LPM's time is the sum over its forward calls (`TokenSelectingLPM.forward`), its images their count.
 Figures, not assertions: the machine may be shared.
 """
@@ -72,9 +73,10 @@ def read_epoch(path: Path, table: str | None) -> float:
 
 
 def train_epoch_seconds(config, cache: Path) -> tuple[float, str]:
+    """Train-side from `cache`: the mean seconds of its epochs, and the label table its run.json records."""
     result = train_side(config, cache, show_progress=False)
     lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    seconds = [line["seconds"] for line in lines if "seconds" in line]
+    seconds = [line["seconds"] for line in lines if "seconds" in line] or [float("nan")]
     label_table = json.loads((result.run_dir / "run.json").read_text())["label_table"]
     return statistics.mean(seconds), label_table
 
@@ -83,9 +85,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--added", type=int, default=20)
     parser.add_argument("--relabelled", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1, help="of the run trained after the relabelling")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a 60/20/20-image demo at 128 px input")
+    parser.add_argument("--fresh", action="store_true", help="extract the final dataset afresh for today's layout")
     args = parser.parse_args()
     work = WORK / "cache_growth"
     if work.exists():
@@ -106,6 +109,9 @@ def main() -> None:
         (held / image.parent.name).mkdir(exist_ok=True)
         shutil.move(image, held / image.parent.name / image.name)
     steps = {"first extraction": extract(grown_config)}
+    show(steps)
+    one_extraction = work / "one_extraction" / steps["first extraction"]["path"].name
+    shutil.copytree(steps["first extraction"]["path"], one_extraction)
 
     remaining = sorted((demo / "train").glob("*/*.png"))
     classes = sorted(p.name for p in (demo / "train").iterdir() if p.is_dir())
@@ -117,6 +123,7 @@ def main() -> None:
     relabelled_epoch, trained_table = train_epoch_seconds(grown_config, steps["relabel"]["path"])
     steps["relabel"]["train_wall_s"] = time.perf_counter() - began
     steps["relabel"]["run_label_table"] = trained_table
+    show(steps)
 
     for folder in held.iterdir():
         for image in folder.iterdir():
@@ -128,10 +135,14 @@ def main() -> None:
     began = time.perf_counter()
     compact(compacted)
     steps["compact"] = {"wall_s": time.perf_counter() - began, "lpm_images": 0, "lpm_s": 0.0}
-    steps["fresh extraction"] = extract(fresh_config)
+    show(steps)
+    if args.fresh:
+        steps["fresh extraction"] = extract(fresh_config)
+        show(steps)
+        one_extraction = steps["fresh extraction"]["path"]
 
     source = dataset_source(grown_config)
-    stores = {"today's layout (one fresh extraction)": (steps["fresh extraction"]["path"], None),
+    stores = {"today's layout (one extraction)": (one_extraction, None),
               "appended (grown by the added images)": (grown, label_table_of(grown, source)),
               "compacted (fpt cache compact)": (compacted, label_table_of(grown, source))}
     reads: dict[str, list[float]] = {name: [] for name in stores}
@@ -139,18 +150,25 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
             reads[name].append(read_epoch(*stores[name]))
-    epochs = {name: train_epoch_seconds(grown_config, path)[0] for name, (path, _) in stores.items()}
+    counts = {name: CacheReader(path, table).metadata.split_counts["train"] for name, (path, table) in stores.items()}
 
+    show(steps)
+    print_table("Stage-two epoch of the train split (read and decode every batch)",
+                ["store", "train images", "epoch (median s)", "ms per image"],
+                [[name, counts[name], f"{statistics.median(reads[name]):.3f}",
+                  f"{1000 * statistics.median(reads[name]) / counts[name]:.2f}"] for name in stores])
+    print(f"relabelled run trained on label table {trained_table[:16]} (the relabel's: {steps['relabel']['label_table'][:16]}); "
+          f"train-side {args.epochs} epochs {steps['relabel']['train_wall_s']:.1f} s", flush=True)
+    write_results("cache_growth", {"args": vars(args), "steps": {k: {n: str(v) if isinstance(v, Path) else v
+                                                                     for n, v in s.items()} for k, s in steps.items()},
+                                   "read_epoch_s": reads, "train_images": counts})
+
+
+def show(steps: dict) -> None:
     rows = [[step, f"{values.get('lpm_images', 0)}", f"{values.get('lpm_s', 0.0):.1f}", f"{values['wall_s']:.1f}"]
             for step, values in steps.items()]
     print_table("Steps", ["step", "LPM images", "LPM s", "wall s"], rows)
-    print_table("Stage-two epoch of the train split", ["store", "read + decode epoch (median s)", "train epoch (mean s)"],
-                [[name, f"{statistics.median(reads[name]):.3f}", f"{epochs[name]:.2f}"] for name in stores])
-    print(f"relabelled run trained on label table {trained_table[:16]} (the relabel's: {steps['relabel']['label_table'][:16]}); "
-          f"train-side {args.epochs} epochs {steps['relabel']['train_wall_s']:.1f} s")
-    write_results("cache_growth", {"args": vars(args), "steps": {k: {n: str(v) if isinstance(v, Path) else v
-                                                                     for n, v in s.items()} for k, s in steps.items()},
-                                   "read_epoch_s": reads, "train_epoch_s": epochs})
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
