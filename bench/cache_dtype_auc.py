@@ -103,11 +103,12 @@ def main() -> None:
 
 def _existing(root: Path, source: Path, storage: StorageSettings) -> Path | None:
     """A store already transcoded with these settings (the bench may be re-run)."""
-    from fpt.cache.identity import store_key
     from fpt.cache.layout import store_name
+    from fpt.cache.reader import read_store_metadata
+    from fpt.cache.transcode import transcoded_key
 
     old = CacheReader(source).metadata
-    key = store_key(old.dataset, old.dataset_fingerprint, old.lpm, old.extraction, old.normalization, storage)
+    key = transcoded_key(read_store_metadata(source), storage)
     path = root / store_name(old.dataset, key)
     try:
         return path if CacheReader(path).metadata.cache_key == key else None

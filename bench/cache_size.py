@@ -69,7 +69,9 @@ def main() -> None:
             for codec in allowed("codec"):
                 storage = meta.storage.model_copy(update={"dtype": dtype, "codec": codec, "codec_level": 3,
                                                           "shard_size": 32, "chunk_size": 4})
-                store_meta = meta.model_copy(update={"storage": storage, "complete": False})
+                # a format-3 store (one row per sample, its labels inside) of the same samples
+                store_meta = meta.model_copy(update={"storage": storage, "complete": False, "format_version": 3,
+                                                     "num_rows": count})
                 path = work / f"{dtype}-{codec}.zarr"
                 entry = {"dtype": dtype, "codec": codec}
                 try:

@@ -239,8 +239,8 @@ def grown_cache(cache: Path, factor: int, codec: str | None = None) -> Path:
                 return path
         except Exception:
             pass
-    grown = meta.model_copy(update={
-        "num_samples": count, "split_ranges": {"train": (0, count), "val": (count, count), "test": (count, count)},
+    grown = meta.model_copy(update={  # a format-3 store: one row per sample, its labels inside
+        "format_version": 3, "num_rows": count, "num_samples": count, "split_ranges": {"train": (0, count), "val": (count, count), "test": (count, count)},
         "complete": False, "storage": meta.storage.model_copy(update={"codec": codec or meta.storage.codec}),
     })
     source = reader.read(start, stop, with_token_indices=meta.has_token_indices)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from fpt.cache.errors import UserError
 from fpt.cache.hashing import file_digest
 from fpt.cache.layout import write_metadata
-from fpt.cache.metadata import CacheMetadata
+from fpt.cache.metadata import StoreMetadata
 
 
 def shard_file(store: Path, array: zarr.Array, shard: int) -> Path:
@@ -61,7 +61,7 @@ class VerifyReport(BaseModel):
         return not self.damaged and not self.incomplete_shards
 
 
-def verify_store(path: Path, metadata: CacheMetadata) -> VerifyReport:
+def verify_store(path: Path, metadata: StoreMetadata) -> VerifyReport:
     """Re-hash every completed shard and compare with the digests recorded when it was written."""
     group = zarr.open_group(path, mode="r", zarr_format=3)
     recorded = group["shard_sha256"]
@@ -93,7 +93,7 @@ class ShardReadCheck:
     """The check a reader makes before it uses samples: every shard file of the arrays it reads is
     re-hashed, once per process, against the digest recorded when the shard was written."""
 
-    def __init__(self, store: Path, group: zarr.Group, metadata: CacheMetadata) -> None:
+    def __init__(self, store: Path, group: zarr.Group, metadata: StoreMetadata) -> None:
         recorded = group["shard_sha256"]
         self.store = store
         self.group = group
@@ -123,7 +123,7 @@ class ShardReadCheck:
         return True
 
 
-def damaged_shard_error(store: Path, group: zarr.Group, metadata: CacheMetadata, shard: int, arrays: list[str],
+def damaged_shard_error(store: Path, group: zarr.Group, metadata: StoreMetadata, shard: int, arrays: list[str],
                         why: str) -> UserError:
     """The message for a shard whose data cannot be trusted, naming its samples: `why` says how it was found."""
     sample_ids = [str(x) for x in group["sample_ids"][slice(*metadata.shard_range(shard))]]
@@ -137,7 +137,7 @@ def damaged_shard_error(store: Path, group: zarr.Group, metadata: CacheMetadata,
     )
 
 
-def mark_for_rewrite(store: Path, metadata: CacheMetadata, shards: list[int]) -> CacheMetadata:
+def mark_for_rewrite(store: Path, metadata: StoreMetadata, shards: list[int]) -> StoreMetadata:
     """Unmark damaged shards and the store's completeness, so that resuming the extraction writes them again."""
     group = zarr.open_group(store, mode="r+", zarr_format=3)
     for shard in shards:

@@ -1,6 +1,6 @@
 """Where each array lives in a cache store, its shape, chunks, shards and codec.
 
-    <root>/<dataset>-<key>.zarr/          zarr v3 group; attributes["fpt"] = CacheMetadata
+    <root>/<dataset>-<key>.zarr/          zarr v3 group; attributes["fpt"] = StoreMetadata (format 4)
         keys          (N, L, H, n, Dh)   cache.dtype as stored (see cache/encoding.py); chunks (c, ...), shards (s, ...)
                                          int4: (N, L, H, n, ceil(Dh/2)) uint8, two channels a byte
         values        (N, L, H, n, Dh)   same
@@ -9,11 +9,17 @@
         values_scale  same as keys_scale
         token_indices (N, L, H, n)       int16     the LPM token index of each kept key/value (format 3 on)
         side_images   (N, S', S', 3)     uint8     same sample-axis chunking and sharding
-        labels        (N,)               int16
-        splits        (N,)               uint8     0 train, 1 val, 2 test (samples are split-ordered)
-        sample_ids    (N,)               string
+        contents      (N,)               string    format 4: sha256 of the image file each row holds ("" unused)
+        sample_ids    (N,)               string    the image's path relative to its dataset folder (format 4: the
+                                                   file the row was extracted from, for messages)
+        labels        (N,)               int16     formats 2 and 3 only (format 4: tables/<sha256>.json)
+        splits        (N,)               uint8     formats 2 and 3 only: 0 train, 1 val, 2 test
         shard_sha256  (num_shards, A, 32) uint8    sha256 of each sharded array's stored shard file
         shard_complete (num_shards,)     uint8     1 once that shard's data and checksums are written
+        tables/<sha256>.json                       format 4: the label tables (cache/label_table.py)
+
+N is the number of rows. A format-4 store grows by appending rows, each extraction's from a shard
+boundary (`allot_rows`), so no written shard is ever rewritten to make room.
 
 Every chunk of a sharded array ends with a crc32c that zarr checks as it reads it (`compressors`).
 docs/cache-format.md describes this for readers that use zarr or dask alone.
@@ -28,7 +34,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
 
 from fpt.cache.encoding import has_scales, scale_name, scale_shape, stored_dtype, stored_shape
-from fpt.cache.metadata import CacheMetadata, StorageSettings
+from fpt.cache.metadata import CacheMetadata, StorageSettings, StoreMetadata
 
 FEATURE_ARRAYS = ("keys", "values")
 SAMPLE_ARRAYS = FEATURE_ARRAYS + ("side_images",)
@@ -91,7 +97,7 @@ def token_index_dtype(num_tokens: int) -> np.dtype:
     return np.dtype(np.int16) if num_tokens <= np.iinfo(np.int16).max + 1 else np.dtype(np.int32)
 
 
-def sharded_arrays(metadata: CacheMetadata) -> tuple[str, ...]:
+def sharded_arrays(metadata: StoreMetadata) -> tuple[str, ...]:
     """The per-sample arrays written shard by shard, in the order of shard_sha256's second axis."""
     scales = tuple(scale_name(name) for name in FEATURE_ARRAYS) if has_scales(metadata.storage.dtype) else ()
     indices = (TOKEN_INDICES,) if metadata.has_token_indices else ()
@@ -99,10 +105,65 @@ def sharded_arrays(metadata: CacheMetadata) -> tuple[str, ...]:
 
 
 def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits: np.ndarray, sample_ids: list[str]) -> zarr.Group:
-    """Create an empty store with every array allocated; sample data is written shard by shard."""
-    storage = metadata.storage
+    """Create an empty store of format 2 or 3 (one row per sample, labels as arrays) with every array
+    allocated; sample data is written shard by shard."""
     group = zarr.open_group(path, mode="w", zarr_format=3)
     count = metadata.num_samples
+    _sample_arrays(group, metadata, count)
+    group.create_array("labels", data=labels.astype(np.int16), chunks=(max(1, count),))
+    group.create_array("splits", data=splits.astype(np.uint8), chunks=(max(1, count),))
+    ids = group.create_array("sample_ids", shape=(count,), dtype=str, chunks=(max(1, count),))
+    ids[:] = np.array(sample_ids, dtype=object)
+    _shard_arrays(group, metadata)
+    write_metadata(group, metadata)
+    return group
+
+
+ROW_LIST_CHUNK = 4096  # rows per chunk of `contents` and `sample_ids` in a store that grows
+
+
+def create_content_store(path: Path, metadata: StoreMetadata) -> zarr.Group:
+    """Create an empty format-4 store (no rows yet; `allot_rows` adds them)."""
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    metadata = metadata.model_copy(update={"num_rows": 0})
+    _sample_arrays(group, metadata, 0)
+    for name in ("contents", "sample_ids"):
+        group.create_array(name, shape=(0,), dtype=str, chunks=(ROW_LIST_CHUNK,))
+    _shard_arrays(group, metadata)
+    write_metadata(group, metadata)
+    return group
+
+
+def allot_rows(path: Path, metadata: StoreMetadata, contents: list[str], origins: list[str]) -> StoreMetadata:
+    """Append rows for `contents` (extracted from the files `origins`), from the next shard boundary, so
+    no written shard changes; the new shards are unmarked and the store incomplete until they are written.
+
+    Crash-safe in this order: the metadata says incomplete first, then every array grows (growing is
+    idempotent), `contents` last, then the metadata counts the rows."""
+    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    metadata = metadata.model_copy(update={"complete": False})
+    write_metadata(group, metadata)
+    first = metadata.num_shards * metadata.storage.shard_size
+    total = first + len(contents)
+    grown = metadata.model_copy(update={"num_rows": total})
+    for name in sharded_arrays(metadata):
+        array = group[name]
+        array.resize((total, *array.shape[1:]))
+    for name in ("shard_sha256", "shard_complete"):
+        array = group[name]
+        array.resize((grown.num_shards, *array.shape[1:]))
+    for name, values in (("sample_ids", origins), ("contents", contents)):
+        array = group[name]
+        array.resize((total,))
+        if values:
+            array[first:total] = np.array(values, dtype=object)
+    write_metadata(group, grown)
+    return grown
+
+
+def _sample_arrays(group: zarr.Group, metadata: StoreMetadata, count: int) -> None:
+    """The per-sample arrays of `count` rows, sharded along the rows."""
+    storage = metadata.storage
     chunk, shard = storage.chunk_size, storage.shard_size
     feature_shape = metadata.feature_shape
     side = metadata.extraction.side_store_size
@@ -153,30 +214,40 @@ def create_store(path: Path, metadata: CacheMetadata, labels: np.ndarray, splits
         fill_value=0,
         dimension_names=("sample", "y", "x", "rgb"),
     )
-    group.create_array("labels", data=labels.astype(np.int16), chunks=(max(1, count),))
-    group.create_array("splits", data=splits.astype(np.uint8), chunks=(max(1, count),))
-    ids = group.create_array("sample_ids", shape=(count,), dtype=str, chunks=(max(1, count),))
-    ids[:] = np.array(sample_ids, dtype=object)
+
+
+def _shard_arrays(group: zarr.Group, metadata: StoreMetadata) -> None:
+    names = sharded_arrays(metadata)
     checksums = group.create_array(
-        "shard_sha256", shape=(metadata.num_shards, len(sharded_arrays(metadata)), 32), dtype="uint8",
-        chunks=(1, len(sharded_arrays(metadata)), 32), fill_value=0,
+        "shard_sha256", shape=(metadata.num_shards, len(names), 32), dtype="uint8",
+        chunks=(1, len(names), 32), fill_value=0,
     )
-    checksums.attrs["arrays"] = list(sharded_arrays(metadata))
+    checksums.attrs["arrays"] = list(names)
     group.create_array(
         "shard_complete", shape=(metadata.num_shards,), dtype="uint8", chunks=(1,), fill_value=0
     )
-    write_metadata(group, metadata)
-    return group
 
 
-def write_metadata(group: zarr.Group, metadata: CacheMetadata) -> None:
+def write_metadata(group: zarr.Group, metadata: StoreMetadata) -> None:
+    """The store's attributes: a format-4 store's own metadata (never a label table's view of it), or the
+    whole CacheMetadata of a store of formats 2 and 3."""
+    if metadata.by_content and isinstance(metadata, CacheMetadata):
+        metadata = metadata.store_part()
     group.attrs["fpt"] = metadata.model_dump(mode="json")
 
 
-def record_source(path: Path, metadata: CacheMetadata, source: Path) -> CacheMetadata:
-    """The store's metadata with `source` (a dataset folder or CSV that gives exactly this store) listed."""
-    if str(source) in metadata.sources:
+def record_source(path: Path, metadata: StoreMetadata, source: Path | None, table: str = "") -> StoreMetadata:
+    """The store's metadata with `source` (a dataset folder or CSV whose images it holds) listed, and in a
+    format-4 store `table` as that source's label table and the latest one (no source: only the latest)."""
+    update: dict = {}
+    if source is not None and str(source) not in metadata.sources:
+        update["sources"] = [*metadata.sources, str(source)]
+    if table and source is not None and metadata.label_tables.get(str(source)) != table:
+        update["label_tables"] = metadata.label_tables | {str(source): table}
+    if table and metadata.latest_table != table:
+        update["latest_table"] = table
+    if not update:
         return metadata
-    metadata = metadata.model_copy(update={"sources": [*metadata.sources, str(source)]})
+    metadata = metadata.model_copy(update=update)
     write_metadata(zarr.open_group(path, mode="r+", zarr_format=3), metadata)
     return metadata

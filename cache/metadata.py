@@ -1,13 +1,22 @@
-"""The cache's metadata: a pydantic model stored in the zarr group's attributes under `fpt`."""
+"""The cache's metadata: pydantic models stored in the zarr group's attributes under `fpt`.
+
+A format-4 store's attributes are a `StoreMetadata`: what its rows of features are (LPM, settings,
+storage) and which label tables it holds. What a reader sees is a `CacheMetadata`: the store's
+metadata together with one label table's facts (classes, splits and their ranges, counts).
+Stores of formats 2 and 3 keep a whole `CacheMetadata` in their attributes (their labels are arrays).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-FORMAT_VERSION = 3  # 3: token_indices (where each kept key/value came from); 2: shard_sha256 checksums
-READABLE_FORMAT_VERSIONS = (2, 3)  # a version-2 store trains and predicts; it lacks only token_indices
+# 4: rows addressed by image content, labels and splits in label tables beside them;
+# 3: token_indices (where each kept key/value came from); 2: shard_sha256 checksums
+FORMAT_VERSION = 4
+READABLE_FORMAT_VERSIONS = (2, 3, 4)  # a version-2 store trains and predicts; it lacks only token_indices
+CONTENT_FORMAT_VERSION = 4  # from this version on, labels live in label tables, not in the store's arrays
 ATTRIBUTE_KEY = "fpt"
 
 
@@ -65,31 +74,31 @@ class SkippedImage(BaseModel):
     reason: str
 
 
-class CacheMetadata(BaseModel):
+class StoreMetadata(BaseModel):
+    """What a store's rows are: the features of image contents under one LPM and its settings.
+
+    Rows are the sample axis of every per-sample array (`num_rows` of them, `storage.shard_size` a
+    shard). In a format-4 store each row holds one image content (`contents`); in formats 2 and 3
+    each row is one sample of the dataset the store was extracted from (num_rows = num_samples)."""
+
     format_version: int = FORMAT_VERSION
     fpt_version: str
     created_at: str
     cache_key: str
     dataset: str
-    dataset_fingerprint: str
-    class_names: list[str]
-    default_lr: float
-    num_samples: int
-    split_ranges: dict[str, tuple[int, int]]  # [start, stop) of each split; samples are split-ordered
-    class_counts: dict[str, list[int]]
     lpm: LPMIdentity
     extraction: ExtractionSettings
     normalization: Normalization
     storage: StorageSettings
+    num_rows: int
     complete: bool = False
-    skipped: list[SkippedImage] = Field(default_factory=list)
-    # splits stored in one seeded random order (cache/storage_order.py); stores written before
-    # this field existed are sorted by sample id throughout
-    shuffled_splits: list[str] = Field(default_factory=list)
     # where the images came from: the absolute path of each dataset folder (or CSV label table) whose
-    # extraction gave this store. Not part of the key: two folders of the same images, labels and
-    # splits share one store, and each is listed. Training takes a store only for a listed source.
+    # extraction gave this store. Not part of the key: two folders of the same images share one store,
+    # and each is listed. Training takes a store only for a listed source.
     sources: list[str] = Field(default_factory=list)
+    # format 4: each source's label table (the sha256 its file is named by), as its last extraction wrote it
+    label_tables: dict[str, str] = Field(default_factory=dict)
+    latest_table: str = ""  # format 4: the table the last extraction wrote, read when no source is named
 
     @property
     def has_token_indices(self) -> bool:
@@ -97,8 +106,9 @@ class CacheMetadata(BaseModel):
         return self.format_version >= 3
 
     @property
-    def split_counts(self) -> dict[str, int]:
-        return {split: stop - start for split, (start, stop) in self.split_ranges.items()}
+    def by_content(self) -> bool:
+        """Whether rows are image contents with labels in label tables (format 4 on)."""
+        return self.format_version >= CONTENT_FORMAT_VERSION
 
     @property
     def feature_shape(self) -> tuple[int, int, int, int]:
@@ -112,8 +122,42 @@ class CacheMetadata(BaseModel):
 
     @property
     def num_shards(self) -> int:
-        return -(-self.num_samples // self.storage.shard_size)
+        return -(-self.num_rows // self.storage.shard_size)
 
     def shard_range(self, shard: int) -> tuple[int, int]:
+        """[start, stop) rows of shard `shard`."""
         start = shard * self.storage.shard_size
-        return start, min(start + self.storage.shard_size, self.num_samples)
+        return start, min(start + self.storage.shard_size, self.num_rows)
+
+
+class CacheMetadata(StoreMetadata):
+    """A store seen through one label table: the samples a reader indexes (0 .. num_samples - 1,
+    split-ordered) with their classes and splits. Formats 2 and 3 store this model whole."""
+
+    dataset_fingerprint: str  # format 4: the label table's sha256
+    class_names: list[str]
+    default_lr: float
+    num_samples: int
+    split_ranges: dict[str, tuple[int, int]]  # [start, stop) of each split; samples are split-ordered
+    class_counts: dict[str, list[int]]
+    skipped: list[SkippedImage] = Field(default_factory=list)
+    # splits stored in one seeded random order (cache/storage_order.py); stores written before
+    # this field existed are sorted by sample id throughout
+    shuffled_splits: list[str] = Field(default_factory=list)
+    label_table: str = ""  # format 4: the sha256 of the label table seen; "" in formats 2 and 3
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rows_are_samples(cls, data: Any) -> Any:
+        """Formats 2 and 3 record no num_rows: a row is a sample."""
+        if isinstance(data, dict) and "num_rows" not in data and "num_samples" in data:
+            data = {**data, "num_rows": data["num_samples"]}
+        return data
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        return {split: stop - start for split, (start, stop) in self.split_ranges.items()}
+
+    def store_part(self) -> StoreMetadata:
+        """The store's own metadata, without the label table's facts (format 4)."""
+        return StoreMetadata.model_validate(self.model_dump(include=set(StoreMetadata.model_fields)))

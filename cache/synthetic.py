@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fpt.cache.layout import SPLIT_CODES, create_store, store_name
+from fpt.cache.label_table import LabelTable, TableSample, write_table
+from fpt.cache.layout import SPLIT_CODES, allot_rows, create_content_store, create_store, record_source, store_name
 from fpt.cache.metadata import CacheMetadata, ExtractionSettings, LPMIdentity, Normalization, StorageSettings
 from fpt.cache.progress import open_progress
 from fpt.cache.writer import ShardWriter
@@ -22,7 +23,8 @@ from fpt.cache.writer import ShardWriter
 def synthetic_metadata(split_counts: dict[str, int], num_classes: int = 3, layers: int = 6, heads: int = 3,
                        selected: int = 205, head_dim: int = 64, side_store_size: int = 144,
                        storage: StorageSettings | None = None, dataset: str = "synthetic",
-                       lpm_name: str = "synthetic", class_counts: dict[str, list[int]] | None = None) -> CacheMetadata:
+                       lpm_name: str = "synthetic", class_counts: dict[str, list[int]] | None = None,
+                       format_version: int = 4) -> CacheMetadata:
     """Metadata of a synthetic store. class_counts: each split's samples per class (summing to its
     count); by default the classes take turns, sample i of a split being of class i mod num_classes."""
     storage = storage or StorageSettings(dtype="float16", codec="zstd", codec_level=3, shard_size=32, chunk_size=4)
@@ -49,7 +51,7 @@ def synthetic_metadata(split_counts: dict[str, int], num_classes: int = 3, layer
     shape = (layers, heads, selected, head_dim, side_store_size, num_classes)
     key = hashlib.sha256(json.dumps(["synthetic", dataset, split_counts, shape, storage.model_dump()]).encode()).hexdigest()
     return CacheMetadata(
-        fpt_version="synthetic", created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        format_version=format_version, fpt_version="synthetic", created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         cache_key=key, dataset=dataset, dataset_fingerprint="synthetic",
         class_names=[f"class_{c}" for c in range(num_classes)], default_lr=1e-3, num_samples=start,
         split_ranges=ranges, class_counts=counts, lpm=lpm, extraction=extraction,
@@ -96,7 +98,21 @@ def write_synthetic_cache(root: Path, metadata: CacheMetadata, show_progress: bo
     for split, (start, stop) in metadata.split_ranges.items():
         splits[start:stop] = SPLIT_CODES[split]
     root.mkdir(parents=True, exist_ok=True)
-    create_store(path, metadata, labels, splits, [f"sample_{i:06d}" for i in range(metadata.num_samples)])
+    ids = [f"sample_{i:06d}" for i in range(metadata.num_samples)]
+    table = None
+    if metadata.by_content:  # one row per sample, in the table's order: a compacted store
+        names = {code: split for split, code in SPLIT_CODES.items()}
+        contents = [hashlib.sha256(f"{metadata.cache_key}:{i}".encode()).hexdigest() for i in range(metadata.num_samples)]
+        table = LabelTable(dataset=metadata.dataset, class_names=metadata.class_names, default_lr=metadata.default_lr,
+                           samples=[TableSample(id=ids[i], content=contents[i], label=int(labels[i]),
+                                                split=names[int(splits[i])]) for i in range(metadata.num_samples)],
+                           shuffled_splits=metadata.shuffled_splits)
+        create_content_store(path, metadata.store_part())
+        metadata = metadata.model_copy(update={"num_rows": 0})
+        allot_rows(path, metadata.store_part(), contents, ids)
+        metadata = metadata.model_copy(update={"num_rows": metadata.num_samples})
+    else:
+        create_store(path, metadata, labels, splits, ids)
     writer = ShardWriter(path, metadata)
     side = metadata.extraction.side_store_size
     with open_progress(show_progress) as progress:
@@ -112,5 +128,7 @@ def write_synthetic_cache(root: Path, metadata: CacheMetadata, show_progress: bo
             writer.write_shard(shard, np.stack([k for k, _ in pairs]), np.stack([v for _, v in pairs]), side_images,
                                token_indices)
             progress.update(task, advance=1)
-    writer.finish()
+    finished = writer.finish()
+    if table is not None:
+        record_source(path, finished, None, write_table(path, table))
     return path

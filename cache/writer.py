@@ -10,6 +10,8 @@ marked, and an unmarked shard is simply written again on resume.
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +21,11 @@ from fpt.cache.encoding import encode, scale_name
 from fpt.cache.errors import UserError
 from fpt.cache.integrity import shard_digests
 from fpt.cache.layout import FEATURE_ARRAYS, TOKEN_INDICES, sharded_arrays, write_metadata
-from fpt.cache.metadata import CacheMetadata
+from fpt.cache.metadata import StoreMetadata
 
 
 class ShardWriter:
-    def __init__(self, path: Path, metadata: CacheMetadata, resume_command: str = "the same `fpt extract` command") -> None:
+    def __init__(self, path: Path, metadata: StoreMetadata, resume_command: str = "the same `fpt extract` command") -> None:
         self.path = path
         self.metadata = metadata
         self.resume_command = resume_command  # what the user runs again to continue, for the full-disk message
@@ -45,8 +47,25 @@ class ShardWriter:
         if (token_indices is not None) != self.metadata.has_token_indices:
             raise ValueError(f"the store {self.path} (format {self.metadata.format_version}) "
                              + ("records token indices: give them" if token_indices is None else "has no token indices"))
-        try:
+        with self._disk_full(shard):
             self._write(shard, start, stop, {"keys": keys, "values": values}, side_images, token_indices)
+
+    def write_stored_shard(self, shard: int, stored: dict[str, np.ndarray]) -> None:
+        """Write shard `shard` from arrays as stored (every sharded array, already encoded: a store's
+        rows copied in another order, `fpt cache compact`), then its checksums and its mark."""
+        start, stop = self.metadata.shard_range(shard)
+        if set(stored) != set(self.array_names) or any(len(v) != stop - start for v in stored.values()):
+            raise ValueError(f"shard {shard} needs {stop - start} rows of {self.array_names}")
+        with self._disk_full(shard):
+            for name, value in stored.items():
+                self.group[name][start:stop] = value
+            self._mark(shard)
+
+    @contextmanager
+    def _disk_full(self, shard: int) -> Iterator[None]:
+        """A full disk as the message that says what is kept and what to run again."""
+        try:
+            yield
         except OSError as error:
             if error.errno != errno.ENOSPC:
                 raise
@@ -70,14 +89,18 @@ class ShardWriter:
         if token_indices is not None:
             self.group[TOKEN_INDICES][start:stop] = token_indices
         self.group["side_images"][start:stop] = side_images
+        self._mark(shard)
+
+    def _mark(self, shard: int) -> None:
         self.group["shard_sha256"][shard] = shard_digests(self.path, self.group, self.array_names, shard)
         self.group["shard_complete"][shard] = 1
 
-    def finish(self, skipped: list | None = None) -> CacheMetadata:
+    def finish(self, skipped: list | None = None) -> StoreMetadata:
+        """Mark the store complete (every shard must be); `skipped` for a store of format 2 or 3."""
         missing = set(range(self.metadata.num_shards)) - self.completed_shards()
         if missing:
             raise RuntimeError(f"cannot finish: shards {sorted(missing)[:10]} are not written")
-        update = {"complete": True}
+        update: dict = {"complete": True}
         if skipped is not None:
             update["skipped"] = skipped
         self.metadata = self.metadata.model_copy(update=update)

@@ -459,6 +459,7 @@ def datasets(config: ConfigOption = None, set_: SetOption = None) -> None:
 def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
     """List the caches under cache.root with their size and settings."""
     from fpt.cache.catalog import folder_bytes, list_caches
+    from fpt.cache.label_table import table_digests
 
     cfg = _load(config, set_, None)
     caches = list_caches(cfg.cache.root)
@@ -469,6 +470,8 @@ def cache_list(config: ConfigOption = None, set_: SetOption = None) -> None:
             rows.append((path.name, ["?"] * 7 + [size, problem or "unreadable"], ""))
             continue
         state = ("complete" if meta.complete else "INCOMPLETE") + ("" if meta.has_token_indices else ", no token indices")
+        if meta.by_content:  # rows of image contents; `samples` counts the latest label table's
+            state += f", {len(table_digests(path))} label table(s)"
         sources = ", ".join(meta.sources) or "not recorded (running `fpt extract` on the same images records it)"
         rows.append((path.name, [meta.dataset, meta.lpm.name, ",".join(map(str, meta.extraction.layers)),
                                  f"{meta.extraction.token_ratio:g}", meta.extraction.importance,
@@ -523,6 +526,25 @@ def cache_transcode(
     before, after = folder_bytes(path), folder_bytes(written)
     console.print(f"[green]Cache written[/green]: {written} ({storage.dtype}/{storage.codec}, {after / 1e6:.1f} MB; "
                   f"the source, {source.storage.dtype}/{source.storage.codec}, is {before / 1e6:.1f} MB and is kept).")
+
+
+@cache_app.command("compact")
+def cache_compact(
+    path: Annotated[Path, typer.Argument(help="A complete cache store (format 4).")],
+    table: Annotated[Optional[str], typer.Option("--table", help="The label table whose order to lay the rows out in (its sha256 or a prefix; default: the latest one written).")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Lay a grown store's rows out again in a label table's order (each split consecutive, whole shards), without the LPM; resumable. Train from it afterwards, not during."""
+    from fpt.cache.catalog import folder_bytes
+    from fpt.cache.compact import compact
+
+    result = compact(path, table, show_progress=not quiet)
+    if result.already_compact:
+        console.print(f"{path} is already laid out in the order of label table {result.label_table[:16]}: nothing to do.")
+        return
+    console.print(f"[green]Compacted[/green]: {path}, {result.rows_after} rows in the order of label table "
+                  f"{result.label_table[:16]} (was {result.rows_before} rows; {folder_bytes(path) / 1e6:.1f} MB).",
+                  highlight=False)
 
 
 @cache_app.command("verify")

@@ -54,7 +54,7 @@ from fpt.stages.core.settings import PipelineConfig, SweepConfig, format_validat
 from fpt.stages.datasets.registry import dataset_source
 from fpt.stages.runs.report import write_report
 from fpt.stages.runs.tracking import mlflow_uri, parent_run
-from fpt.stages.train.cache_choice import find_cache
+from fpt.stages.train.cache_choice import find_cache, label_table_of
 from fpt.stages.train.folds import pooled_samples, stratified_folds
 from fpt.stages.train.resume_state import saved_epoch
 from fpt.stages.train.trial_results import PRUNED_FILE
@@ -100,9 +100,10 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
                         "their mean.")
     source = dataset_source(config)
     path = find_cache(config, source, cache_path).resolve()
-    metadata = read_metadata(path)
+    table = label_table_of(path, source)
+    metadata = read_metadata(path, table)
     if config.train.folds > 1:  # refused here, before any trial, when a class has fewer samples than folds
-        reader = CacheReader(path)
+        reader = CacheReader(path, table)
         indices, labels = pooled_samples(reader)
         stratified_folds(indices, labels, config.train.folds, config.train.fold_seed, metadata.class_names)
     if console is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +75,16 @@ def test_documented_zarr_only_reading(tmp_path: Path) -> None:
     assert info["format_version"] == FORMAT_VERSION and info["complete"]
     keys = group["keys"][:].astype(np.float32) * group["keys_scale"][:].astype(np.float32)[..., None]
     np.testing.assert_array_equal(keys, CacheReader(path).read(0, 9)["keys"])
-    start, stop = info["split_ranges"]["val"]
-    assert group["splits"][start:stop].tolist() == [1, 1]
+    # the labels and splits: the label table beside the features, each sample's row found by its content
+    table = json.loads((path / "tables" / f"{info['latest_table']}.json").read_text())
+    row_of = {}
+    for row, content in enumerate(group["contents"][:].tolist()):
+        row_of.setdefault(content, row)
+    val = [sample for sample in table["samples"] if sample["split"] == "val"]
+    rows = [row_of[sample["content"]] for sample in val]
+    assert len(val) == 2 and rows == [5, 6]
+    np.testing.assert_array_equal(group["keys"][rows[0]].astype(np.float32) * group["keys_scale"][rows[0]][..., None],
+                                  CacheReader(path).read(5, 6)["keys"][0])
 
 
 @pytest.mark.parametrize("version, advice", [(1, "Re-run `fpt extract`"), (FORMAT_VERSION + 1, "Upgrade fpt")])

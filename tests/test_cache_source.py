@@ -20,7 +20,7 @@ from fpt.pipeline.config import load_config
 from fpt.stages.core.settings import DemoConfig
 from fpt.stages.datasets.demo import generate_demo
 from fpt.stages.extract.run import run_extract
-from fpt.stages.train.cache_choice import find_cache
+from fpt.stages.train.cache_choice import find_cache, label_table_of
 from fpt.stages.train.train_side import train_side
 
 
@@ -63,10 +63,14 @@ def test_a_run_never_takes_another_projects_cache(tmp_path: Path) -> None:
     assert "images: cache extracted from" in explicit.value.paragraph()
     assert not (tmp_path / "runs").exists()
 
+    # extracted, the second project's images go into the same store (features are addressed by content and
+    # settings), under its own label table
     other = run_extract(_config(tmp_path, second), show_progress=False)
-    assert other.path != built.path and not other.reused
+    assert other.path == built.path and not other.reused and other.label_table != built.label_table
     assert find_cache(_config(tmp_path, first), first.resolve()) == built.path
     assert find_cache(_config(tmp_path, second), second.resolve()) == other.path
+    assert label_table_of(built.path, first.resolve()) == built.label_table
+    assert label_table_of(built.path, second.resolve()) == other.label_table
 
 
 def test_the_same_images_elsewhere_share_the_store_and_are_listed(tmp_path: Path) -> None:
@@ -104,7 +108,8 @@ def test_cli_train_side_takes_data_root_and_names_its_cache_and_source(tmp_path:
     run_dir = next((tmp_path / "runs").iterdir())
     record = json.loads((run_dir / "run.json").read_text())
     store = read_metadata(Path(record["cache"]))
-    assert record["dataset_source"] == str(second.resolve()) and store.sources == [str(second.resolve())]
+    assert record["dataset_source"] == str(second.resolve()) and str(second.resolve()) in store.sources
+    assert record["label_table"] == store.label_tables[str(second.resolve())]
     assert f"Training from the cache {record['cache']} (dataset folder from {second.resolve()})" in result.output
 
     listing = runner.invoke(app, ["cache", "list", "--set", f"cache.root={tmp_path / 'cache'}"], env={"COLUMNS": "300"})

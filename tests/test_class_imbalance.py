@@ -35,7 +35,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_synthetic_store_holds_the_class_counts_asked_for(store: Path) -> None:
     reader = CacheReader(store)
     start, stop = reader.split_range("train")
-    labels = reader.array("labels")[start:stop]
+    labels = reader.labels()[start:stop]
     assert np.bincount(labels).tolist() == COUNTS["train"]
     assert (sample_labels(reader.metadata)[start:stop] == labels).all()
 
@@ -79,7 +79,7 @@ def _epoch(batches: SplitBatches) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_the_balanced_sampler_draws_every_class_about_equally_often(store: Path, in_memory: bool) -> None:
     reader = CacheReader(store)
-    labels = reader.array("labels")[:]
+    labels = reader.labels()
     batches = SplitBatches(reader, "train", batch_size=8, shuffle=True, with_features=True, seed=5, buffer_shards=2,
                            in_memory=in_memory, balanced=True)
     frequencies = np.zeros(3)

@@ -66,7 +66,7 @@ def test_too_many_folds_for_a_rare_class_are_refused(store: Path) -> None:
 def test_batches_of_a_set_of_samples_give_each_once_with_its_own_data(store: Path, in_memory: bool) -> None:
     reader = CacheReader(store)
     train, val = fold_samples(reader, 3, 0, 1)
-    labels = reader.array("labels")[:]
+    labels = reader.labels()
     shuffled = SplitBatches(reader, train, batch_size=7, shuffle=True, with_features=True, seed=2, buffer_shards=1,
                             in_memory=in_memory)
     epochs = []

@@ -12,6 +12,7 @@ import pytest
 import torch
 import zarr
 from PIL import Image
+from cache_testing import as_legacy
 from test_cli_errors import run_fpt
 from tiny import TRAINING, cli_args, tiny_assignments, tiny_config, trained_tiny_run
 from typer.testing import CliRunner
@@ -135,21 +136,7 @@ def test_finished_run_has_a_gallery_in_its_report(run: dict[str, Path]) -> None:
 
 def as_format_2(path: Path) -> Path:
     """A copy of the store as fpt wrote it before token indices: format 2, its key, no token_indices array."""
-    metadata = read_metadata(path)
-    key = store_key(metadata.dataset, metadata.dataset_fingerprint, metadata.lpm, metadata.extraction,
-                    metadata.normalization, metadata.storage, format_version=2)
-    target = path.parent / store_name(metadata.dataset, key)
-    shutil.copytree(path, target)
-    shutil.rmtree(target / "token_indices")
-    group = zarr.open_group(target, mode="r+", zarr_format=3)
-    names = ["keys", "values", "side_images"]
-    checksums = group.create_array("shard_sha256", shape=(metadata.num_shards, len(names), 32), dtype="uint8",
-                                   chunks=(1, len(names), 32), fill_value=0, overwrite=True)
-    checksums.attrs["arrays"] = names
-    for shard in range(metadata.num_shards):
-        checksums[shard] = shard_digests(target, group, names, shard)
-    write_metadata(group, metadata.model_copy(update={"format_version": 2, "cache_key": key}))
-    return target
+    return as_legacy(path, 2)
 
 
 def test_a_format_2_cache_trains_predicts_and_explain_gives_the_command(tmp_path: Path) -> None:

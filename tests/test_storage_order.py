@@ -1,22 +1,20 @@
-"""The train split is stored in one seeded random order and read by whole shards; a store written
-sorted (no shuffled splits in its metadata) is resumed in its own order and read chunk by chunk."""
+"""The train split is stored in one seeded random order and read by whole shards; a split stored
+sorted (no shuffled splits in the metadata) is read chunk by chunk."""
 
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_testing import stored_arrays
 from tiny import tiny_config
 
-import fpt.stages.extract.run
-from fpt.cache.errors import UserError
+from fpt.cache.metadata import StorageSettings
 from fpt.cache.reader import CacheReader
-from fpt.cache.writer import ShardWriter
+from fpt.cache.storage_order import storage_order
+from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
 from fpt.stages.datasets.registry import resolve_dataset
+from fpt.stages.datasets.samples import Sample
 from fpt.stages.extract.run import run_extract
 from fpt.stages.train.cache_batches import SplitBatches
 
@@ -42,7 +40,7 @@ def test_train_split_is_stored_shuffled_and_read_by_whole_shards(tmp_path: Path,
         assert part == sorted(part)
     # every stored label is its sample's own (the order moved whole samples)
     labels = {s.sample_id: s.label for s in resolve_dataset(config, show_progress=False).samples}
-    assert [labels[i] for i in ids] == stored_arrays(result.path)["labels"].tolist()
+    assert [labels[i] for i in ids] == reader.labels().tolist()
     # the first 8 stored samples (two shards) are no longer one class run: demo classes are folders
     assert len({labels[i] for i in train_ids[:8]}) > 1
 
@@ -59,39 +57,24 @@ def train_ids_sorted(config) -> list[str]:
     return sorted(s.sample_id for s in resolve_dataset(config, show_progress=False).samples if s.split == "train")
 
 
-def test_a_store_written_sorted_is_resumed_in_its_own_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A store sorted throughout, with no shuffled splits in its metadata; interrupted at shard 2."""
-    config = tiny_config(tmp_path)
-    write = ShardWriter._write
-
-    def disk_fills_at_shard_2(self, shard, *args):
-        if shard == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        write(self, shard, *args)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(fpt.stages.extract.run, "storage_order", lambda samples: list(samples))
-        patch.setattr(fpt.stages.extract.run, "SHUFFLED_SPLITS", ())
-        patch.setattr(ShardWriter, "_write", disk_fills_at_shard_2)
-        with pytest.raises(UserError, match="is full"):
-            run_extract(config, show_progress=False)
-
-    resumed = run_extract(config, show_progress=False)
-    assert resumed.metadata.complete and resumed.metadata.shuffled_splits == []
-    ids = CacheReader(resumed.path).sample_ids()
-    assert ids == sorted(ids[:12]) + sorted(ids[12:18]) + sorted(ids[18:])
-
-    clean = run_extract(tiny_config(tmp_path, f"cache.root={tmp_path / 'clean'}"), show_progress=False)
-    assert clean.path.name == resumed.path.name  # the storage order is not part of the cache key
-    clean_ids = CacheReader(clean.path).sample_ids()
-    assert clean_ids != ids
-    position = {sample_id: i for i, sample_id in enumerate(clean_ids)}
-    got, want = stored_arrays(resumed.path), stored_arrays(clean.path)
-    in_clean_order = [position[i] for i in ids]
-    for name in ("keys", "values", "side_images", "labels"):
-        np.testing.assert_array_equal(got[name], want[name][in_clean_order], err_msg=name)
-
-    reader = CacheReader(resumed.path)
+def test_a_split_stored_sorted_is_read_chunk_by_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label table whose train split is sorted by id (no shuffled splits, as in stores written before the
+    shuffled order): training reads chunks from all over the split, not whole shards."""
+    storage = StorageSettings(dtype="float16", codec="zstd", codec_level=1, shard_size=8, chunk_size=2)
+    metadata = synthetic_metadata({"train": 16, "val": 4, "test": 4}, selected=4, head_dim=8, side_store_size=16,
+                                  storage=storage)
+    reader = CacheReader(write_synthetic_cache(tmp_path, metadata))
+    assert reader.metadata.shuffled_splits == []
     reads = _reads(reader, monkeypatch)
     next(iter(SplitBatches(reader, "train", batch_size=4, shuffle=True, with_features=False, seed=0, buffer_shards=2)))
-    assert all(b - a <= reader.metadata.storage.chunk_size for a, b in reads)  # chunks from all over the split
+    assert reads and all(b - a <= storage.chunk_size for a, b in reads)
+
+
+def test_the_train_order_keeps_its_samples_in_place_when_images_are_added() -> None:
+    """Each train sample's place comes from a hash of its id: adding images inserts them among the others,
+    whose relative order stays (a grown store reads its old rows in long runs until it is compacted)."""
+    samples = [Sample(f"train/c/{i:03d}.png", Path("x"), i % 3, "train") for i in range(40)]
+    before = [s.sample_id for s in storage_order(samples)]
+    added = [Sample(f"train/c/new{i}.png", Path("x"), 0, "train") for i in range(5)]
+    after = [s.sample_id for s in storage_order(samples + added) if not s.sample_id.startswith("train/c/new")]
+    assert after == before and before != sorted(before)

@@ -13,7 +13,7 @@ from sweep_support import tiny_config
 from fpt.cache.reader import read_metadata
 from fpt.pipeline.distributed_extract import run_extract, shard_groups
 
-ARRAYS = ("keys", "values", "side_images", "labels", "splits", "sample_ids", "shard_complete")
+ARRAYS = ("keys", "values", "side_images", "token_indices", "contents", "sample_ids", "shard_complete")
 
 
 def test_shard_groups_cover_every_shard_once() -> None:

@@ -1,5 +1,5 @@
-"""A dataset's content, hashed for the cache key: the same images, labels and splits anywhere on disk
-give the same fingerprint."""
+"""A dataset's images, hashed: the sha256 of each file's bytes addresses its features in the cache
+(content, not paths: the same images anywhere on disk give the same hashes)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ from fpt.cache.hashing import file_sha256
 from fpt.stages.datasets.samples import Sample
 
 
-def dataset_fingerprint(samples: list[Sample], workers: int = 4) -> str:
-    """sha256 over (content hash, label, split) of every sample, in sample order."""
+def content_hashes(samples: list[Sample], workers: int = 4) -> list[str]:
+    """The sha256 (hex) of every sample's file, in sample order."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        hashes = list(pool.map(lambda s: file_sha256(Path(s.path)), samples))
+        return list(pool.map(lambda s: file_sha256(Path(s.path)), samples))
+
+
+def dataset_fingerprint(samples: list[Sample], workers: int = 4, hashes: list[str] | None = None) -> str:
+    """sha256 over (content hash, label, split) of every sample, in sample order: the identity of a
+    dataset's images, labels and splits together (the key of a store of formats 2 and 3)."""
+    hashes = content_hashes(samples, workers) if hashes is None else hashes
     digest = hashlib.sha256()
     for sample, content in zip(samples, hashes):
         digest.update(f"{content}:{sample.label}:{sample.split}\n".encode())

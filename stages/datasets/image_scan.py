@@ -69,6 +69,9 @@ def scan_images(samples: list[Sample], show_progress: bool = True, workers: int 
 def train_normalization(checks: list[ImageCheck]) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
     """Per-channel mean/std over the decodable train images; None when there are none."""
     train = [c for c in checks if c.ok and c.sample.split == "train" and c.pixels]
+    # summed in an order of the images' own sums, not of their ids: the same train images give the same bits
+    # however they are named or labelled, so a relabelling keeps the normalisation, and so the cache key
+    train.sort(key=lambda c: (*c.channel_sum.tolist(), *c.channel_sum_sq.tolist(), c.pixels))
     if not train:
         return None
     count = sum(c.pixels for c in train)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fpt.cache.errors import UserError
-from fpt.cache.identity import store_key
+from fpt.cache.identity import features_key
 from fpt.cache.layout import TOKEN_INDICES, store_name
 from fpt.cache.metadata import CacheMetadata
 from fpt.cache.progress import open_progress
@@ -75,9 +75,8 @@ def cache_with_token_indices(run_dir: Path, run: RunRecord, cache: Path | None) 
     path, metadata = run_cache_metadata(run, cache)
     if metadata.has_token_indices:
         return path, metadata
-    successor = path.parent / store_name(metadata.dataset, store_key(
-        metadata.dataset, metadata.dataset_fingerprint, metadata.lpm, metadata.extraction, metadata.normalization,
-        metadata.storage))
+    successor = path.parent / store_name(metadata.dataset, features_key(
+        metadata.dataset, metadata.lpm, metadata.extraction, metadata.normalization, metadata.storage))
     if successor.exists() and read_metadata(successor).complete:
         return successor, read_metadata(successor)
     raise UserError(
@@ -215,8 +214,8 @@ def explain_cached(run_dir: Path, split: str = "test", checkpoint: Checkpoint = 
     run = read_run(run_dir)
     _require_prompts(run, run_dir)
     config = run_config(run_dir, assignments)
-    path, _ = cache_with_token_indices(run_dir, run, cache)
-    reader = CacheReader(path)
+    path, metadata = cache_with_token_indices(run_dir, run, cache)
+    reader = CacheReader(path, metadata.label_table or None)
     ids = reader.sample_ids()
     if samples is not None:
         position = {sample: index for index, sample in enumerate(ids)}

@@ -54,7 +54,7 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: Checkpoint = "b
     run = read_run(run_dir)
     config = run_config(run_dir, assignments)
     path, _ = run_cache_metadata(run, cache)
-    reader = CacheReader(path)
+    reader = CacheReader(path, run.label_table)
     device = resolve_device(config.train.device)
     model = load_run_model(run_dir, run, checkpoint, device)
     batches = SplitBatches(reader, run_samples(reader, config, split), config.train.batch_size, shuffle=False,

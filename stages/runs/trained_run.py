@@ -26,6 +26,7 @@ class RunRecord(BaseModel):
     cache_key: str
     dataset: str | None = None  # the dataset's name and where its images came from (None where not recorded)
     dataset_source: str | None = None
+    label_table: str | None = None  # the sha256 of the label table it trained on (a store of format 4)
     model_spec: ModelSpec
     class_names: list[str]
     normalization: Normalization
@@ -67,7 +68,7 @@ def run_cache_metadata(run: RunRecord, cache_override: Path | None = None) -> tu
             "Pass --cache with the path of the same cache if it was moved, or run `fpt extract` with the "
             "run's settings again (the same settings give the same cache key).",
         )
-    metadata = read_metadata(path)
+    metadata = read_metadata(path, run.label_table)
     if metadata.cache_key != run.cache_key:
         raise UserError(
             f"The cache at {path} has key {metadata.cache_key[:16]} but the run was trained from a cache with key "

@@ -138,7 +138,7 @@ class SplitBatches:
             self.shuffle_blocks = self.blocks
         block_size = storage.shard_size if stored_shuffled else storage.chunk_size
         self.blocks_per_buffer = max(1, buffer_shards * storage.shard_size // block_size)
-        self.labels = reader.array("labels")[:].astype(np.int64)[self.samples]
+        self.labels = reader.labels()[self.samples]
         self._memory: _Rows | None = None
         if in_memory and self.blocks:
             self._memory = _Rows(reader, sum(b - a for a, b in self.blocks), with_features)

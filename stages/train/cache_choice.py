@@ -7,7 +7,7 @@ from pathlib import Path
 from fpt.cache.catalog import list_caches
 from fpt.cache.errors import UserError
 from fpt.cache.metadata import CacheMetadata
-from fpt.cache.reader import read_metadata
+from fpt.cache.reader import read_metadata, read_store_metadata
 from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.extract.settings_check import storage_settings
 
@@ -86,6 +86,16 @@ def find_cache(config: PipelineConfig, source: Path, explicit: Path | None = Non
         f"There is no cache for dataset {config.dataset.name} under {config.cache.root}.",
         f"Run `{extract_command}` first (or pass --cache PATH).",
     )
+
+
+def label_table_of(cache: Path, source: Path | str) -> str | None:
+    """The label table a run of the dataset at `source` trains on: the one its last `fpt extract` wrote
+    into the store, else the store's latest (a store named with --cache for another folder); None for a
+    store of format 2 or 3, whose labels are inside."""
+    store = read_store_metadata(cache)
+    if not store.by_content:
+        return None
+    return store.label_tables.get(str(source)) or store.latest_table or None
 
 
 def extract_command_for(dataset: str, source: Path | str) -> str:

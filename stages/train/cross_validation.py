@@ -24,8 +24,8 @@ from fpt.stages.datasets.registry import dataset_source
 from fpt.stages.runs.cross_validation_summary import (
     CrossValidationResult, FoldSummary, new_cv_dir, summarize_cross_validation,
 )
-from fpt.stages.train.cache_choice import find_cache
 from fpt.stages.runs.run_folder import write_config
+from fpt.stages.train.cache_choice import find_cache, label_table_of
 from fpt.stages.train.folds import pooled_samples, stratified_folds
 from fpt.stages.train.recipe import TrainResult
 from fpt.stages.train.resume_state import saved_epoch
@@ -49,7 +49,7 @@ def cross_validate(config: PipelineConfig, cache_path: Path | None = None, show_
                         f"fold={train.fold}).", "Set train.folds=k and leave train.fold out; train-side sets it.")
     writable_folder(train.runs_root if folder is None else folder, "train.runs_root")
     cache = find_cache(config, dataset_source(config), cache_path)
-    reader = CacheReader(cache)
+    reader = CacheReader(cache, label_table_of(cache, dataset_source(config)))
     indices, labels = pooled_samples(reader)
     stratified_folds(indices, labels, train.folds, train.fold_seed, reader.metadata.class_names)  # refused before any folder
     if folder is None:

@@ -5,7 +5,7 @@ train.folds = k > 1, the samples of train and val, in cache order, are cut by sc
 `StratifiedKFold(k, shuffle=True, random_state=train.fold_seed)`: fold i (1..k) validates on the
 i-th part and trains on the other k - 1. Each part holds every class's share to within one sample,
 and every sample of train + val is validated on exactly once. The test split is never touched.
-The parts depend on the store's sample order, which is its own and fixed (cache/storage_order.py).
+The parts depend on the sample order, which is the label table's and fixed (cache/storage_order.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ POOLED_SPLITS = ("train", "val")
 
 def pooled_samples(reader: CacheReader) -> tuple[np.ndarray, np.ndarray]:
     """(cache indices, labels) of the train and val samples, in cache order."""
-    labels = reader.array("labels")[:].astype(np.int64)
+    labels = reader.labels()
     indices = np.concatenate([np.arange(*reader.split_range(split), dtype=np.int64) for split in POOLED_SPLITS
                               if split in reader.metadata.split_ranges])
     return indices, labels[indices]

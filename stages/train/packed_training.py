@@ -48,7 +48,7 @@ from fpt.stages.train.pack_step import PackStep
 from fpt.stages.train.recipe import TrainResult
 from fpt.stages.train.stack_threads import StackThreads
 from fpt.stages.train.trial_results import end_epoch, finish, prune
-from fpt.stages.train.trial_setup import TrialSetup, pack_cache
+from fpt.stages.train.trial_setup import TrialSetup, pack_cache, pack_label_table
 from fpt.stages.train.trial_state import PackedTrial
 
 
@@ -113,7 +113,8 @@ class Pack:
         self.isolation = Isolation(isolate_failures)
         lead = configs[0]
         self.cache = pack_cache(configs, cache_path)
-        self.batches = PackBatches(CacheReader(self.cache), lead, resolve_device(lead.train.device))
+        self.batches = PackBatches(CacheReader(self.cache, pack_label_table(self.cache, configs, run_dirs)), lead,
+                                   resolve_device(lead.train.device))
         self.threads = StackThreads.for_pack(self.batches.device, len(configs))
         stacks = PackStacks(self.threads.workers if self.threads is not None else 1)
         self.steps = PackStep(stacks, self.threads, self.isolation)

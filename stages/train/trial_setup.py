@@ -26,7 +26,7 @@ from fpt.stages.model.stacked_model import stackable
 from fpt.stages.runs.run_folder import new_run_dir, write_config
 from fpt.stages.runs.tracking import RunTracker, mlflow_uri
 from fpt.stages.runs.trained_run import read_run
-from fpt.stages.train.cache_choice import contradictions, find_cache
+from fpt.stages.train.cache_choice import contradictions, find_cache, label_table_of
 from fpt.stages.train.recipe import adamw, class_weights, half_cycle_cosine, model_spec
 from fpt.stages.train.rng_stream import RngStream
 from fpt.stages.train.stack_threads import StackThreads
@@ -45,6 +45,15 @@ def pack_cache(configs: list[PipelineConfig], explicit: Path | None) -> Path:
         except UserError as error:
             errors.append(error)
     raise errors[0]  # a pack has at least one trial (`Pack` checks it)
+
+
+def pack_label_table(cache: Path, configs: list[PipelineConfig], run_dirs: list[Path] | None) -> str | None:
+    """The label table the pack trains on: a pack that goes on keeps the one its runs started on (the dataset
+    may have been relabelled since); a new one takes its dataset's current table (`label_table_of`)."""
+    run_dir = run_dirs[0] if run_dirs else None
+    if run_dir is not None and (run_dir / "run.json").is_file() and read_run(run_dir).label_table:
+        return read_run(run_dir).label_table
+    return label_table_of(cache, recorded_source(run_dir) or dataset_source(configs[0]))
 
 
 def recorded_source(run_dir: Path | None) -> Path | None:
@@ -121,6 +130,8 @@ class TrialSetup:
         write_json(trial.run_dir / "run.json", {
             "cache": str(self.cache.resolve()), "cache_key": self.metadata.cache_key,
             "dataset": trial.config.dataset.name, "dataset_source": str(trial.source),
+            # the labels, classes and splits it trained on: tables/<label_table>.json in the store (format 4)
+            "label_table": self.metadata.label_table or None,
             "model_spec": trial.spec.model_dump(), "class_names": self.metadata.class_names,
             "normalization": self.metadata.normalization.model_dump(), "learnable_params": trial.learnable,
             "lr": trial.lr,
