@@ -225,3 +225,33 @@ def test_a_format_3_store_of_the_same_scan_is_upgraded_without_the_lpm(tmp_path:
     assert "labels" not in got and verify_store(upgraded.path, read_metadata(upgraded.path)).ok
     assert CacheReader(upgraded.path).sample_ids() == CacheReader(old).sample_ids()
     assert upgraded.label_table == current.label_table
+
+
+def test_training_refuses_labels_that_changed_since_the_last_extraction(tmp_path: Path, lpm_images: list[int]) -> None:
+    config = tiny_config(tmp_path, *TRAINING)
+    run_extract(config, show_progress=False)
+    labels = _demo(tmp_path) / "labels.csv"  # the same images as a CSV dataset, so that a label is one cell to change
+    rows = ["path,label,split"] + [f"{p.relative_to(_demo(tmp_path))},{p.parent.name},{p.parent.parent.name}"
+                                   for p in sorted(_demo(tmp_path).glob("*/*/*.png"))]
+    labels.write_text("\n".join(rows) + "\n")
+    names = sorted({row.split(",")[1] for row in rows[1:]})
+    csv_config = tiny_config(tmp_path, *TRAINING, "dataset.name=folder", f"dataset.csv={labels}",
+                             f"dataset.data_root={_demo(tmp_path)}", f"dataset.classes=[{','.join(names)}]")
+    run_extract(csv_config, show_progress=False)
+    relabelled = rows[:]
+    train = [index for index, row in enumerate(rows) if row.endswith(",train")]
+    for index in train[:2]:  # two train images into the next class
+        path, label, split = relabelled[index].split(",")
+        relabelled[index] = f"{path},{names[(names.index(label) + 1) % len(names)]},{split}"
+    path, label, _ = relabelled[train[2]].split(",")
+    relabelled[train[2]] = f"{path},{label},val"  # and one moved to val
+    labels.write_text("\n".join(relabelled) + "\n")
+    with pytest.raises(UserError, match="2 relabelled, 1 moved to another split.*old labels") as refused:
+        train_side(csv_config, show_progress=False)
+    assert "fpt extract --dataset folder --set dataset.csv=" in refused.value.fix
+    lpm_images.clear()
+    run_extract(csv_config, show_progress=False)  # writes the new table, runs no LPM
+    assert lpm_images == []
+    result = train_side(csv_config, show_progress=False)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert sum(run["train_class_counts"]) == 11  # 12 train images, one moved to val

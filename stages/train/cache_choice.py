@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fpt.cache.catalog import list_caches
+from fpt.cache.label_table import read_table
 from fpt.cache.errors import UserError
 from fpt.cache.metadata import CacheMetadata
 from fpt.cache.reader import read_metadata, read_store_metadata
 from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.datasets.registry import read_layout
 from fpt.stages.extract.settings_check import storage_settings
 
 
@@ -65,6 +67,7 @@ def find_cache(config: PipelineConfig, source: Path, explicit: Path | None = Non
                 + (f" (if the images moved, `{extract_command_for(config.dataset.name, source)}` adds their folder to "
                    "the cache without running the LPM when they are the same images)." if moved else "."),
             )
+        check_labels_current(config, explicit, source)
         return explicit
     extract_command = extract_command_for(config.dataset.name, source)
     candidates = [(p, m) for p, m, _ in list_caches(config.cache.root) if m is not None and m.dataset == config.dataset.name]
@@ -74,7 +77,9 @@ def find_cache(config: PipelineConfig, source: Path, explicit: Path | None = Non
         # Stores of the same features in several storage settings (`fpt cache transcode`) are all
         # usable; the one in the configured settings wins, then the newest.
         configured = storage_settings(config.cache)
-        return max(usable, key=lambda item: (item[1].storage == configured, item[1].created_at))[0]
+        chosen = max(usable, key=lambda item: (item[1].storage == configured, item[1].created_at))[0]
+        check_labels_current(config, chosen, source)
+        return chosen
     if candidates:
         details = "; ".join(f"{p.name}: {_unusable_because(config, m, source)}" for p, m in candidates)
         raise UserError(
@@ -110,3 +115,35 @@ def _unusable_because(config: PipelineConfig, metadata: CacheMetadata, source: P
     if not metadata.sources:
         return "records no source folder (running `fpt extract` on the same images records it)"
     return ", ".join(contradictions(config, metadata, source))
+
+
+def check_labels_current(config: PipelineConfig, cache: Path, source: Path) -> None:
+    """Refuse to start a run on a label table the dataset no longer matches: the images, labels and splits
+    read from the dataset now against those of the table its last `fpt extract` wrote into the store (the
+    table a new run trains on). Reading the dataset's layout costs no image decoding and no hashing, so a
+    file whose bytes changed under the same name is found by `fpt extract`, not here."""
+    store = read_store_metadata(cache)
+    digest = store.label_tables.get(str(source)) if store.by_content else None
+    if digest is None:  # a store of format 2 or 3 (labels inside), or named with --cache for another folder
+        return
+    table = read_table(cache, digest)
+    _, layout = read_layout(config, show_progress=False)
+    skipped = {image.path for image in table.skipped}
+    now = {sample.sample_id: (layout.class_names[sample.label], sample.split) for sample in layout.samples
+           if sample.sample_id not in skipped and str(sample.path) not in skipped}
+    then = {sample.id: (table.class_names[sample.label], sample.split) for sample in table.samples}
+    added = len(now.keys() - then.keys())
+    removed = len(then.keys() - now.keys())
+    common = now.keys() & then.keys()
+    relabelled = sum(now[i][0] != then[i][0] for i in common)
+    moved = sum(now[i][1] != then[i][1] for i in common)
+    if not (added or removed or relabelled or moved):
+        return
+    changes = [f"{count} {what}" for count, what in ((relabelled, "relabelled"), (moved, "moved to another split"),
+                                                      (added, "added"), (removed, "removed")) if count]
+    raise UserError(
+        f"The images or labels of dataset {config.dataset.name} at {source} have changed since `fpt extract` last "
+        f"wrote the cache's label table ({', '.join(changes)}); training now would use the old labels.",
+        f"Run `{extract_command_for(config.dataset.name, source)}` first: it runs the LPM only on added or changed "
+        "images (none for relabelled or re-split ones) and writes the new label table; then train again.",
+    )
