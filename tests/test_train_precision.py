@@ -94,6 +94,22 @@ def test_a_stacked_bf16_step_runs_its_products_in_bf16_with_fp32_weights(monkeyp
     assert torch.allclose(losses, fp32, rtol=0.02)
 
 
+@pytest.mark.parametrize("name", SPECS)
+def test_a_bf16_model_steps_in_a_stack_as_alone(name: str, torch_threads) -> None:
+    """A packed bf16 trial gets the losses and gradients it gets alone, on one torch thread."""
+    torch_threads(1)
+    spec = SPECS[name]
+    images, keys, values, labels = batch(spec)
+    together = stacked(models_of(spec, 3))
+    losses = stacked_losses(together, [RngStream(seed, CPU) for seed in range(3)], images, keys, values, labels,
+                            precision="bf16")
+    for k in range(3):
+        alone = stacked([models_of(spec, 3)[k]])
+        loss = stacked_losses(alone, [RngStream(k, CPU)], images, keys, values, labels, precision="bf16")
+        assert torch.equal(loss[0], losses[k])
+        assert torch.equal(alone.members[0].buffer.grad, together.members[k].buffer.grad)
+
+
 def test_a_tiny_bf16_run_trains_in_bf16_and_records_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tiny_config(tmp_path, *TRAINING, "train.precision=bf16")
     run_extract(config, show_progress=False)
