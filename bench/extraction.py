@@ -8,7 +8,9 @@ Over the same demo images in the same batch size, it times:
             (the LPM built beforehand, so one-time setup is reported apart)
 and the parts (decode alone, token selection alone, shard writes alone), plus the speed-ups:
 query_chunk sweep, channels-last input, decode workers 0 vs 2 (default auto: 0 on CPU), overlapped shard writes on/off.
-bench/extract_precision.py measures extract.precision (bf16/fp16) against fp32.
+`--precision bf16` runs both at that extract.precision (the bare forward under the same autocast);
+with `--pairs` the fp32 bare forward is timed in each pair too. bench/extract_precision.py measures
+extract.precision (bf16/fp16) against fp32 for the tokens it changes.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def main() -> None:
                         help="only time the bare forward and `fpt extract`'s loop (defaults) alternately, N times, "
                              "and report each pair's ratio and their median: on a noisy machine, the figure to judge "
                              "the 1.25x target by")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="extract.precision of the extract loop and the bare forward")
     args = parser.parse_args()
     apply_threads(args.threads)
 
@@ -116,24 +120,27 @@ def main() -> None:
     num_images = args.num_images or (8 if args.quick else 32)
     repeats = args.repeats or (1 if args.quick else 2)
     device = torch.device(args.device)
-    config, sets = bench_config(args.scenario, num_images, [f"extract.batch_size={args.batch_size}", f"extract.device={args.device}"])
+    config, sets = bench_config(args.scenario, num_images, [f"extract.batch_size={args.batch_size}", f"extract.device={args.device}",
+                                                            f"extract.precision={args.precision}"])
     extract = config.extract
     vit, lpm = build_lpm(config.lpm, extract.input_size)
     vit = vit.to(device)
+    bare_forward = forward_in(vit, args.precision, device)
     batches, decode_s = decoded_batches(config, args.batch_size)
     count = sum(len(b) for b in batches)
     console.print(f"{count} images, {lpm.name} at {extract.input_size} px, batch {args.batch_size}, device {device}, "
-                  f"{torch.get_num_threads()} torch threads")
+                  f"{torch.get_num_threads()} torch threads, {args.precision}")
 
     def selector(chunk: int) -> TokenSelectingLPM:
-        return TokenSelectingLPM(vit, extract.resolved_layers(len(vit.blocks)), extract.token_ratio, extract.importance, chunk).to(device)
+        return TokenSelectingLPM(vit, extract.resolved_layers(len(vit.blocks)), extract.token_ratio, extract.importance, chunk,
+                                 args.precision).to(device)
 
     if args.pairs:
         time_pairs(args, config, sets, vit, lpm, batches, device, count)
         return
     default = selector(extract.query_chunk)
     figures: dict[str, float] = {"decode_s": decode_s}
-    figures["bare_forward_s"] = timed(vit.forward_features, batches, device, repeats)
+    figures["bare_forward_s"] = timed(bare_forward, batches, device, repeats)
     figures["selection_s"] = timed(default, batches, device, repeats)
     runs = {}
     for label, overrides in [("extract (defaults)", {}), ("extract, writes not overlapped", {"overlap_writes": False}),
@@ -142,7 +149,7 @@ def main() -> None:
         run_config = config.model_copy(update={"extract": extract.model_copy(update=overrides)})
         runs[label] = time_extract(run_config, vit, lpm, repeats, sets)
     first = batches[:1]  # the selection-only comparisons run on one batch; ratios use the bare time of that batch
-    figures["bare_forward_first_batch_s"] = timed(vit.forward_features, first, device, repeats)
+    figures["bare_forward_first_batch_s"] = timed(bare_forward, first, device, repeats)
     figures["selection_first_batch_s"] = timed(default, first, device, repeats)
     figures["channels_last_selection_s"] = timed(lambda x: default(x.contiguous(memory_format=torch.channels_last)),
                                                  first, device, repeats)
@@ -167,30 +174,53 @@ def main() -> None:
         rows.append([f"  first batch only: selection, query_chunk {chunk}", seconds, len(first[0]) / seconds, seconds / bare1, ""])
     print_table(f"Extraction, {count} images, {lpm.name} @ {extract.input_size}px, batch {args.batch_size}, {device}",
                 ["path", "seconds", "images/s", "x bare forward", "note"], rows)
-    write_results(f"extraction_{args.scenario}_{device.type}" + ("_quick" if args.quick else ""), {
+    write_results(f"extraction_{args.scenario}_{device.type}" + _suffix(args) + ("_quick" if args.quick else ""), {
         "images": count, "batch_size": args.batch_size, "device": str(device), "lpm": lpm.model_dump(),
         "repeats_best_of": repeats, "threads": args.threads, "figures": figures, "extract_runs": runs, "query_chunk_sweep": sweep,
     })
 
 
+def forward_in(vit: torch.nn.Module, precision: str, device: torch.device):
+    """The bare `forward_features` in an extract.precision's arithmetic."""
+    from fpt.stages.core.precision import arithmetic
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with arithmetic(precision, device):
+            return vit.forward_features(images)
+    return forward
+
+
+def _suffix(args) -> str:
+    return "" if args.precision == "fp32" else f"_{args.precision}"
+
+
 def time_pairs(args, config, sets: list[str], vit: torch.nn.Module, lpm, batches: list[torch.Tensor],
                device: torch.device, count: int) -> None:
-    """The bare forward and the extract loop with fpt's defaults, one after the other, `args.pairs` times."""
-    pairs = []
+    """The bare forward and the extract loop (fpt's defaults at `--precision`), one after the other,
+    `args.pairs` times; below fp32, the fp32 bare forward as well."""
+    pairs, bare32 = [], []
+    same = forward_in(vit, args.precision, device)
     for _ in range(args.pairs):
-        bare = timed(vit.forward_features, batches, device, 1)
+        bare = timed(same, batches, device, 1)
         loop = time_extract(config, vit, lpm, 1, sets)["loop_s"]
         pairs.append((bare, loop))
+        if args.precision != "fp32":
+            bare32.append(timed(vit.forward_features, batches, device, 1))
     ratios = [loop / bare for bare, loop in pairs]
-    rows = [[i + 1, bare, loop, loop / bare] for i, (bare, loop) in enumerate(pairs)]
+    rows = [[i + 1, bare, loop, loop / bare, count / loop] for i, (bare, loop) in enumerate(pairs)]
     rows.append(["median", statistics.median(b for b, _ in pairs), statistics.median(x for _, x in pairs),
-                 statistics.median(ratios)])
+                 statistics.median(ratios), count / statistics.median(x for _, x in pairs)])
     print_table(f"Extraction, {count} images, {lpm.name} @ {config.extract.input_size}px, batch {args.batch_size}, "
-                f"{device}: bare forward and `fpt extract` loop (defaults) in alternation; target <= 1.25x",
-                ["pair", "bare forward s", "extract loop s", "x bare forward"], rows)
-    write_results(f"extraction_pairs_{args.scenario}_{device.type}", {
+                f"{device}, {args.precision}: bare forward and `fpt extract` loop (defaults) in alternation; "
+                "target <= 1.25x", ["pair", "bare forward s", "extract loop s", "x bare forward", "extract img/s"], rows)
+    if bare32:
+        median32 = statistics.median(bare32)
+        console.print(f"bare fp32 forward: median {median32:.3f} s ({count / median32:.1f} img/s); extract loop at "
+                      f"{args.precision} / bare fp32 forward: {statistics.median(x for _, x in pairs) / median32:.2f}x")
+    write_results(f"extraction_pairs_{args.scenario}_{device.type}" + _suffix(args), {
         "images": count, "batch_size": args.batch_size, "device": str(device), "threads": args.threads,
-        "pairs_s": pairs, "ratios": ratios, "median_ratio": statistics.median(ratios),
+        "precision": args.precision, "pairs_s": pairs, "ratios": ratios, "median_ratio": statistics.median(ratios),
+        "bare_fp32_s": bare32,
     })
 
 

@@ -188,6 +188,13 @@ class TrainConfig(StrictModel):
         description="Read the next batch in a background thread while a step runs. auto: on a GPU only "
                     "(on the CPU the thread competes with the step for the cores; bench/README.md).",
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="Arithmetic of the training step's forward pass (side network, fusion modules, loss): fp32, or "
+                    "bf16 autocast (matrix products in bf16; norms, softmax and the loss in fp32; weights, gradients and "
+                    "AdamW in fp32, no loss scaling). auto: bf16 on a GPU, fp32 on a CPU. Evaluation and the "
+                    "predictions written run in fp32 either way. The resolved value is in run.json.",
+    )
     shuffle_buffer_shards: int = Field(
         default=4, ge=1,
         description="Training shuffles within a buffer of this many shards of samples, filled from shards in random order "

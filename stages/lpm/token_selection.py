@@ -17,7 +17,6 @@ scores are kept. stages/lpm/families.py lists the attention classes known to mak
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Literal
 
@@ -27,18 +26,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from fpt.cache.errors import UserError
+from fpt.stages.core.precision import Precision, arithmetic
 
 Importance = Literal["global", "class_token"]
-Precision = Literal["fp32", "bf16", "fp16"]
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def lpm_arithmetic(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
-    """The context the LPM's forward runs in: autocast to 16 bits for bf16/fp16 (matrix products in
-    16 bits, norms and softmax in fp32, as torch's autocast lists them), nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def num_selected(num_tokens: int, token_ratio: float) -> int:
@@ -208,7 +198,7 @@ class TokenSelectingLPM(nn.Module):
             self.vit.blocks[layer].register_forward_pre_hook(self._entering(layer)),
             self.vit.blocks[layer].register_forward_hook(self._leaving))]
         try:
-            with lpm_arithmetic(self.precision, images.device):
+            with arithmetic(self.precision, images.device):
                 self.vit.forward_features(images)
         except _LastChosenLayerDone:
             pass

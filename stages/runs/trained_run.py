@@ -35,6 +35,7 @@ class RunRecord(BaseModel):
     device: str | None = None  # this and the next two: None where run.json does not record them
     torch_threads: int | None = None
     torch_version: str | None = None
+    precision: Literal["fp32", "bf16"] | None = None  # training forward's arithmetic; None where not recorded: fp32
 
 
 def read_run(run_dir: Path) -> RunRecord:

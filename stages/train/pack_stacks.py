@@ -1,9 +1,10 @@
 """The trials of a pack in stacks: models of one architecture stepped and evaluated as one.
 
-Models of one architecture are stacked (stages/model/stacked_model.py) in as many stacks as the pack
-has stack threads (stages/train/stack_threads.py), of sizes that differ by one at most. A model the
-stacked forward cannot reproduce (see `stackable`) is a group of its own, without a stack. The
-groups are kept while the same trials train, and rebuilt when a trial finishes its epochs or fails.
+Models of one architecture and one training precision (a stack's forward runs in one arithmetic) are
+stacked (stages/model/stacked_model.py) in as many stacks as the pack has stack threads
+(stages/train/stack_threads.py), of sizes that differ by one at most. A model the stacked forward
+cannot reproduce (see `stackable`) is a group of its own, without a stack. The groups are kept while
+the same trials train, and rebuilt when a trial finishes its epochs or fails.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ class PackStacks:
         self._splitting = threading.Lock()
 
     def groups(self, trials: list[PackedTrial]) -> list[StackGroup]:
-        """The trials grouped by architecture, each group's parameters stacked; rebuilt when the
+        """The trials grouped by architecture and precision, each group's parameters stacked; rebuilt when the
         trials in training change (a trial finished its epochs or failed)."""
         if [id(t) for t in trials] != self._grouped:
             by_spec: dict[str, list[PackedTrial]] = {}
             alone: list[StackGroup] = []
             for trial in trials:
                 if trial.flat is not None:
-                    by_spec.setdefault(trial.spec.model_dump_json(), []).append(trial)
+                    by_spec.setdefault(trial.spec.model_dump_json() + trial.precision, []).append(trial)
                 else:
                     alone.append(StackGroup([trial], None))
             self._groups = [StackGroup(part, StackedModels([t.flat for t in part]))

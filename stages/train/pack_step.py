@@ -57,14 +57,15 @@ class PackStep:
             return
         streams = [t.stream for t in group.trials]
         weights = [t.class_weights for t in group.trials]
+        precision = group.trials[0].precision  # one per stack (PackStacks)
         if len(group.trials) == 1:  # a stack of one: its failure is its trial's own
             losses = guard(group.trials[0], stacked_losses, group.stack, streams, images, keys, values, labels, masks,
-                           weights)
+                           weights, precision)
             if losses is None:
                 return
         else:
             try:
-                losses = stacked_losses(group.stack, streams, images, keys, values, labels, masks, weights)
+                losses = stacked_losses(group.stack, streams, images, keys, values, labels, masks, weights, precision)
             except Exception:
                 if not self.isolation.isolate:
                     raise
@@ -84,7 +85,7 @@ class PackStep:
             if not trial.model.training:  # after an evaluation; train() walks every module
                 trial.model.train()
             loss = optimization_step(trial.model, trial.optimizer, trial.scheduler, images, keys, values, labels,
-                                     trial.config.train.grad_clip, trial.class_weights)
+                                     trial.config.train.grad_clip, trial.class_weights, trial.precision)
         trial.count(loss.item(), len(labels))
 
     @staticmethod

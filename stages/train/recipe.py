@@ -1,7 +1,8 @@
 """The pieces of a trial's training: its model spec, AdamW and the half-cycle cosine schedule,
-one optimisation step (cross-entropy, optionally class-weighted, gradient-norm clipping), batches on
-the device, predictions. Validation and test losses stay plain cross-entropy whatever the training
-loss's weights.
+one optimisation step (cross-entropy, optionally class-weighted, gradient-norm clipping, its forward
+in train.precision's arithmetic), batches on the device, predictions. Validation and test losses stay
+plain cross-entropy whatever the training loss's weights, and predictions are computed in fp32
+whatever the training precision (`predict_many` says why).
 
 The loop that uses them, for one trial or a pack of them, is stages/train/packed_training.py.
 """
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 
 from fpt.cache.metadata import CacheMetadata
+from fpt.stages.core.precision import TrainPrecision, arithmetic
 from fpt.stages.core.settings import PipelineConfig, TrainConfig
 from fpt.stages.model.fpt_model import FPTPlus, ModelSpec
 from fpt.stages.model.side_input import eval_images
@@ -108,10 +110,13 @@ def training_losses(logits: torch.Tensor, labels: torch.Tensor, weights: list[to
 def optimization_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                       scheduler: torch.optim.lr_scheduler.LRScheduler, images: torch.Tensor,
                       keys: torch.Tensor | None, values: torch.Tensor | None, labels: torch.Tensor,
-                      grad_clip: float, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+                      grad_clip: float, class_weights: torch.Tensor | None = None,
+                      precision: TrainPrecision = "fp32") -> torch.Tensor:
     """One step of the recipe: cross-entropy (weighted by `class_weights` if given), gradient-norm
-    clipping, AdamW, per-step schedule."""
-    loss = F.cross_entropy(model(images, keys, values), labels, weight=class_weights)
+    clipping, AdamW, per-step schedule. The forward and the loss run in `precision`'s arithmetic
+    (stages/core/precision.py); the backward pass and the update outside it, in the parameters' fp32."""
+    with arithmetic(precision, images.device):
+        loss = F.cross_entropy(model(images, keys, values), labels, weight=class_weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     recipe_update(optimizer, scheduler, grad_clip)
@@ -180,7 +185,12 @@ BatchLogits = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None],
 def predict_many(logits_of: BatchLogits, count: int, batches: SplitBatches, metadata: CacheMetadata, side_size: int,
                  device: torch.device, prefetch: bool | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
     """(sample indices, labels, probabilities, mean loss) of a split for each of `count` models, in
-    cache order, on one read of it; `logits_of(images, keys, values)` gives their logits (count, B, C)."""
+    cache order, on one read of it; `logits_of(images, keys, values)` gives their logits (count, B, C).
+
+    No autocast here, whatever train.precision: a model trained in bf16 keeps fp32 weights, and its
+    validation scores, best-epoch choice and the predictions written are those of its fp32 forward,
+    the same that `fpt evaluate` and `fpt predict` compute from its checkpoints later on any device.
+    Evaluation is a forward pass without backward over the smaller splits, a small share of an epoch."""
     norm = metadata.normalization
     indices, labels = [], []
     probabilities: list[list[np.ndarray]] = [[] for _ in range(count)]

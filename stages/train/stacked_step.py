@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fpt.stages.core.precision import TrainPrecision, arithmetic
 from fpt.stages.model.fpt_model import FPTPlus
 from fpt.stages.model.stacked_model import StackedModels
 from fpt.stages.train.recipe import recipe_update, training_losses
@@ -29,6 +30,7 @@ class StepMember:
     stream: RngStream
     grad_clip: float
     class_weights: torch.Tensor | None = None  # (C,) weights of its cross-entropy, None for the plain one
+    precision: TrainPrecision = "fp32"  # the arithmetic of its forward (train.precision resolved)
 
 
 def dropout_masks(stack: StackedModels, streams: list[RngStream], batch_size: int,
@@ -49,16 +51,21 @@ def dropout_masks(stack: StackedModels, streams: list[RngStream], batch_size: in
 
 def stacked_losses(stack: StackedModels, streams: list[RngStream], images: torch.Tensor, keys: torch.Tensor | None,
                    values: torch.Tensor | None, labels: torch.Tensor, masks: torch.Tensor | None = None,
-                   class_weights: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+                   class_weights: list[torch.Tensor | None] | None = None,
+                   precision: TrainPrecision = "fp32") -> torch.Tensor:
     """Back-propagate every model's training loss on the batch; each model's parameters get its
     gradient (`.grad`). Returns the K losses, detached. `masks`: the step's dropout masks if the
     caller drew them already (`dropout_masks`), else they are drawn here from `streams`;
-    `class_weights`: each model's cross-entropy weights (None: plain cross-entropy for all)."""
+    `class_weights`: each model's cross-entropy weights (None: plain cross-entropy for all);
+    `precision`: the arithmetic of the forward and the losses (stages/core/precision.py). Autocast
+    casts the stacked fp32 parameters to bf16 where a product uses them, so its backward hands the
+    leaves fp32 gradients; it is entered here, in the thread that runs the stack."""
     leaves = stack.leaves()
     if masks is None:
         masks = dropout_masks(stack, streams, len(labels), images.device)
-    logits = stack.forward(leaves, images, keys, values, masks)
-    losses = training_losses(logits, labels, class_weights or [None] * len(streams))
+    with arithmetic(precision, images.device):
+        logits = stack.forward(leaves, images, keys, values, masks)
+        losses = training_losses(logits, labels, class_weights or [None] * len(streams))
     losses.sum().backward()
     stack.hand_back_gradients(leaves)
     return losses.detach()
@@ -72,9 +79,11 @@ def member_update(member: StepMember) -> None:
 
 def step_together(stack: StackedModels, members: list[StepMember], images: torch.Tensor, keys: torch.Tensor | None,
                   values: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-    """One full step of every model of the stack; returns the K training losses."""
+    """One full step of every model of the stack, all in one precision; returns the K training losses."""
+    if len({m.precision for m in members}) > 1:
+        raise ValueError("the models of a stack step in one precision")
     losses = stacked_losses(stack, [m.stream for m in members], images, keys, values, labels,
-                            class_weights=[m.class_weights for m in members])
+                            class_weights=[m.class_weights for m in members], precision=members[0].precision)
     for member in members:
         member_update(member)
     return losses

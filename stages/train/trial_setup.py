@@ -4,7 +4,8 @@ A trial is checked against the cache first (a setting the cache cannot serve, a 
 does not fit the LPM), so that a trial that cannot run fails before it has a run folder. Its model
 is initialised inside its own random stream, from its own seed, so it starts as it would alone.
 Its folder gets config.yaml and run.json before training starts; the weights of its loss
-(train.class_weights) come from the class counts of the pack's training samples.
+(train.class_weights) come from the class counts of the pack's training samples, and the arithmetic
+of its forward from train.precision resolved for the device (stages/core/precision.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from fpt.cache.errors import UserError
 from fpt.cache.metadata import CacheMetadata
 from fpt.stages.core.files import write_json
+from fpt.stages.core.precision import TrainPrecision, train_precision
 from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.datasets.registry import dataset_source
 from fpt.stages.extract.settings_check import raise_side_problems, side_problems
@@ -25,7 +27,7 @@ from fpt.stages.model.fpt_model import FPTPlus
 from fpt.stages.model.stacked_model import stackable
 from fpt.stages.runs.run_folder import new_run_dir, write_config
 from fpt.stages.runs.tracking import RunTracker, mlflow_uri
-from fpt.stages.runs.trained_run import read_run
+from fpt.stages.runs.trained_run import RunRecord, read_run
 from fpt.stages.train.cache_choice import contradictions, find_cache, label_table_of
 from fpt.stages.train.recipe import adamw, class_weights, half_cycle_cosine, model_spec
 from fpt.stages.train.rng_stream import RngStream
@@ -50,19 +52,18 @@ def pack_cache(configs: list[PipelineConfig], explicit: Path | None) -> Path:
 def pack_label_table(cache: Path, configs: list[PipelineConfig], run_dirs: list[Path] | None) -> str | None:
     """The label table the pack trains on: a pack that goes on keeps the one its runs started on (the dataset
     may have been relabelled since); a new one takes its dataset's current table (`label_table_of`)."""
-    run_dir = run_dirs[0] if run_dirs else None
-    if run_dir is not None and (run_dir / "run.json").is_file() and read_run(run_dir).label_table:
-        return read_run(run_dir).label_table
-    return label_table_of(cache, recorded_source(run_dir) or dataset_source(configs[0]))
+    recorded = recorded_run(run_dirs[0] if run_dirs else None)
+    if recorded is not None and recorded.label_table:
+        return recorded.label_table
+    source = Path(recorded.dataset_source) if recorded is not None and recorded.dataset_source else None
+    return label_table_of(cache, source or dataset_source(configs[0]))
 
 
-def recorded_source(run_dir: Path | None) -> Path | None:
-    """The dataset source a run that goes on recorded when it started (its config's relative paths may
-    point elsewhere from another working folder; its cache was checked by key)."""
+def recorded_run(run_dir: Path | None) -> RunRecord | None:
+    """The run.json of a run that goes on, written when it started (None for a new run)."""
     if run_dir is None or not (run_dir / "run.json").is_file():
         return None
-    source = read_run(run_dir).dataset_source
-    return Path(source) if source else None
+    return read_run(run_dir)
 
 
 class TrialSetup:
@@ -80,7 +81,18 @@ class TrialSetup:
 
     def build(self, config: PipelineConfig, run_dir: Path | None) -> PackedTrial:
         """The trial of `config`, in `run_dir` (a run that goes on) or in a new run folder."""
-        source = recorded_source(run_dir) or dataset_source(config)
+        # a run that goes on keeps the dataset source it recorded (its config's relative paths may point
+        # elsewhere from another working folder; its cache was checked by key) and the precision it trained
+        # in, which train.precision=auto could resolve otherwise on another device (fp32 where not recorded)
+        recorded = recorded_run(run_dir)
+        if recorded is not None and recorded.dataset_source:
+            source = Path(recorded.dataset_source)
+        else:
+            source = dataset_source(config)
+        if recorded is not None:
+            precision: TrainPrecision = recorded.precision or "fp32"
+        else:
+            precision = train_precision(config.train.precision, self.device)
         problems = contradictions(config, self.metadata, source)
         if problems:
             raise UserError(
@@ -118,10 +130,12 @@ class TrialSetup:
                             optimizer=optimizer, scheduler=scheduler, stream=stream, lr=lr, learnable=learnable,
                             tracker=tracker,
                             class_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32,
-                                                                                   device=self.device))
+                                                                                   device=self.device),
+                            precision=precision)
         self.write_run_files(trial)
         tracker.line(f"{'going on' if going_on else 'started'}: {config.dataset.name} from the cache {self.cache}, "
-                     f"{learnable:,} learnable parameters, lr {lr:g}, {train.epochs} epochs on {self.device}")
+                     f"{learnable:,} learnable parameters, lr {lr:g}, {train.epochs} epochs on {self.device} "
+                     f"in {trial.precision}")
         return trial
 
     def write_run_files(self, trial: PackedTrial) -> None:
@@ -144,6 +158,8 @@ class TrialSetup:
                 "fold": trial.config.train.fold, "folds": trial.config.train.folds, "seed": trial.config.train.fold_seed},
             # bit-for-bit repeatability depends on these (docs/sweeps.md, "Packed trials")
             "device": str(self.device), "torch_threads": self._torch_threads(trial), "torch_version": torch.__version__,
+            # the arithmetic of its training forward (train.precision resolved); evaluation is fp32
+            "precision": trial.precision,
         })
 
     def _torch_threads(self, trial: PackedTrial) -> int:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from fpt.stages.core.precision import TrainPrecision
 from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.model.flat_parameters import FlatParameters
 from fpt.stages.model.fpt_model import FPTPlus, ModelSpec
@@ -51,6 +52,7 @@ class PackedTrial:
     learnable: int
     tracker: RunTracker  # train.log and the trackers train.loggers names
     class_weights: torch.Tensor | None  # (C,) weights of its training cross-entropy (train.class_weights), on its device
+    precision: TrainPrecision  # its training forward's arithmetic: train.precision resolved for its device
     best: BestEpoch | None = None  # None until an epoch has been scored
     loss_sum: float = 0.0  # the epoch's training loss so far, summed over its samples
     seen: int = 0
@@ -73,7 +75,7 @@ class PackedTrial:
     def member(self) -> StepMember:
         """What the trial's model needs for its own share of a stacked step."""
         return StepMember(self.model, self.optimizer, self.scheduler, self.stream, self.config.train.grad_clip,
-                          self.class_weights)
+                          self.class_weights, self.precision)
 
     def count(self, loss: float, samples: int) -> None:
         """Add a step's mean training loss over `samples` samples to the epoch's running loss."""
