@@ -16,8 +16,10 @@ step it builds, stage_two.Trainer), each in a fresh process, their order rotatin
   resident  the same with train.resident=ram: the copy read once, before the first epoch
 Each process times `--epochs` epochs and keeps the fastest after the first (the noise of a shared
 machine only adds time); the ratios to `compute` are taken within each round, and the table gives
-their median. The stream and resident processes also time their epochs' parts: getting the batches
-(reading or gathering, decoding to float32), augmenting the side images, and the steps.
+their median. Each epoch's CPU time (the process's, all threads) is kept too: on a machine other
+jobs share, it moves less than the wall time, and with one torch thread it is the work done. The
+stream and resident processes also time their epochs' parts: getting the batches (reading or
+gathering, decoding to float32), augmenting the side images, and the steps.
 """
 
 from __future__ import annotations
@@ -56,15 +58,16 @@ def run_variant(args: argparse.Namespace) -> dict:
     if args.variant == "compute":
         prepared = [tuple(x.clone() for x in batches.augmented(ready)) for ready in batches.ready(batches.train)]
         for _ in range(args.epochs):
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             for images, keys, values, labels in prepared:
                 trainer.step(images, keys, values, labels)
             seconds = time.perf_counter() - began
-            epochs.append({"seconds": seconds, "step": seconds, "batches": 0.0, "augment": 0.0})
+            epochs.append({"seconds": seconds, "cpu": time.process_time() - cpu, "step": seconds, "batches": 0.0,
+                           "augment": 0.0})
     else:
         for _ in range(args.epochs):
             parts = {"batches": 0.0, "augment": 0.0, "step": 0.0}
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             ready_batches = iter(batches.ready(batches.train))
             while True:
                 mark = time.perf_counter()
@@ -78,10 +81,11 @@ def run_variant(args: argparse.Namespace) -> dict:
                 mark = time.perf_counter()
                 trainer.step(images, keys, values, labels)
                 parts["step"] += time.perf_counter() - mark
-            epochs.append({"seconds": time.perf_counter() - began, **parts})
+            epochs.append({"seconds": time.perf_counter() - began, "cpu": time.process_time() - cpu, **parts})
     fastest = min(epochs[1:] or epochs, key=lambda e: e["seconds"])
     return {"variant": args.variant, "samples": batches.train.num_samples, "steps": len(batches.train),
-            "epochs": epochs, "epoch": fastest, "load_s": loaded, "residency": batches.residency.record(),
+            "epochs": epochs, "epoch": fastest, "cpu": min(e["cpu"] for e in epochs[1:] or epochs),
+            "load_s": loaded, "residency": batches.residency.record(),
             "torch_threads": torch.get_num_threads()}
 
 
@@ -148,8 +152,9 @@ def main() -> None:
                     runs[variant].append(result)
             ratios = {v: [r["epoch"]["seconds"] / c["epoch"]["seconds"] for r, c in zip(runs[v], runs["compute"])]
                       for v in ("stream", "resident")}
+            cpu_ratios = {v: [r["cpu"] / c["cpu"] for r, c in zip(runs[v], runs["compute"])] for v in ("stream", "resident")}
             payload[f"{scenario}-{dtype}"] = {"store": str(store), "samples": sizes[scenario], "runs": runs,
-                                              "ratios": ratios}
+                                              "ratios": ratios, "cpu_ratios": cpu_ratios}
             compute = statistics.median(r["epoch"]["seconds"] for r in runs["compute"])
             rows.append([scenario, dtype, sizes[scenario], compute,
                          statistics.median(r["epoch"]["seconds"] for r in runs["stream"]),
@@ -157,6 +162,7 @@ def main() -> None:
                          statistics.median(r["epoch"]["seconds"] for r in runs["resident"]),
                          statistics.median(ratios["resident"]),
                          ", ".join(f"{x:.3f}" for x in ratios["resident"]),
+                         statistics.median(cpu_ratios["stream"]), statistics.median(cpu_ratios["resident"]),
                          statistics.median(r["load_s"] for r in runs["resident"])])
             for variant in ("stream", "resident"):
                 steps = runs[variant][0]["steps"]
@@ -165,10 +171,11 @@ def main() -> None:
                     for part in ("batches", "augment", "step")])
     print_table(f"Epoch of train-side's step (batch {args.batch_size}), medians of {args.rounds} rounds of fresh processes",
                 ["LPM", "cache.dtype", "train images", "compute s", "stream s", "stream / compute", "resident s",
-                 "resident / compute", "resident / compute, each round", "resident load s"], rows)
+                 "resident / compute", "resident / compute, each round", "stream / compute, CPU time",
+                 "resident / compute, CPU time", "resident load s"], rows)
     print_table("Where an epoch's time goes: ms per batch (medians)",
                 ["LPM", "cache.dtype", "variant", "batches (read/gather, decode)", "augment", "step"], part_rows)
-    write_results("resident_quick" if args.quick else "resident",
+    write_results("resident_quick" if args.quick else f"resident_{'_'.join(args.scenarios)}_{'_'.join(args.dtypes)}",
                   {"threads": args.threads, "epochs": args.epochs, "rounds": args.rounds, "sizes": sizes,
                    "batch_size": args.batch_size, "results": payload})
 

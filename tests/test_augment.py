@@ -34,7 +34,8 @@ def torchvision_images(images: np.ndarray, size: int, config: AugmentConfig, gen
 
 
 @pytest.mark.parametrize("settings", [{}, {"brightness": 0.0}, {"contrast": 0.0, "hflip": 1.0},
-                                      {"brightness": 0.6, "contrast": 0.6, "crop_scale": (0.3, 1.0)}])
+                                      {"brightness": 0.6, "contrast": 0.6, "crop_scale": (0.3, 1.0)},
+                                      {"crop_scale": (0.95, 1.0), "crop_ratio": (0.2, 5.0)}])  # central crops too
 def test_batched_augmentation_equals_torchvisions_per_image_transforms(settings: dict) -> None:
     config = AugmentConfig(**settings)
     images = np.random.default_rng(0).integers(0, 256, (9, 40, 40, 3), dtype=np.uint8)

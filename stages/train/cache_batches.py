@@ -228,12 +228,11 @@ class SplitBatches:
             return
         draws = self._draws()
         if self.in_memory:
-            everything = np.concatenate([np.arange(a, b) for a, b in self.blocks])
-            memory = _Rows(self.reader, len(everything), self.with_features, stored=False)
-            memory.arrays["indices"][:] = everything
-            memory.count = len(everything)
+            memory = _Rows(self.reader, sum(b - a for a, b in self.blocks), self.with_features, stored=False)
+            for a, b in self.blocks:
+                memory.read(self.reader, a, b)
             # each sample as often as it is drawn: once for a plain epoch, where this is arange(count)
-            pool = np.repeat(np.arange(memory.count), draws[everything])
+            pool = np.repeat(np.arange(memory.count), draws[memory.arrays["indices"]])
             order = self.rng.permutation(pool) if self.shuffle else pool
             yield from self._batches(memory, order, self._ring(reuse))
             return
