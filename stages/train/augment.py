@@ -40,13 +40,13 @@ def train_images(
     for image in batch:  # the draws in torchvision's order, image by image
         top, left, height, width = crop_box(image.shape[-2], image.shape[-1], config.crop_scale, config.crop_ratio,
                                             log_ratio)
-        crops.append(TF2.resized_crop(image, top, left, height, width, [size, size], antialias=True))
+        crops.append(TF2.resize_image(image[:, top : top + height, left : left + width], [size, size], antialias=True))
         flips.append(bool(torch.rand((), generator=generator) < config.hflip))
         if config.brightness > 0:
             brightness.append(1 + (torch.rand((), generator=generator).item() * 2 - 1) * config.brightness)
         if config.contrast > 0:
             contrast.append(1 + (torch.rand((), generator=generator).item() * 2 - 1) * config.contrast)
-    out = torch.stack(crops).float().div_(255.0)
+    out = torch.stack(crops).div(255.0)  # to float32 and scaled in one pass
     for i in (i for i, flip in enumerate(flips) if flip):
         out[i] = out[i].flip(-1)
     if brightness:  # torchvision's blend with black: ratio * image, clamped
