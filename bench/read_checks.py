@@ -100,7 +100,7 @@ store, runs, epochs, check, lpm = Path(sys.argv[1]), sys.argv[2], sys.argv[3], s
 if not check:
     fpt.cache.integrity.ShardReadCheck.check = lambda self, start, stop, arrays: None
 config = load_config(None, [f"train.runs_root={runs}", f"train.epochs={epochs}", "train.device=cpu",
-                            f"lpm.name={lpm}"], "demo")
+                            f"lpm.name={lpm}", "train.resident=off"], "demo")  # every epoch reads the store
 began = time.perf_counter()
 result = train_side(config, store, show_progress=False)
 total = time.perf_counter() - began

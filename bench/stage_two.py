@@ -4,8 +4,9 @@
 
 The same side network (FPTPlus) is trained with the same optimizer step as `fpt train-side`
 (AdamW, half-cycle cosine per step, gradient clipping, cross-entropy) in three ways:
-  a  zarr cache: train-side's loop; SplitBatches streams chunks of stored keys/values and side
-     images (read ahead in a background thread only on a GPU: train.prefetch auto)
+  a  zarr cache: train-side's loop streaming (train.resident=off); SplitBatches streams chunks of
+     stored keys/values and side images (read ahead in a background thread only on a GPU: train.prefetch
+     auto). Streaming against the resident cache and the step alone: bench/resident.py
   b  the authors' preload layout: one float32 safetensors file per image with its keys/values,
      and the original full-resolution image decoded every step for the side input (a DataLoader
      with --workers processes, 1 by default: its decoding overlaps the step);

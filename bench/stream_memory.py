@@ -31,8 +31,10 @@ from pathlib import Path
 from fpt.pipeline.config import load_config
 from fpt.stages.train.train_side import train_side
 store, runs, epochs, in_memory = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+# streaming (train.resident=off), or the whole split held in memory (its resident copy) and shuffled at once
 config = load_config(None, [f"train.runs_root={runs}", f"train.epochs={epochs}", "train.device=cpu",
-                            f"train.in_memory={in_memory}"], "demo")
+                            f"train.in_memory={in_memory}", f"train.resident={'auto' if in_memory == 'true' else 'off'}"],
+                     "demo")
 result = train_side(config, store, show_progress=False)
 peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"peak_rss_mib": peak_kib / 1024, "seconds": result.seconds, "test_auc": result.test_best.auc}))

@@ -83,33 +83,44 @@ def decode(stored: np.ndarray, scales: np.ndarray | None, dtype: str, channels: 
     raise ValueError(f"unknown storage dtype {dtype!r}")
 
 
-def decode_rows(stored: np.ndarray, scales: np.ndarray | None, rows: np.ndarray, dtype: str,
-                out: torch.Tensor | None = None, channels: int | None = None) -> torch.Tensor:
+def decode_rows(stored: np.ndarray | torch.Tensor, scales: np.ndarray | torch.Tensor | None, rows: np.ndarray,
+                dtype: str, out: torch.Tensor | None = None, channels: int | None = None) -> torch.Tensor:
     """Rows `rows` of stored features as one float32 tensor, gathered and converted in a single pass
     (no float16 copy of the batch first): what stage two feeds the fusion modules. `out`: a float32
     tensor of that shape to write into instead of a new one. `channels`: Dh (int4 needs it; the
-    others read it from `stored`)."""
-    source = torch.from_numpy(stored)
-    if dtype == "bfloat16":
+    others read it from `stored`).
+
+    `stored` and `scales` are numpy arrays as read, or torch tensors of them on any device (a cache
+    resident on the GPU, stages/train/resident.py; a bfloat16 store's tensor may be bfloat16 already),
+    decoded there into `out` (on the same device). Every step is exact or one float32 multiply, so
+    the result is the same bits on every device."""
+    source = stored if isinstance(stored, torch.Tensor) else torch.from_numpy(stored)
+    if dtype == "bfloat16" and source.dtype != torch.bfloat16:
         source = source.view(torch.bfloat16)  # the stored uint16 are bfloat16 bit patterns
     if dtype == "int4" and channels is None:
         raise ValueError("decode_rows needs the head dimension (channels) of int4 features")
-    shape = (len(rows), *stored.shape[1:-1], channels if dtype == "int4" else stored.shape[-1])
+    shape = (len(rows), *source.shape[1:-1], channels if dtype == "int4" else source.shape[-1])
     if out is None:
-        out = torch.empty(shape, dtype=torch.float32)
+        out = torch.empty(shape, dtype=torch.float32, device=source.device)
     elif out.shape != shape or out.dtype != torch.float32:
         raise ValueError(f"decode_rows writes float32 {shape}, not {out.dtype} {tuple(out.shape)}")
     if dtype == "int4":
         assert scales is not None, "int4 features need their scales"
         # the packed rows are an eighth of the float32 batch: gathered first, then decoded in one go
-        int4.dequantise_into(torch.from_numpy(np.take(stored, rows, axis=0)),
-                             torch.from_numpy(np.take(scales, rows, axis=0)).float(), out)
+        int4.dequantise_into(_take(source, rows), _take(scales, rows).float(), out)
         return out
     for position, row in enumerate(rows.tolist()):
         out[position].copy_(source[row])
     if dtype == "int8":
         assert scales is not None, "int8 features need their scales"
-        out *= torch.from_numpy(np.take(scales, rows, axis=0)).float().unsqueeze(-1)
+        out *= _take(scales, rows).float().unsqueeze(-1)
     elif dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"unknown storage dtype {dtype!r}")
     return out
+
+
+def _take(array: np.ndarray | torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Rows of a numpy array or a tensor (on its device) as a tensor."""
+    if isinstance(array, torch.Tensor):
+        return array.index_select(0, torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(array.device))
+    return torch.from_numpy(np.take(array, rows, axis=0))

@@ -40,9 +40,10 @@ def test_packed_trials_equal_the_same_trials_run_alone(tiny_root: Path, torch_th
     ]
     alone = [train_side(tiny_config(tiny_root, s + [f"train.run_name=alone{i}"]), show_progress=False)
              for i, s in enumerate(settings)]
-    # the pack also reads ahead in a background thread (train.prefetch, off by default on the CPU):
+    # the pack also reads ahead in a background thread (train.prefetch, off by default on the CPU), and
+    # streams from the store where the trials alone served their samples from RAM (train.resident auto):
     # where the batches are read must not change a single weight
-    configs = [tiny_config(tiny_root, s + [f"train.run_name=packed{i}", "train.prefetch=true"])
+    configs = [tiny_config(tiny_root, s + [f"train.run_name=packed{i}", "train.prefetch=true", "train.resident=off"])
                for i, s in enumerate(settings)]
     assert pack_key(configs[0]) == pack_key(configs[1]) == pack_key(configs[2])
 

@@ -182,7 +182,20 @@ class TrainConfig(StrictModel):
     device: str = "auto"
     runs_root: Path = Path("outputs/runs")
     run_name: str | None = None
-    in_memory: bool = Field(default=False, description="Load the whole cache split into RAM.")
+    in_memory: bool = Field(
+        default=False,
+        description="Shuffle the whole training split at once instead of within a buffer of shards (holds the split "
+                    "in memory: where train.resident puts it, else in RAM). Another order than streaming's.",
+    )
+    resident: Literal["auto", "off", "ram", "device"] = Field(
+        default="auto",
+        description="Where the training and validation samples are served from after one read of the store. off: "
+                    "streamed from the store every epoch; ram: loaded once into RAM, as stored; device: loaded once "
+                    "onto the training GPU (keys and values; side images stay in RAM); auto: the GPU when the copy fits "
+                    "in 50 % of its free memory, else RAM when it fits in 50 % of the available RAM (this process's "
+                    "share of it, by its share of the cores), else streaming. The batches and results are the same "
+                    "bits whichever is used (stages/train/resident.py).",
+    )
     prefetch: bool | Literal["auto"] = Field(
         default="auto",
         description="Read the next batch in a background thread while a step runs. auto: on a GPU only "
@@ -233,6 +246,12 @@ class TrainConfig(StrictModel):
     mlflow_experiment: str | None = Field(default=None, description="MLflow experiment. None: the dataset's name.")
     mlflow_parent_run: str | None = Field(
         default=None, description="Set by `fpt sweep`: its trials become children of the sweep's MLflow run.")
+
+    @field_validator("resident", mode="before")
+    @classmethod
+    def _off_as_yaml_reads_it(cls, value: Any) -> Any:
+        """YAML reads a bare `off` (in a file or a --set) as false."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _fold_of_folds(self) -> "TrainConfig":

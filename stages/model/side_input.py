@@ -10,13 +10,15 @@ import torch.nn.functional as F
 
 def to_float_images(images: np.ndarray) -> torch.Tensor:
     """(B, S, S, 3) uint8 -> (B, 3, S, S) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], in_place: bool = False
+              ) -> torch.Tensor:
+    """(images - mean) / std per channel; `in_place` writes it into `images` (no new batch allocated)."""
     mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images - mean_t) / std_t
+    return (images.sub_(mean_t) if in_place else images - mean_t).div_(std_t)
 
 
 def eval_images(images: np.ndarray, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -7,9 +7,15 @@ Evaluation reads a shard at a time in order.
 The buffer is allocated once per epoch and holds the arrays as stored (float16, or int8 or int4 with
 their scales): shards are read into it, batches are gathered from it and decoded to float32 one
 batch at a time (in one pass, cache/encoding.decode_rows), and the leftover rows move to its
-front. `in_memory` loads the split once (as stored) and shuffles globally instead. A set of samples
-other than a split (a cross-validation fold) is read the same way by the chunks that hold it, and a
-class-balanced epoch (train.sampler: balanced) by the blocks its draws fall in (`SplitBatches`).
+front. A set of samples other than a split (a cross-validation fold) is read the same way by the
+chunks that hold it, and a class-balanced epoch (train.sampler: balanced) by the blocks its draws
+fall in (`SplitBatches`).
+
+With a resident copy of the samples (stages/train/resident.py, in RAM or on the GPU) the same
+schedule is walked with the same random stream, the buffer holding only the samples' indices, and
+each batch is gathered from the copy: the same batches as streaming, bit for bit, without reading.
+`in_memory` shuffles the whole split at once instead (another order), from the resident copy or
+from one of its own in RAM.
 
 Iterating gives each batch new keys/values tensors. `batches(reuse=n)` decodes them into n
 float32 buffers in turn instead, so a batch's keys/values are overwritten n batches later: one
@@ -30,6 +36,7 @@ import torch
 from fpt.cache.encoding import decode_rows, scale_name
 from fpt.cache.layout import aligned_blocks
 from fpt.cache.reader import CacheReader
+from fpt.stages.train.resident import ResidentSamples
 
 
 @dataclass
@@ -37,15 +44,16 @@ class Batch:
     indices: np.ndarray  # global sample indices in the cache
     side_images: np.ndarray  # (B, S, S, 3) uint8
     labels: np.ndarray  # (B,) int64
-    keys: torch.Tensor | None  # (B, L, H, n, Dh) float32, on the CPU
+    keys: torch.Tensor | None  # (B, L, H, n, Dh) float32, on the CPU (on the GPU where the copy is resident there)
     values: torch.Tensor | None
 
 
 class _Rows:
-    """Preallocated rows for every stored array of a sample; `count` of them are filled."""
+    """Preallocated rows for every stored array of a sample; `count` of them are filled. With
+    `stored=False` the rows are only the samples' cache indices (their data are resident elsewhere)."""
 
-    def __init__(self, reader: CacheReader, capacity: int, with_features: bool) -> None:
-        layout = reader.stored_row_layout(with_features)
+    def __init__(self, reader: CacheReader, capacity: int, with_features: bool, stored: bool = True) -> None:
+        layout = reader.stored_row_layout(with_features) if stored else {}
         self.arrays = {name: np.empty((capacity, *shape), dtype) for name, (shape, dtype) in layout.items()}
         self.arrays["indices"] = np.empty(capacity, np.int64)
         self.count = 0
@@ -53,8 +61,9 @@ class _Rows:
     def read(self, reader: CacheReader, start: int, stop: int) -> None:
         """Append samples [start, stop), read straight into the free rows."""
         end = self.count + stop - start
-        reader.read_stored_into(start, stop, {name: value[self.count : end] for name, value in self.arrays.items()
-                                              if name != "indices"})
+        if len(self.arrays) > 1:
+            reader.read_stored_into(start, stop, {name: value[self.count : end] for name, value in self.arrays.items()
+                                                  if name != "indices"})
         self.arrays["indices"][self.count : end] = np.arange(start, stop)
         self.count = end
 
@@ -70,12 +79,14 @@ class _Rows:
 
 
 class _FeatureRing:
-    """`size` float32 buffers per feature array, each a batch large, handed out in turn (one pass)."""
+    """`size` float32 buffers per feature array, each a batch large, handed out in turn (one pass), on `device`."""
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]], batch_size: int, size: int) -> None:
+    def __init__(self, shapes: dict[str, tuple[int, ...]], batch_size: int, size: int,
+                 device: torch.device = torch.device("cpu")) -> None:
         self.shapes = shapes
         self.batch_size = batch_size
         self.size = size
+        self.device = device
         self.slots: list[dict[str, torch.Tensor]] = []
         self.turn = 0
 
@@ -86,6 +97,8 @@ class _FeatureRing:
             # numpy asks the kernel for transparent huge pages for large arrays (torch.empty does not):
             # a ViT-B slot (60 MB) then faults in 30 times instead of 15,000 times
             self.slots.append({name: torch.from_numpy(np.empty((self.batch_size, *shape), dtype=np.float32))
+                               if self.device.type == "cpu" else
+                               torch.empty((self.batch_size, *shape), dtype=torch.float32, device=self.device)
                                for name, shape in self.shapes.items()})
         return self.slots[index]
 
@@ -104,11 +117,16 @@ class SplitBatches:
     resume state), and the reading is the same: blocks in random order into the buffer, the draws
     shuffled within it; a block with no draw is not read. A sample drawn several times is drawn
     into the same buffer, so its copies land a few batches apart at most (their augmentations differ).
+
+    `resident`: a copy of (at least) these samples (stages/train/resident.py) the batches are gathered
+    from, in streaming's order; `in_memory`: the whole set shuffled at once, from `resident` or from a
+    copy of its own in RAM.
     """
 
     def __init__(
         self, reader: CacheReader, split: str | np.ndarray, batch_size: int, shuffle: bool, with_features: bool,
         seed: int = 0, buffer_shards: int = 4, in_memory: bool = False, balanced: bool = False,
+        resident: ResidentSamples | None = None,
     ) -> None:
         self.reader = reader
         self.batch_size = batch_size
@@ -139,11 +157,12 @@ class SplitBatches:
         block_size = storage.shard_size if stored_shuffled else storage.chunk_size
         self.blocks_per_buffer = max(1, buffer_shards * storage.shard_size // block_size)
         self.labels = reader.labels()[self.samples]
-        self._memory: _Rows | None = None
-        if in_memory and self.blocks:
-            self._memory = _Rows(reader, sum(b - a for a, b in self.blocks), with_features)
-            for a, b in self.blocks:
-                self._memory.read(reader, a, b)
+        self.in_memory = in_memory
+        if resident is None and in_memory and self.blocks:
+            resident = ResidentSamples(reader, self.samples, with_features)
+        if resident is not None and not resident.holds(self.samples):
+            raise ValueError("the resident copy lacks some of the samples")
+        self.resident = resident
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -174,27 +193,31 @@ class SplitBatches:
         return draws
 
     def _batch(self, rows: _Rows, selected: np.ndarray, ring: _FeatureRing | None = None) -> Batch:
-        arrays = rows.take(selected, ("indices", "side_images", "labels"))
+        """The batch of the buffer's rows `selected`: read into the buffer, or gathered from the resident copy."""
+        indices = rows.arrays["indices"][selected]
+        source, at = (rows.arrays, selected) if self.resident is None else \
+            (self.resident.arrays, self.resident.position[indices])
         keys = values = None
         if self.with_features:
             dtype = self.reader.metadata.storage.dtype
             slot = ring.next_slot() if ring is not None else None
             channels = self.reader.metadata.lpm.head_dim
-            keys, values = (decode_rows(rows.arrays[name], rows.arrays.get(scale_name(name)), selected, dtype,
-                                        None if slot is None else slot[name][: len(selected)], channels)
+            keys, values = (decode_rows(source[name], source.get(scale_name(name)), at, dtype,
+                                        None if slot is None else slot[name][: len(at)], channels)
                             for name in ("keys", "values"))
-        return Batch(indices=arrays["indices"], side_images=arrays["side_images"], labels=arrays["labels"],
-                     keys=keys, values=values)
+        return Batch(indices=indices, side_images=np.take(source["side_images"], at, axis=0),
+                     labels=np.take(source["labels"], at, axis=0), keys=keys, values=values)
 
     def _batches(self, rows: _Rows, order: np.ndarray, ring: _FeatureRing | None) -> Iterator[Batch]:
         for begin in range(0, len(order), self.batch_size):
             yield self._batch(rows, order[begin : begin + self.batch_size], ring)
 
-    def _ring(self, rows: _Rows, reuse: int) -> _FeatureRing | None:
+    def _ring(self, reuse: int) -> _FeatureRing | None:
         if not (reuse and self.with_features):
             return None
         shape = self.reader.metadata.feature_shape  # as decoded: int4's stored rows are half as wide
-        return _FeatureRing({name: shape for name in ("keys", "values")}, self.batch_size, reuse)
+        device = self.resident.device if self.resident is not None else torch.device("cpu")
+        return _FeatureRing({name: shape for name in ("keys", "values")}, self.batch_size, reuse, device)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
@@ -204,12 +227,14 @@ class SplitBatches:
         if not self.blocks:
             return
         draws = self._draws()
-        if self._memory is not None:
-            memory = self._memory
-            # each row as often as it is drawn: once for a plain epoch, where this is arange(count)
-            pool = np.repeat(np.arange(memory.count), draws[memory.arrays["indices"][: memory.count]])
+        if self.in_memory:
+            memory = _Rows(self.reader, sum(b - a for a, b in self.blocks), self.with_features, stored=False)
+            for a, b in self.blocks:
+                memory.read(self.reader, a, b)
+            # each sample as often as it is drawn: once for a plain epoch, where this is arange(count)
+            pool = np.repeat(np.arange(memory.count), draws[memory.arrays["indices"]])
             order = self.rng.permutation(pool) if self.shuffle else pool
-            yield from self._batches(memory, order, self._ring(memory, reuse))
+            yield from self._batches(memory, order, self._ring(reuse))
             return
         if self.shuffle:
             blocks = [self.shuffle_blocks[i] for i in self.rng.permutation(len(self.shuffle_blocks))]
@@ -219,8 +244,9 @@ class SplitBatches:
         blocks = [(a, b) for a, b in blocks if draws[a:b].any()]  # a balanced epoch leaves some out
         if not blocks:
             return
-        rows = _Rows(self.reader, group * max(b - a for a, b in blocks) + self.batch_size, self.with_features)
-        ring = self._ring(rows, reuse)
+        rows = _Rows(self.reader, group * max(b - a for a, b in blocks) + self.batch_size, self.with_features,
+                     stored=self.resident is None)
+        ring = self._ring(reuse)
         for begin in range(0, len(blocks), group):
             pool = [np.arange(rows.count)]  # the rows left over from the last buffer, each drawn once
             for a, b in blocks[begin : begin + group]:

@@ -7,6 +7,10 @@ draws from a random stream of its own, seeded by train.seed, whatever the models
 The training and validation samples are the cache's train and val splits, or, for a fold of a
 cross-validation (train.fold), the fold's two parts of train + val (stages/train/folds.py). The
 training samples are drawn as train.sampler says (stages/train/cache_batches.py).
+
+Where train.resident puts them (stages/train/resident.py), the training and validation samples are
+read once, into one copy in RAM or on the GPU that every epoch of every trial of the pack draws from,
+in the order streaming would read them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from fpt.stages.train.augment import train_images
 from fpt.stages.train.cache_batches import SplitBatches
 from fpt.stages.train.folds import fold_samples
 from fpt.stages.train.recipe import ReadyBatch, ready_batches, use_prefetch
+from fpt.stages.train.resident import CopySize, Residency, ResidentSamples, resolve_residency
 from fpt.stages.train.rng_stream import RngStream
 
 
@@ -42,13 +47,20 @@ class PackBatches:
         if train.folds > 1 and train.fold is None:
             raise UserError(f"train.folds={train.folds} is a cross-validation, which trains one run per fold.",
                             "Run it with `fpt train-side` (or fpt.cross_validate), or set train.folds=1.")
-        training: str | np.ndarray = "train"
-        validation: str | np.ndarray = "val"
         if train.fold is not None:
             training, validation = fold_samples(reader, train.folds, train.fold_seed, train.fold)
-        self.train = SplitBatches(reader, training, train.batch_size, shuffle=True, seed=train.seed,
-                                  balanced=train.sampler == "balanced", **common)
-        self.val = SplitBatches(reader, validation, train.batch_size, shuffle=False, **common)
+        else:
+            training, validation = (np.arange(*reader.split_range(split), dtype=np.int64) for split in ("train", "val"))
+        resident_samples = np.union1d(training, validation)
+        self.residency: Residency = resolve_residency(
+            train.resident, CopySize.of(reader, resident_samples, lead.side.use_prompts), device)
+        resident = None if self.residency.where == "off" else ResidentSamples(
+            reader, resident_samples, lead.side.use_prompts, device if self.residency.where == "device" else None)
+        # a split by its name: SplitBatches reads a split stored shuffled by whole shards
+        self.train = SplitBatches(reader, "train" if train.fold is None else training, train.batch_size, shuffle=True,
+                                  seed=train.seed, balanced=train.sampler == "balanced", resident=resident, **common)
+        self.val = SplitBatches(reader, "val" if train.fold is None else validation, train.batch_size, shuffle=False,
+                                resident=resident, **common)
         self.test = SplitBatches(reader, "test", train.batch_size, shuffle=False, **common)
         self.augment_stream = RngStream(train.seed, device)
         self.generator = torch.Generator().manual_seed(train.seed)

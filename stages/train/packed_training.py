@@ -121,7 +121,7 @@ class Pack:
         self.evaluation = PackEvaluation(self.batches, stacks, self.threads, self.isolation)
         self.resume = PackResume(self.batches)
         setup = TrialSetup(self.cache, self.batches.metadata, self.batches.device, len(self.batches.train),
-                           self.threads, self.batches.train.class_counts)
+                           self.threads, self.batches.train.class_counts, self.batches.residency)
         # each trial, or the failure that stopped its setup (where failures are isolated)
         self._slots = [self.isolation.attempt(setup.build, config, run_dirs[i] if run_dirs else None)
                        for i, config in enumerate(configs)]
@@ -151,6 +151,7 @@ class Pack:
         progress, task = self.progress, None
         if progress is not None and len(self.configs) == 1 and self.trials:
             progress.print(f"Run folder: {self.trials[0].run_dir}")
+            progress.print(f"Samples: {self.batches.residency.why}")
         if progress is not None:
             task = progress.add_task(self.description, total=max_epochs * steps, status="",
                                      completed=min(self.epochs_done, max_epochs) * steps)

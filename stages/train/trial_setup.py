@@ -30,6 +30,7 @@ from fpt.stages.runs.tracking import RunTracker, mlflow_uri
 from fpt.stages.runs.trained_run import RunRecord, read_run
 from fpt.stages.train.cache_choice import contradictions, find_cache, label_table_of
 from fpt.stages.train.recipe import adamw, class_weights, half_cycle_cosine, model_spec
+from fpt.stages.train.resident import Residency
 from fpt.stages.train.rng_stream import RngStream
 from fpt.stages.train.stack_threads import StackThreads
 from fpt.stages.train.trial_state import PackedTrial
@@ -70,9 +71,11 @@ class TrialSetup:
     """Builds the trials of one pack, which share its cache, device, batches per epoch and stack threads."""
 
     def __init__(self, cache: Path, metadata: CacheMetadata, device: torch.device, steps_per_epoch: int,
-                 threads: StackThreads | None, train_counts: np.ndarray) -> None:
-        """train_counts: the class counts of the pack's training samples (the train split's, or a fold's)."""
+                 threads: StackThreads | None, train_counts: np.ndarray, residency: Residency) -> None:
+        """train_counts: the class counts of the pack's training samples (the train split's, or a fold's);
+        residency: where the pack serves its samples from (train.resident resolved)."""
         self.cache = cache
+        self.residency = residency
         self.metadata = metadata
         self.device = device
         self.steps_per_epoch = steps_per_epoch
@@ -135,7 +138,7 @@ class TrialSetup:
         self.write_run_files(trial)
         tracker.line(f"{'going on' if going_on else 'started'}: {config.dataset.name} from the cache {self.cache}, "
                      f"{learnable:,} learnable parameters, lr {lr:g}, {train.epochs} epochs on {self.device} "
-                     f"in {trial.precision}")
+                     f"in {trial.precision}; samples: {self.residency.why}")
         return trial
 
     def write_run_files(self, trial: PackedTrial) -> None:
@@ -160,6 +163,8 @@ class TrialSetup:
             "device": str(self.device), "torch_threads": self._torch_threads(trial), "torch_version": torch.__version__,
             # the arithmetic of its training forward (train.precision resolved); evaluation is fp32
             "precision": trial.precision,
+            # where the training and validation samples were served from (train.resident resolved)
+            "resident": self.residency.record(),
         })
 
     def _torch_threads(self, trial: PackedTrial) -> int:
