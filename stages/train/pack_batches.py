@@ -24,7 +24,7 @@ from fpt.cache.errors import UserError
 from fpt.cache.reader import CacheReader
 from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.train.augment import train_images
-from fpt.stages.train.cache_batches import SplitBatches
+from fpt.stages.train.cache_batches import FeatureRings, SplitBatches
 from fpt.stages.train.folds import fold_samples
 from fpt.stages.train.recipe import ReadyBatch, ready_batches, use_prefetch
 from fpt.stages.train.resident import CopySize, Residency, ResidentSamples, resolve_residency
@@ -42,8 +42,9 @@ class PackBatches:
         self.side_size = lead.side.input_size
         train = lead.train
         self.augment = train.augment
+        # the splits are read one at a time: one set of float32 batch buffers serves them all
         common = dict(with_features=lead.side.use_prompts, buffer_shards=train.shuffle_buffer_shards,
-                      in_memory=train.in_memory)
+                      in_memory=train.in_memory, rings=FeatureRings())
         if train.folds > 1 and train.fold is None:
             raise UserError(f"train.folds={train.folds} is a cross-validation, which trains one run per fold.",
                             "Run it with `fpt train-side` (or fpt.cross_validate), or set train.folds=1.")
