@@ -175,7 +175,8 @@ def main() -> None:
                  "resident / compute, CPU time", "resident load s"], rows)
     print_table("Where an epoch's time goes: ms per batch (medians)",
                 ["LPM", "cache.dtype", "variant", "batches (read/gather, decode)", "augment", "step"], part_rows)
-    write_results("resident_quick" if args.quick else f"resident_{'_'.join(args.scenarios)}_{'_'.join(args.dtypes)}",
+    name = f"resident_{'_'.join(args.scenarios)}_{'_'.join(args.dtypes)}_threads-{args.threads or 'default'}"
+    write_results("resident_quick" if args.quick else name,
                   {"threads": args.threads, "epochs": args.epochs, "rounds": args.rounds, "sizes": sizes,
                    "batch_size": args.batch_size, "results": payload})
 

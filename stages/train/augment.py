@@ -2,16 +2,18 @@
 
 Only the side image is augmented; the cached LPM features come from the plain resized image
 (docs/method.md). Each image gets a random resized crop (torchvision's `get_params`, drawing from
-torch's global generator: `crop_box`), resized antialiased in uint8 by torchvision's v2 kernel, as the
-published recipe's PIL transforms resize uint8 images; then, in float, a horizontal flip and a
+torch's global generator: `crop_box`), resized antialiased in uint8 by torchvision's v2 kernel (as
+PIL resizes an 8-bit image, in 8 bits); then, in float, a horizontal flip and a
 brightness and a contrast factor (drawn from `generator`) as torchvision's functional transforms
 apply them, bit for bit (tests/test_augment.py). Only the crop goes image by image; the flips and
 blends are done for the whole batch at once, with the same float32 operations.
 
-Why uint8 and batched: done image by image in float through torchvision's functions, augmenting a
-batch of 16 took 14 ms on one core of the demo's 75 ms training step; the uint8 resize is 7x faster
-than the float one (0.75 against 5.2 ms for 16 crops of 144 px to 128) and rounds each crop to
-the 1/255 steps the stored image already has (bench/README.md section 1).
+Why uint8 and batched: with the training step at 47 ms a batch on one core for the demo's side
+network, the batch's augmentation is what keeps an epoch from the step's own time (bench/README.md
+section 1). Done image by image in float through torchvision's functions it took 8.8 ms of CPU time
+for 16 side images of 144 px on one core, 4.2 ms in this form (best of 40); the uint8 resize alone is
+7x faster than the float one (0.75 against 5.1 ms for 16 crops), and rounds each crop to the 1/255
+steps the stored image already has.
 """
 
 from __future__ import annotations
