@@ -36,7 +36,6 @@ def train_images(
     generator: torch.Generator,
 ) -> torch.Tensor:
     batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
-    count = len(batch)
     crops, flips, brightness, contrast = [], [], [], []
     log_ratio = torch.log(torch.tensor(config.crop_ratio))
     for image in batch:  # the draws in torchvision's order, image by image
@@ -48,14 +47,16 @@ def train_images(
             brightness.append(1 + (torch.rand((), generator=generator).item() * 2 - 1) * config.brightness)
         if config.contrast > 0:
             contrast.append(1 + (torch.rand((), generator=generator).item() * 2 - 1) * config.contrast)
-    out = torch.stack(crops).div(255.0)  # to float32 and scaled in one pass
+    # to float32 first, then scaled in place: the same numbers as dividing the uint8 batch, which torch does
+    # through a type-promoting path ~20x slower (1.7 ms against 0.08 for 16 crops of 128 px on 2 threads)
+    out = torch.stack(crops).to(torch.float32).div_(255.0)
     for i in (i for i, flip in enumerate(flips) if flip):
         out[i] = out[i].flip(-1)
     if brightness:  # torchvision's blend with black: ratio * image, clamped
         out.mul_(_per_image(brightness)).clamp_(0, 1)
     if contrast:  # blend with the mean of the image's grey: ratio * image + (1 - ratio) * mean, clamped
         grey = (LUMA[0] * out[:, 0]).add_(LUMA[1] * out[:, 1]).add_(LUMA[2] * out[:, 2]).unsqueeze(1)
-        means = torch.cat([torch.mean(grey[i], dim=(-3, -2, -1), keepdim=True)[None] for i in range(count)])
+        means = grey.mean(dim=(-3, -2, -1), keepdim=True)  # each image's own mean, as torchvision takes it
         out.mul_(_per_image(contrast)).add_(_per_image([1.0 - ratio for ratio in contrast]) * means).clamp_(0, 1)
     return normalize(out, mean, std, in_place=True)
 
