@@ -101,11 +101,13 @@ def _run_sweep(config: PipelineConfig, sweep: SweepConfig | None, cache_path: Pa
     source = dataset_source(config)
     path = find_cache(config, source, cache_path).resolve()
     table = label_table_of(path, source)
-    metadata = read_metadata(path, table)
     if config.train.folds > 1:  # refused here, before any trial, when a class has fewer samples than folds
         reader = CacheReader(path, table)
+        metadata = reader.metadata
         indices, labels = pooled_samples(reader)
         stratified_folds(indices, labels, config.train.folds, config.train.fold_seed, metadata.class_names)
+    else:
+        metadata = read_metadata(path, table)
     if console is not None:
         console.print(f"Training from the cache {path} (dataset {metadata.dataset} from {source}).", highlight=False)
     root = sweep_dir(config, sweep)
