@@ -32,7 +32,7 @@ def train_precision(setting: Literal["auto", "fp32", "bf16"], device: torch.devi
     """train.precision resolved: auto is bf16 on a GPU, whose tensor cores run bf16 products at several
     times fp32's rate, and fp32 on a CPU, where bf16 autocast made a training step slower on both
     machines measured: 1.1-1.5x on an AMD EPYC with AVX512-BF16, 2.5x for a stack of 16 on an Intel
-    with AMX (bench/README.md §11)."""
+    with AMX (bench/README.md §12)."""
     if setting == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     return setting
