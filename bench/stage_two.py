@@ -129,6 +129,7 @@ def run_variant(args: argparse.Namespace) -> dict:
                                buffer_shards=config.train.shuffle_buffer_shards, in_memory=config.train.in_memory)
         trainer = Trainer(config, metadata, len(batches), args.epochs)
         generator = torch.Generator().manual_seed(config.train.seed)
+        crop_generator = torch.Generator().manual_seed(config.train.seed)
         norm = metadata.normalization
         samples = batches.num_samples
         for _ in range(args.epochs):
@@ -137,7 +138,7 @@ def run_variant(args: argparse.Namespace) -> dict:
             for ready in ready_batches(batches, torch.device("cpu")):
                 batch = ready.batch
                 images = train_images(batch.side_images, trainer.spec.side_input_size, config.train.augment,
-                                      norm.mean, norm.std, generator)
+                                      norm.mean, norm.std, generator, crop_generator)
                 trainer.step(images, ready.keys, ready.values, torch.from_numpy(batch.labels))
             epoch_seconds.append(time.perf_counter() - began)
     else:

@@ -40,8 +40,12 @@ def test_batched_augmentation_equals_torchvisions_per_image_transforms(settings:
     config = AugmentConfig(**settings)
     images = np.random.default_rng(0).integers(0, 256, (9, 40, 40, 3), dtype=np.uint8)
     outputs = []
-    for augment in (train_images, lambda *args: torchvision_images(args[0], args[1], args[2], args[5])):
-        torch.manual_seed(3)  # the crops draw from torch's global generator
-        outputs.append(augment(images, 24, config, MEAN, STD, torch.Generator().manual_seed(5)))
+    # torchvision draws the crops from torch's global generator; train_images from a generator of its own
+    # in the same state
+    torch.manual_seed(3)
+    outputs.append(torchvision_images(images, 24, config, torch.Generator().manual_seed(5)))
+    torch.manual_seed(11)  # another global state: it must not matter
+    outputs.insert(0, train_images(images, 24, config, MEAN, STD, torch.Generator().manual_seed(5),
+                                   torch.Generator().manual_seed(3)))
     assert outputs[0].shape == (9, 3, 24, 24)
     assert torch.equal(outputs[0], outputs[1])

@@ -198,8 +198,9 @@ class TrainConfig(StrictModel):
     )
     prefetch: bool | Literal["auto"] = Field(
         default="auto",
-        description="Read the next batch in a background thread while a step runs. auto: on a GPU only "
-                    "(on the CPU the thread competes with the step for the cores; bench/README.md).",
+        description="Read the next batch, and augment its side images, in a background thread while a step runs "
+                    "(the same batches and draws either way). auto: on a GPU only (on the CPU the thread competes "
+                    "with the step for the cores; bench/README.md).",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto",

@@ -2,10 +2,12 @@
 
 Only the side image is augmented; the cached LPM features come from the plain resized image
 (docs/method.md). Each image gets a random resized crop (torchvision's `get_params`, drawing from
-torch's global generator: `crop_box`), resized antialiased in uint8 by torchvision's v2 kernel (as
-PIL resizes an 8-bit image, in 8 bits); then, in float, a horizontal flip and a
-brightness and a contrast factor (drawn from `generator`) as torchvision's functional transforms
-apply them, bit for bit (tests/test_augment.py). Only the crop goes image by image; the flips and
+`crop_generator` what it draws from torch's global generator: `crop_box`), resized antialiased in
+uint8 by torchvision's v2 kernel (as PIL resizes an 8-bit image, in 8 bits); then, in float, a
+horizontal flip and a brightness and a contrast factor (drawn from `generator`) as torchvision's
+functional transforms apply them, bit for bit (tests/test_augment.py). Both generators are the
+caller's own, never torch's global state, so a batch can be augmented in another thread while the
+training step draws its dropout. Only the crop goes image by image; the flips and
 blends are done for the whole batch at once, with the same float32 operations.
 
 Why uint8 and batched: with the training step at 47 ms a batch on one core for the demo's side
@@ -33,14 +35,14 @@ LUMA = (0.2989, 0.587, 0.114)
 
 def train_images(
     images: np.ndarray, size: int, config: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...],
-    generator: torch.Generator,
+    generator: torch.Generator, crop_generator: torch.Generator,
 ) -> torch.Tensor:
     batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
     crops, flips, brightness, contrast = [], [], [], []
     log_ratio = torch.log(torch.tensor(config.crop_ratio))
     for image in batch:  # the draws in torchvision's order, image by image
         top, left, height, width = crop_box(image.shape[-2], image.shape[-1], config.crop_scale, config.crop_ratio,
-                                            log_ratio)
+                                            log_ratio, crop_generator)
         crops.append(TF2.resize_image(image[:, top : top + height, left : left + width], [size, size], antialias=True))
         flips.append(bool(torch.rand((), generator=generator) < config.hflip))
         if config.brightness > 0:
@@ -61,21 +63,21 @@ def train_images(
     return normalize(out, mean, std, in_place=True)
 
 
-def crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], log_ratio: torch.Tensor
-             ) -> tuple[int, int, int, int]:
+def crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], log_ratio: torch.Tensor,
+             generator: torch.Generator) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a random resized crop: torchvision's `RandomResizedCrop.get_params`,
-    draw for draw from torch's global generator and with its float32 arithmetic, less its per-call set-up
-    (`log_ratio`: the float32 log of `ratio`, computed once a batch)."""
+    draw for draw as it draws from torch's global generator, here from `generator`, with its float32
+    arithmetic, less its per-call set-up (`log_ratio`: the float32 log of `ratio`, computed once a batch)."""
     area = height * width
     low, high = float(log_ratio[0]), float(log_ratio[1])
     for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
-        aspect_ratio = torch.exp(torch.empty(1).uniform_(low, high)).item()
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(low, high, generator=generator)).item()
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
         if 0 < w <= width and 0 < h <= height:
-            top = torch.randint(0, height - h + 1, size=(1,)).item()
-            left = torch.randint(0, width - w + 1, size=(1,)).item()
+            top = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
+            left = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
             return int(top), int(left), h, w
     in_ratio = float(width) / float(height)  # no draw fits: the central crop
     if in_ratio < min(ratio):

@@ -26,9 +26,11 @@ from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.train.augment import train_images
 from fpt.stages.train.cache_batches import FeatureRings, SplitBatches
 from fpt.stages.train.folds import fold_samples
-from fpt.stages.train.recipe import ReadyBatch, ready_batches, use_prefetch
+from fpt.stages.train.recipe import ReadyBatch, prepared_batches, ready_batches, use_prefetch
 from fpt.stages.train.resident import CopySize, Residency, ResidentSamples, resolve_residency
-from fpt.stages.train.rng_stream import RngStream
+
+# (side images, keys, values, labels) on the training device, the images augmented
+TrainingBatch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]
 
 
 class PackBatches:
@@ -63,19 +65,25 @@ class PackBatches:
         self.val = SplitBatches(reader, "val" if train.fold is None else validation, train.batch_size, shuffle=False,
                                 resident=resident, **common)
         self.test = SplitBatches(reader, "test", train.batch_size, shuffle=False, **common)
-        self.augment_stream = RngStream(train.seed, device)
+        # the augmentation's own streams: the crops', and the flips' and colour factors'; both seeded by
+        # train.seed, and only ever drawn from by one thread at a time (the step's or the reading one's)
+        self.crop_generator = torch.Generator().manual_seed(train.seed)
         self.generator = torch.Generator().manual_seed(train.seed)
 
     def ready(self, split: SplitBatches) -> Iterator[ReadyBatch]:
         """One epoch of a split, its keys and values on the device."""
         return ready_batches(split, self.device, self.prefetch)
 
-    def augmented(self, ready: ReadyBatch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None,
-                                                    torch.Tensor]:
+    def training_epoch(self) -> Iterator[TrainingBatch]:
+        """One epoch of the training split, augmented: with prefetch (on a GPU) in the reading thread,
+        where the host would otherwise wait on the device's step, else in this one. The batches and their
+        draws come in the same order either way, so they are the same bits."""
+        return prepared_batches(self.train, self.device, self.augmented, self.prefetch)
+
+    def augmented(self, ready: ReadyBatch) -> TrainingBatch:
         """(images, keys, values, labels) of a training batch as every model of the pack trains on it."""
         norm = self.metadata.normalization
         batch = ready.batch
-        with self.augment_stream:  # in this thread: the augmentation's random stream is global torch state
-            images = train_images(batch.side_images, self.side_size, self.augment, norm.mean, norm.std,
-                                  self.generator)
+        images = train_images(batch.side_images, self.side_size, self.augment, norm.mean, norm.std, self.generator,
+                              self.crop_generator)
         return images.to(self.device), ready.keys, ready.values, torch.from_numpy(batch.labels).to(self.device)

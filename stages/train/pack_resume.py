@@ -35,7 +35,7 @@ class PackResume:
             "optimizer": trial.optimizer.state_dict(),
             "scheduler": trial.scheduler.state_dict(),
             "dropout_stream": trial.stream.state,
-            "augment_stream": batches.augment_stream.state,
+            "augment_crops": batches.crop_generator.get_state(),
             "augment_generator": batches.generator.get_state(),
             "shuffle": batches.train.rng.bit_generator.state,
             **_best_to_state(trial.best),
@@ -45,7 +45,9 @@ class PackResume:
     def restore_shared(self, state: dict[str, Any]) -> None:
         """The pack's own streams (augmentation, shuffle order) as they were at the end of the state's epoch."""
         batches = self.batches
-        batches.augment_stream.state = state["augment_stream"]
+        # a state that keeps the crops' stream as a private torch stream's (CPU, CUDA) states: its CPU one
+        crops = state["augment_crops"] if "augment_crops" in state else state["augment_stream"][0]
+        batches.crop_generator.set_state(crops)
         batches.generator.set_state(state["augment_generator"])
         batches.train.rng.bit_generator.state = state["shuffle"]
         self.epochs_done = state["epoch"]

@@ -160,10 +160,10 @@ class Pack:
             if not active:
                 break
             epoch_start = time.perf_counter()
-            for ready in self.batches.ready(self.batches.train):
+            for batch in self.batches.training_epoch():
                 if self.should_stop is not None and self.should_stop():
                     raise StopRequested(f"asked to stop after {self.epochs_done} finished epoch(s)")
-                self.steps.step(active, *self.batches.augmented(ready))
+                self.steps.step(active, *batch)
                 if progress is not None:
                     losses = [t.loss_sum / t.seen for t in active if t.ok and t.seen]
                     status = f"epoch {epoch} loss {losses[0]:.4f}" if len(active) == 1 and losses else f"epoch {epoch}"

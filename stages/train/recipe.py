@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from fpt.stages.runs.bootstrap import BootstrapSettings, ClassRates, Interval
 from fpt.stages.runs.metrics import Metrics
 from fpt.stages.train.cache_batches import Batch, SplitBatches
 from fpt.stages.train.prefetch import prefetched
+
+Prepared = TypeVar("Prepared")
 
 
 class EpochRecord(BaseModel):
@@ -170,12 +173,23 @@ def ready_batches(batches: SplitBatches, device: torch.device, prefetch: bool | 
     it asks for the next: the batches' float32 keys/values are decoded into reused buffers, one, or
     two with prefetch, where each batch is read in a background thread while the previous one
     trains. None: as `use_prefetch("auto", device)`."""
-    def ready(batch: Batch) -> ReadyBatch:
-        return ReadyBatch(batch, feature_tensor(batch.keys, device), feature_tensor(batch.values, device))
+    return prepared_batches(batches, device, _as_ready, prefetch)
+
+
+def prepared_batches(batches: SplitBatches, device: torch.device, then: Callable[[ReadyBatch], Prepared],
+                     prefetch: bool | None = None) -> Iterator[Prepared]:
+    """`ready_batches` with `then` applied to each ready batch where it is read: in the background
+    thread with prefetch, so what `then` does (augmenting the side images) overlaps the step too."""
+    def prepare(batch: Batch) -> Prepared:
+        return then(ReadyBatch(batch, feature_tensor(batch.keys, device), feature_tensor(batch.values, device)))
 
     if use_prefetch("auto", device) if prefetch is None else prefetch:
-        return prefetched(batches.batches(reuse=2), ready)
-    return (ready(batch) for batch in batches.batches(reuse=1))
+        return prefetched(batches.batches(reuse=2), prepare)
+    return (prepare(batch) for batch in batches.batches(reuse=1))
+
+
+def _as_ready(ready: ReadyBatch) -> ReadyBatch:
+    return ready
 
 
 BatchLogits = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
