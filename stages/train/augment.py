@@ -13,7 +13,7 @@ blends are done for the whole batch at once, with the same float32 operations.
 Why uint8 and batched: with the training step at 47 ms a batch on one core for the demo's side
 network, the batch's augmentation is what keeps an epoch from the step's own time (bench/README.md
 section 1). Done image by image in float through torchvision's functions it took 8.8 ms of CPU time
-for 16 side images of 144 px on one core, 4.2 ms in this form (best of 40); the uint8 resize alone is
+for 16 side images of 144 px on one core, 3.4 ms in this form (best of 400); the uint8 resize alone is
 7x faster than the float one (0.75 against 5.1 ms for 16 crops), and rounds each crop to the 1/255
 steps the stored image already has.
 """
