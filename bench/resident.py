@@ -2,7 +2,7 @@
 and from the resident cache (train.resident), side by side.
 
     python bench/resident.py [--scenarios demo vitb512] [--dtypes float16 int4] [--rounds 3] [--epochs 4]
-                             [--threads N] [--quick]
+                             [--threads N] [--ahead] [--quick]
 
 Per scenario and storage dtype, one synthetic store written by the real writer at the scenario's shapes
 (cache/synthetic.py: 6 layers, 205 kept tokens of 64 channels, 3 heads for the demo's LPM, 12 for
@@ -14,6 +14,8 @@ step it builds, stage_two.Trainer), each in a fresh process, their order rotatin
             augmentation: the limit the other two are measured against
   stream    train-side's batches (PackBatches) with train.resident=off: read from the store every epoch
   resident  the same with train.resident=ram: the copy read once, before the first epoch
+  ahead     (--ahead) resident with train.prefetch=true: train-side's own loop, the next batch gathered,
+            decoded and augmented in the reading thread while the step runs (a GPU's default)
 Each process times `--epochs` epochs and keeps the fastest after the first (the noise of a shared
 machine only adds time); the ratios to `compute` are taken within each round, and the table gives
 their median. Each epoch's CPU time (the process's, all threads) is kept too: on a machine other
@@ -36,6 +38,7 @@ from common import WORK, apply_threads, bench_config, console, print_table, run_
 SCRIPT = Path(__file__).resolve()
 HEADS = {"demo": 3, "vitb512": 12}
 VARIANTS = ("compute", "stream", "resident")
+AHEAD = "ahead"
 
 
 # ---------------------------------------------------------------- child side: one variant
@@ -48,7 +51,8 @@ def run_variant(args: argparse.Namespace) -> dict:
 
     where = "off" if args.variant == "stream" else "ram"
     config, _ = bench_config(args.scenario, args.num_train, [f"train.batch_size={args.batch_size}",
-                                                            f"train.resident={where}"])
+                                                            f"train.resident={where}",
+                                                            f"train.prefetch={str(args.variant == AHEAD).lower()}"])
     reader = CacheReader(Path(args.store))
     loaded = time.perf_counter()
     batches = PackBatches(reader, config, torch.device("cpu"))
@@ -63,6 +67,14 @@ def run_variant(args: argparse.Namespace) -> dict:
                 trainer.step(images, keys, values, labels)
             seconds = time.perf_counter() - began
             epochs.append({"seconds": seconds, "cpu": time.process_time() - cpu, "step": seconds, "batches": 0.0,
+                           "augment": 0.0})
+    elif args.variant == AHEAD:  # the parts overlap: only the epoch is timed
+        for _ in range(args.epochs):
+            began, cpu = time.perf_counter(), time.process_time()
+            for images, keys, values, labels in batches.training_epoch():
+                trainer.step(images, keys, values, labels)
+            seconds = time.perf_counter() - began
+            epochs.append({"seconds": seconds, "cpu": time.process_time() - cpu, "step": 0.0, "batches": 0.0,
                            "augment": 0.0})
     else:
         for _ in range(args.epochs):
@@ -117,8 +129,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="per process; the fastest after the first counts")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--ahead", action="store_true", help="also the resident copy read ahead in a thread")
     # child mode
-    parser.add_argument("--variant", choices=VARIANTS)
+    parser.add_argument("--variant", choices=(*VARIANTS, AHEAD))
     parser.add_argument("--scenario", default="demo")
     parser.add_argument("--store")
     parser.add_argument("--num-train", type=int, default=240)
@@ -134,6 +147,8 @@ def main() -> None:
         args.rounds, args.epochs = 1, 2
     sizes = dict(zip(["demo", "vitb512"], args.sizes or ((32, 16) if args.quick else (240, 64))))
 
+    variants = (*VARIANTS, AHEAD) if args.ahead else VARIANTS
+    timed = variants[1:]  # each against compute
     rows, part_rows, payload = [], [], {}
     for scenario in args.scenarios:
         for dtype in args.dtypes:
@@ -141,9 +156,9 @@ def main() -> None:
             common = ["--scenario", scenario, "--store", str(store), "--num-train", str(sizes[scenario]),
                       "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
             common += ["--threads", str(args.threads)] if args.threads else []
-            runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+            runs: dict[str, list[dict]] = {v: [] for v in variants}
             for index in range(args.rounds):
-                order = VARIANTS[index % 3:] + VARIANTS[:index % 3]
+                order = variants[index % len(variants):] + variants[:index % len(variants)]
                 console.print(f"{scenario} {dtype}: round {index + 1} of {args.rounds} ({', '.join(order)})")
                 for variant in order:
                     result = run_fresh(SCRIPT, [*common, "--variant", variant])
@@ -151,8 +166,8 @@ def main() -> None:
                         raise SystemExit(f"{variant}: {result['error']}\n{result.get('stderr_tail', '')}")
                     runs[variant].append(result)
             ratios = {v: [r["epoch"]["seconds"] / c["epoch"]["seconds"] for r, c in zip(runs[v], runs["compute"])]
-                      for v in ("stream", "resident")}
-            cpu_ratios = {v: [r["cpu"] / c["cpu"] for r, c in zip(runs[v], runs["compute"])] for v in ("stream", "resident")}
+                      for v in timed}
+            cpu_ratios = {v: [r["cpu"] / c["cpu"] for r, c in zip(runs[v], runs["compute"])] for v in timed}
             payload[f"{scenario}-{dtype}"] = {"store": str(store), "samples": sizes[scenario], "runs": runs,
                                               "ratios": ratios, "cpu_ratios": cpu_ratios}
             compute = statistics.median(r["epoch"]["seconds"] for r in runs["compute"])
@@ -163,7 +178,9 @@ def main() -> None:
                          statistics.median(ratios["resident"]),
                          ", ".join(f"{x:.3f}" for x in ratios["resident"]),
                          statistics.median(cpu_ratios["stream"]), statistics.median(cpu_ratios["resident"]),
-                         statistics.median(r["load_s"] for r in runs["resident"])])
+                         statistics.median(r["load_s"] for r in runs["resident"])]
+                        + ([statistics.median(ratios[AHEAD]), ", ".join(f"{x:.3f}" for x in ratios[AHEAD]),
+                            statistics.median(cpu_ratios[AHEAD])] if args.ahead else []))
             for variant in ("stream", "resident"):
                 steps = runs[variant][0]["steps"]
                 part_rows.append([scenario, dtype, variant] + [
@@ -172,10 +189,13 @@ def main() -> None:
     print_table(f"Epoch of train-side's step (batch {args.batch_size}), medians of {args.rounds} rounds of fresh processes",
                 ["LPM", "cache.dtype", "train images", "compute s", "stream s", "stream / compute", "resident s",
                  "resident / compute", "resident / compute, each round", "stream / compute, CPU time",
-                 "resident / compute, CPU time", "resident load s"], rows)
+                 "resident / compute, CPU time", "resident load s"]
+                + (["ahead / compute", "ahead / compute, each round", "ahead / compute, CPU time"] if args.ahead else []),
+                rows)
     print_table("Where an epoch's time goes: ms per batch (medians)",
                 ["LPM", "cache.dtype", "variant", "batches (read/gather, decode)", "augment", "step"], part_rows)
-    name = f"resident_{'_'.join(args.scenarios)}_{'_'.join(args.dtypes)}_threads-{args.threads or 'default'}"
+    name = (f"resident_{'_'.join(args.scenarios)}_{'_'.join(args.dtypes)}_threads-{args.threads or 'default'}"
+            + ("_ahead" if args.ahead else ""))
     write_results("resident_quick" if args.quick else name,
                   {"threads": args.threads, "epochs": args.epochs, "rounds": args.rounds, "sizes": sizes,
                    "batch_size": args.batch_size, "results": payload})
