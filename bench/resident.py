@@ -48,6 +48,7 @@ def run_variant(args: argparse.Namespace) -> dict:
 
     from fpt.cache.reader import CacheReader
     from fpt.stages.train.pack_batches import PackBatches
+    from fpt.stages.train.recipe import ready_batches
 
     where = "off" if args.variant == "stream" else "ram"
     config, _ = bench_config(args.scenario, args.num_train, [f"train.batch_size={args.batch_size}",
@@ -60,7 +61,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     trainer = Trainer(config, reader.metadata, len(batches.train), args.epochs)
     epochs: list[dict[str, float]] = []
     if args.variant == "compute":
-        prepared = [tuple(x.clone() for x in batches.augmented(ready)) for ready in batches.ready(batches.train)]
+        prepared = [tuple(x.clone() for x in batches.augmented(ready))
+                    for ready in ready_batches(batches.train, batches.device, batches.prefetch)]
         for _ in range(args.epochs):
             began, cpu = time.perf_counter(), time.process_time()
             for images, keys, values, labels in prepared:
@@ -80,10 +82,10 @@ def run_variant(args: argparse.Namespace) -> dict:
         for _ in range(args.epochs):
             parts = {"batches": 0.0, "augment": 0.0, "step": 0.0}
             began, cpu = time.perf_counter(), time.process_time()
-            ready_batches = iter(batches.ready(batches.train))
+            epoch = ready_batches(batches.train, batches.device, batches.prefetch)
             while True:
                 mark = time.perf_counter()
-                ready = next(ready_batches, None)
+                ready = next(epoch, None)
                 parts["batches"] += time.perf_counter() - mark
                 if ready is None:
                     break

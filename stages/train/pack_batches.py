@@ -26,7 +26,7 @@ from fpt.stages.core.settings import PipelineConfig
 from fpt.stages.train.augment import train_images
 from fpt.stages.train.cache_batches import FeatureRings, SplitBatches
 from fpt.stages.train.folds import fold_samples
-from fpt.stages.train.recipe import ReadyBatch, prepared_batches, ready_batches, use_prefetch
+from fpt.stages.train.recipe import ReadyBatch, prepared_batches, use_prefetch
 from fpt.stages.train.resident import CopySize, Residency, ResidentSamples, resolve_residency
 
 # (side images, keys, values, labels) on the training device, the images augmented
@@ -69,10 +69,6 @@ class PackBatches:
         # train.seed, and only ever drawn from by one thread at a time (the step's or the reading one's)
         self.crop_generator = torch.Generator().manual_seed(train.seed)
         self.generator = torch.Generator().manual_seed(train.seed)
-
-    def ready(self, split: SplitBatches) -> Iterator[ReadyBatch]:
-        """One epoch of a split, its keys and values on the device."""
-        return ready_batches(split, self.device, self.prefetch)
 
     def training_epoch(self) -> Iterator[TrainingBatch]:
         """One epoch of the training split, augmented: with prefetch (on a GPU) in the reading thread,
