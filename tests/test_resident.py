@@ -194,10 +194,7 @@ def test_a_run_asking_for_more_ram_than_there_is_stops_before_training(tiny_root
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import fpt.stages.train.resident
 
-    class Tight:
-        available = 1000  # bytes
-
-    monkeypatch.setattr(fpt.stages.train.resident.psutil, "virtual_memory", lambda: Tight)
+    monkeypatch.setattr(fpt.stages.train.resident, "available_ram", lambda: 1000)  # bytes
     with pytest.raises(UserError, match="train.resident=ram asks to hold"):
         train_side(tiny_config(tiny_root, ["train.resident=ram", "train.run_name=too-large"]), show_progress=False)
     assert not (tiny_root / "runs" / "too-large").exists()

@@ -21,7 +21,8 @@ augmentation runs on the CPU as in streaming, which keeps its numbers.
 How much memory may hold it (`choose_residency`):
     auto    the GPU when the copy's keys and values fit in AUTO_SHARE (50 %) of its free memory
             (`torch.cuda.mem_get_info`); else RAM when the copy fits in AUTO_SHARE of the available
-            RAM times this process's share of the machine (its torch threads over the cores: a
+            RAM (the machine's, or less under a SLURM job's or a container's memory limit:
+            stages/core/memory.py) times this process's share of the machine (its torch threads over the cores: a
             sweep's dask worker on 1 of 2 cores counts on a quarter); else streaming. RAM is chosen
             whatever the codec: reading an uncompressed store costs streaming as much as a
             compressed one (bench/README.md section 1), the time goes to the reads and copies.
@@ -38,13 +39,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import psutil
 import torch
 
 from fpt.cache.errors import UserError
 from fpt.cache.metadata import CacheMetadata
 from fpt.cache.reader import CacheReader
 from fpt.stages.core.devices import machine_cores
+from fpt.stages.core.memory import available_ram
 
 AUTO_SHARE = 0.5  # of the free GPU memory, or of this process's share of the available RAM
 EXPLICIT_SHARE = 0.9  # an explicit ram or device beyond this share of the free memory is refused
@@ -151,9 +152,9 @@ def choose_residency(setting: str, size: CopySize, device: torch.device, free_de
 
 
 def resolve_residency(setting: str, size: CopySize, device: torch.device) -> Residency:
-    """`choose_residency` with this machine's free memory now."""
+    """`choose_residency` with the memory free to this process now."""
     free_device = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    return choose_residency(setting, size, device, free_device, psutil.virtual_memory().available, machine_share())
+    return choose_residency(setting, size, device, free_device, available_ram(), machine_share())
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
