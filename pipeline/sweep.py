@@ -51,11 +51,11 @@ from fpt.stages.core.devices import wants_gpu
 from fpt.stages.core.errors import Interrupted
 from fpt.stages.core.files import atomic_write_text, writable_folder
 from fpt.stages.core.settings import PipelineConfig, SweepConfig, format_validation_error, read_yaml_file
+from fpt.stages.datasets.folds import pooled_samples, stratified_folds
 from fpt.stages.datasets.registry import dataset_source
 from fpt.stages.runs.report import write_report
 from fpt.stages.runs.tracking import mlflow_uri, parent_run
 from fpt.stages.train.cache_choice import find_cache, label_table_of
-from fpt.stages.train.folds import pooled_samples, stratified_folds
 from fpt.stages.train.resume_state import saved_epoch
 from fpt.stages.train.trial_results import PRUNED_FILE
 

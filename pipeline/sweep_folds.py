@@ -1,7 +1,7 @@
 """Cross-validated trials in a sweep (train.folds = k > 1): a trial is scored by the mean of its k folds.
 
 Each trial trains as k fold runs, trials/<trial id>/fold-1 .. fold-k, each an ordinary run with
-train.fold = i (stages/train/folds.py cuts train + val into the same k stratified parts for every
+train.fold = i (stages/datasets/folds.py cuts train + val into the same k stratified parts for every
 trial; the test split is untouched). Fold i of every trial trains on the same samples in the same
 order, so the sweep packs fold i of all its trials together: they differ only in their settings and
 share one read of the cache (stages/train/packed_training.py, pack_key). When all k folds of a trial

@@ -18,10 +18,10 @@ from fpt.cache.errors import UserError
 from fpt.cache.reader import CacheReader
 from fpt.pipeline.cli import app
 from fpt.stages.core.errors import Interrupted
+from fpt.stages.datasets.folds import fold_samples, pooled_samples, stratified_folds
 from fpt.stages.extract.run import run_extract
 from fpt.stages.train.cache_batches import SplitBatches
 from fpt.stages.train.cross_validation import cross_validate
-from fpt.stages.train.folds import fold_samples, pooled_samples, stratified_folds
 
 COUNTS = {"train": [40, 13, 7], "val": [9, 4, 2], "test": [4, 4, 4]}
 
@@ -130,6 +130,17 @@ def test_a_three_fold_cross_validation_end_to_end(tmp_path: Path) -> None:
     recomputed = json.loads((folder / "fold-2" / "evaluation_val_best.json").read_text())
     assert recomputed["num_samples"] == 6
     assert recomputed["metrics"]["auc"] == pytest.approx(cv["folds"][1]["best_val"]["auc"], abs=1e-6)
+
+    # `fpt explain --split val` on a fold explains the same images, that fold's part, with the same probabilities
+    explained = CliRunner().invoke(app, ["explain", "--run", str(folder / "fold-2"), "--split", "val", "--quiet"])
+    assert explained.exit_code == 0, explained.output
+    record = json.loads((folder / "fold-2" / "explain" / "val_best" / "explain.json").read_text())
+    ids, probabilities = _probabilities(folder / "fold-2" / "predictions_val_best.csv")
+    assert [image["sample"] for image in record["images"]] == ids
+    assert np.allclose([image["probabilities"] for image in record["images"]], probabilities, atol=1e-5)
+    reader = CacheReader(Path(json.loads((folder / "fold-2" / "run.json").read_text())["cache"]))
+    in_train_split = set(reader.sample_ids()[slice(*reader.split_range("train"))])
+    assert in_train_split & set(ids)  # not the dataset's own val split
 
 
 def test_an_interrupted_cross_validation_goes_on_to_the_uninterrupted_result(tmp_path: Path, torch_threads,

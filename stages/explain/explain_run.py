@@ -26,6 +26,7 @@ from fpt.cache.progress import open_progress
 from fpt.cache.reader import CacheReader, read_metadata
 from fpt.stages.core.devices import resolve_device
 from fpt.stages.core.files import write_json
+from fpt.stages.datasets.folds import split_samples
 from fpt.stages.datasets.layouts import find_images
 from fpt.stages.datasets.samples import SPLITS
 from fpt.stages.explain.attention_maps import AGGREGATION, Explanation, explain_batch
@@ -205,7 +206,8 @@ def explain_cached(run_dir: Path, split: str = "test", checkpoint: Checkpoint = 
                    samples: list[str] | None = None, limit: int | None = None, cache: Path | None = None,
                    assignments: list[str] | None = None, per_layer: bool = False, name: str | None = None,
                    show_progress: bool = True, originals: bool = True) -> tuple[Path, ExplanationRecord]:
-    """Explain images of the run's cache, from the cache alone: a split's (its first `limit` in storage order),
+    """Explain images of the run's cache, from the cache alone: a split's as the run saw it (a fold's own
+    training or validation part for a fold of a cross-validation; its first `limit` in storage order),
     or the named `samples` (sample ids). Written to <run>/explain/<name> (default <split>_<checkpoint>).
     `originals`: draw over the original files where they are still at the run's dataset folder; otherwise,
     and always without it, over the cache's side images (train-side's gallery: stage two opens no image)."""
@@ -224,9 +226,10 @@ def explain_cached(run_dir: Path, split: str = "test", checkpoint: Checkpoint = 
             raise UserError(f"The run's cache holds no image {missing[0]!r} ({len(missing)} named image(s) missing).",
                             "Name images by their sample id (the first column of the run's predictions_*.csv).")
         indices = [position[sample] for sample in samples]
-    else:
-        start, stop = reader.split_range(split)
-        indices = list(range(start, stop if limit is None else min(stop, start + limit)))
+    else:  # a fold of a cross-validation calls its own parts of train + val its train and val splits
+        chosen = split_samples(reader, config.train, split)
+        in_split = range(*reader.split_range(chosen)) if isinstance(chosen, str) else chosen.tolist()
+        indices = list(in_split)[:limit]
     device = resolve_device(config.train.device)
     model = load_run_model(run_dir, run, checkpoint, device)
     source = Path(run.dataset_source) if run.dataset_source and originals else None

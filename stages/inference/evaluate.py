@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel
 
 from fpt.cache.errors import UserError
 from fpt.cache.reader import CacheReader
 from fpt.stages.core.files import write_json
-from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.datasets.folds import split_samples
 from fpt.stages.datasets.samples import SPLITS
 from fpt.stages.extract.run import resolve_device
 from fpt.stages.runs.bootstrap import Uncertainty, bootstrap_uncertainty
@@ -20,7 +19,6 @@ from fpt.stages.runs.report import write_report
 from fpt.stages.runs.run_folder import write_predictions
 from fpt.stages.runs.trained_run import Checkpoint, load_run_model, read_run, run_cache_metadata, run_config
 from fpt.stages.train.cache_batches import SplitBatches
-from fpt.stages.train.folds import POOLED_SPLITS, fold_samples
 from fpt.stages.train.recipe import predict_split
 
 
@@ -37,16 +35,6 @@ class Evaluation(BaseModel):
     report_files: list[Path]
 
 
-def run_samples(reader: CacheReader, config: PipelineConfig, split: str) -> str | np.ndarray:
-    """The samples a run calls `split`: the cache's split, except that a fold of a cross-validation
-    (train.fold) trained and validated on its own parts of train + val (stages/train/folds.py)."""
-    train = config.train
-    if train.fold is None or split not in POOLED_SPLITS:
-        return split
-    training, validation = fold_samples(reader, train.folds, train.fold_seed, train.fold)
-    return training if split == "train" else validation
-
-
 def evaluate_run(run_dir: Path, split: str = "test", checkpoint: Checkpoint = "best",
                  cache: Path | None = None, assignments: list[str] | None = None) -> Evaluation:
     if split not in SPLITS:
@@ -57,7 +45,7 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: Checkpoint = "b
     reader = CacheReader(path, run.label_table)
     device = resolve_device(config.train.device)
     model = load_run_model(run_dir, run, checkpoint, device)
-    batches = SplitBatches(reader, run_samples(reader, config, split), config.train.batch_size, shuffle=False,
+    batches = SplitBatches(reader, split_samples(reader, config.train, split), config.train.batch_size, shuffle=False,
                            with_features=run.model_spec.use_prompts)
     indices, labels, probabilities, loss = predict_split(model, batches, reader.metadata,
                                                          run.model_spec.side_input_size, device)

@@ -1,7 +1,7 @@
 """k-fold cross-validation from the cache (train.folds = k > 1).
 
 Fold i (1..k) is an ordinary run, `train_side` with train.fold = i, that trains on k - 1 parts of
-train + val and validates on the i-th (stages/train/folds.py); the test split is untouched and every
+train + val and validates on the i-th (stages/datasets/folds.py); the test split is untouched and every
 fold is tested on it. The folds train one after another, each a pack of one: they read different
 samples, so they cannot share batches, and one at a time keeps memory that of a single run. Their
 folders are <runs_root>/<name>/fold-1 .. fold-k, and the parent gets the summary
@@ -20,13 +20,13 @@ from fpt.cache.reader import CacheReader
 from fpt.stages.core.errors import Interrupted
 from fpt.stages.core.files import writable_folder
 from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.datasets.folds import pooled_samples, stratified_folds
 from fpt.stages.datasets.registry import dataset_source
 from fpt.stages.runs.cross_validation_summary import (
     CrossValidationResult, FoldSummary, new_cv_dir, summarize_cross_validation,
 )
 from fpt.stages.runs.run_folder import write_config
 from fpt.stages.train.cache_choice import find_cache, label_table_of
-from fpt.stages.train.folds import pooled_samples, stratified_folds
 from fpt.stages.train.recipe import TrainResult
 from fpt.stages.train.resume_state import saved_epoch
 from fpt.stages.train.train_side import train_side

@@ -5,7 +5,7 @@ each split of the cache once for all of them and augments each training batch on
 draws from a random stream of its own, seeded by train.seed, whatever the models draw in between.
 
 The training and validation samples are the cache's train and val splits, or, for a fold of a
-cross-validation (train.fold), the fold's two parts of train + val (stages/train/folds.py). The
+cross-validation (train.fold), the fold's two parts of train + val (stages/datasets/folds.py). The
 training samples are drawn as train.sampler says (stages/train/cache_batches.py).
 
 Where train.resident puts them (stages/train/resident.py), the training and validation samples are
@@ -23,9 +23,9 @@ import torch
 from fpt.cache.errors import UserError
 from fpt.cache.reader import CacheReader
 from fpt.stages.core.settings import PipelineConfig
+from fpt.stages.datasets.folds import fold_samples
 from fpt.stages.train.augment import train_images
 from fpt.stages.train.cache_batches import FeatureRings, SplitBatches
-from fpt.stages.train.folds import fold_samples
 from fpt.stages.train.recipe import ReadyBatch, prepared_batches, use_prefetch
 from fpt.stages.train.resident import CopySize, Residency, ResidentSamples, resolve_residency
 

@@ -15,6 +15,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from fpt.cache.errors import UserError
 from fpt.cache.reader import CacheReader
+from fpt.stages.core.settings import TrainConfig
 
 POOLED_SPLITS = ("train", "val")
 
@@ -47,3 +48,12 @@ def fold_samples(reader: CacheReader, folds: int, seed: int, fold: int) -> tuple
     """(training indices, validation indices) of fold `fold` (1..folds)."""
     indices, labels = pooled_samples(reader)
     return stratified_folds(indices, labels, folds, seed, reader.metadata.class_names)[fold - 1]
+
+
+def split_samples(reader: CacheReader, train: TrainConfig, split: str) -> str | np.ndarray:
+    """The samples a run with these training settings calls `split`: the cache's split by its name, except
+    that a fold of a cross-validation (train.fold) trained and validated on its own parts of train + val."""
+    if train.fold is None or split not in POOLED_SPLITS:
+        return split
+    training, validation = fold_samples(reader, train.folds, train.fold_seed, train.fold)
+    return training if split == "train" else validation
