@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import fpt.stages.core.memory as memory
-from fpt.stages.core.memory import available_ram, cgroup_room
+from fpt.cache.errors import UserError
+from fpt.stages.core.memory import cgroup_room, free_ram
 from fpt.stages.train.resident import CopySize, resolve_residency
 
 GB = 10**9
@@ -64,12 +65,12 @@ def test_a_container_s_own_group_is_the_mount_root(tmp_path: Path) -> None:
 
 def test_no_cgroup_files_leave_the_machine_s_available_memory(tmp_path: Path) -> None:
     assert cgroup_room(tmp_path / "missing", tmp_path) is None
-    assert available_ram(tmp_path / "missing", tmp_path) == pytest.approx(psutil.virtual_memory().available,
-                                                                          rel=0.05)
+    unlimited = free_ram(tmp_path / "missing", tmp_path)
+    assert unlimited.bytes == pytest.approx(psutil.virtual_memory().available, rel=0.05) and not unlimited.under_limit
     proc = tmp_path / "cgroup"
     proc.write_text("0::/a\n")
     _group(tmp_path / "sys/a", {"memory.max": str(GB), "memory.current": str(GB // 4)})
-    assert available_ram(proc, tmp_path / "sys") == 3 * GB // 4  # far below any machine's free memory
+    assert free_ram(proc, tmp_path / "sys") == memory.FreeRam(3 * GB // 4, True)  # below any machine's free memory
 
 
 def test_residency_auto_streams_under_a_job_limit_the_machine_would_have_held(monkeypatch: pytest.MonkeyPatch,
@@ -82,4 +83,6 @@ def test_residency_auto_streams_under_a_job_limit_the_machine_would_have_held(mo
     monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path / "sys")
     size = CopySize(samples=100, features=GB // 2, rest=0)
     chosen = resolve_residency("auto", size, torch.device("cpu"))
-    assert chosen.where == "off" and "0.50 GB" in chosen.why
+    assert chosen.where == "off" and "0.50 GB of RAM available under this process's memory limit" in chosen.why
+    with pytest.raises(UserError, match="only 0.50 GB of RAM is available under this process's memory limit"):
+        resolve_residency("ram", CopySize(samples=100, features=GB, rest=0), torch.device("cpu"))

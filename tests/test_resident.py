@@ -17,6 +17,7 @@ from fpt.cache.errors import UserError
 from fpt.cache.metadata import StorageSettings
 from fpt.cache.reader import CacheReader
 from fpt.cache.synthetic import synthetic_metadata, write_synthetic_cache
+from fpt.stages.core.memory import FreeRam
 from fpt.stages.train.cache_batches import SplitBatches
 from fpt.stages.train.packed_training import train_pack
 from fpt.stages.train.resident import CopySize, ResidentSamples, choose_residency
@@ -194,7 +195,7 @@ def test_a_run_asking_for_more_ram_than_there_is_stops_before_training(tiny_root
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import fpt.stages.train.resident
 
-    monkeypatch.setattr(fpt.stages.train.resident, "available_ram", lambda: 1000)  # bytes
+    monkeypatch.setattr(fpt.stages.train.resident, "free_ram", lambda: FreeRam(1000, False))  # bytes
     with pytest.raises(UserError, match="train.resident=ram asks to hold"):
         train_side(tiny_config(tiny_root, ["train.resident=ram", "train.run_name=too-large"]), show_progress=False)
     assert not (tiny_root / "runs" / "too-large").exists()

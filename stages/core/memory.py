@@ -11,6 +11,7 @@ group uses now without its inactive file cache (the kernel reclaims that before 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -20,12 +21,22 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED_V1 = 2**62  # v1 writes "no limit" as 2**63 rounded down to a page; anything this large is none
 
 
-def available_ram(proc_cgroup: Path | None = None, root: Path | None = None) -> int:
-    """Bytes of RAM this process may still use: the least of the machine's available memory and the room
-    left under every memory limit of its cgroups (read from PROC_CGROUP and CGROUP_ROOT unless given)."""
+@dataclass(frozen=True)
+class FreeRam:
+    """Bytes of RAM this process may still use, and whether a cgroup memory limit is what sets them."""
+
+    bytes: int
+    under_limit: bool
+
+
+def free_ram(proc_cgroup: Path | None = None, root: Path | None = None) -> FreeRam:
+    """The least of the machine's available memory and the room left under every memory limit of this
+    process's cgroups (read from PROC_CGROUP and CGROUP_ROOT unless given)."""
     room = cgroup_room(proc_cgroup, root)
     machine = psutil.virtual_memory().available
-    return machine if room is None else min(machine, room)
+    if room is not None and room < machine:
+        return FreeRam(room, True)
+    return FreeRam(machine, False)
 
 
 def cgroup_room(proc_cgroup: Path | None = None, root: Path | None = None) -> int | None:

@@ -45,7 +45,7 @@ from fpt.cache.errors import UserError
 from fpt.cache.metadata import CacheMetadata
 from fpt.cache.reader import CacheReader
 from fpt.stages.core.devices import machine_cores
-from fpt.stages.core.memory import available_ram
+from fpt.stages.core.memory import free_ram
 
 AUTO_SHARE = 0.5  # of the free GPU memory, or of this process's share of the available RAM
 EXPLICIT_SHARE = 0.9  # an explicit ram or device beyond this share of the free memory is refused
@@ -110,10 +110,12 @@ def machine_share() -> float:
 
 
 def choose_residency(setting: str, size: CopySize, device: torch.device, free_device: int | None,
-                     available_ram: int, share: float = 1.0) -> Residency:
+                     available_ram: int, share: float = 1.0, under_limit: bool = False) -> Residency:
     """train.resident resolved for a copy of `size` (module docstring). free_device: the training GPU's free
-    bytes (None on the CPU); available_ram: the machine's available RAM; share: this process's share of it."""
+    bytes (None on the CPU); available_ram: the RAM this process may still use; share: its share of it;
+    under_limit: a cgroup memory limit sets available_ram (the messages say so)."""
     what = f"the {size.samples} training and validation samples ({gigabytes(size.total)} as stored)"
+    limit = " under this process's memory limit (its cgroup's: a SLURM job's or a container's)" if under_limit else ""
     if setting == "off":
         return Residency("off", "train.resident=off: streamed from the store every epoch", size)
     on_gpu = device.type == "cuda" and free_device is not None and size.features > 0  # no features: nothing for it
@@ -130,7 +132,7 @@ def choose_residency(setting: str, size: CopySize, device: torch.device, free_de
         if size.total > EXPLICIT_SHARE * available_ram:
             raise UserError(
                 f"train.resident={setting} asks to hold {what} in RAM, but only {gigabytes(available_ram)} of RAM is "
-                f"available (at most {EXPLICIT_SHARE:.0%} of it is used).",
+                f"available{limit} (at most {EXPLICIT_SHARE:.0%} of it is used).",
                 "Set train.resident=auto (RAM where the copy fits, else streaming) or off (stream from the store "
                 "every epoch), free some memory, or use a store of a smaller cache.dtype "
                 "(`fpt cache transcode STORE --set cache.dtype=int8`).")
@@ -145,16 +147,17 @@ def choose_residency(setting: str, size: CopySize, device: torch.device, free_de
     budget = AUTO_SHARE * available_ram * share
     if size.total <= budget:
         return Residency("ram", f"auto: {what} in RAM, within {AUTO_SHARE:.0%} of this process's share of the "
-                                f"{gigabytes(available_ram)} available", size)
+                                f"{gigabytes(available_ram)} available{limit}", size)
     return Residency("off", f"auto: {what} streamed from the store every epoch: more than {AUTO_SHARE:.0%} of "
-                            f"this process's share of the {gigabytes(available_ram)} of RAM available"
+                            f"this process's share of the {gigabytes(available_ram)} of RAM available{limit}"
                             + (" and of the GPU's free memory" if on_gpu else ""), size)
 
 
 def resolve_residency(setting: str, size: CopySize, device: torch.device) -> Residency:
     """`choose_residency` with the memory free to this process now."""
     free_device = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    return choose_residency(setting, size, device, free_device, available_ram(), machine_share())
+    ram = free_ram()
+    return choose_residency(setting, size, device, free_device, ram.bytes, machine_share(), ram.under_limit)
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
